@@ -1,0 +1,139 @@
+"""Configs load, override and refuse bad input with messages that name the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from solov2.config import CONFIG_DIR, ConfigError, load_config, to_dict
+from solov2.errors import ConfigError as BaseConfigError
+
+SHIPPED = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def test_shipped_configs_are_all_there_and_load():
+    assert {
+        "solov2_r50_fpn_1x_coco",
+        "solov2_r50_fpn_3x_coco",
+        "solov2_r101_fpn_3x_coco",
+        "solov2_light_r18_fpn_3x_coco",
+        "solov2_tiny_cpu",
+    } <= set(SHIPPED)
+    for name in SHIPPED:
+        load_config(name)
+
+
+def test_r50_1x_matches_the_reference_recipe():
+    cfg = load_config("solov2_r50_fpn_1x_coco")
+    m, t, d = cfg.model, cfg.train, cfg.data
+    assert (m.backbone.depth, m.backbone.frozen_stages, m.backbone.norm_eval) == (50, 1, True)
+    assert (m.fpn.out_channels, m.fpn.num_outs) == (256, 5)
+    assert (m.head.num_classes, m.head.feat_channels, m.head.stacked_convs, m.head.norm_groups) == (
+        80,
+        512,
+        4,
+        32,
+    )
+    assert m.head.strides == (8, 8, 16, 32, 32)
+    assert m.head.num_grids == (40, 36, 24, 16, 12) and sum(g * g for g in m.head.num_grids) == 3872
+    assert m.head.scale_ranges == ((1, 96), (48, 192), (96, 384), (192, 768), (384, 2048))
+    assert m.head.pos_scale == 0.2
+    assert (m.mask_feature.feat_channels, m.mask_feature.out_channels) == (128, 256)
+    assert (m.mask_feature.start_level, m.mask_feature.end_level) == (0, 3)
+    assert (m.loss.focal_gamma, m.loss.focal_alpha, m.loss.cls_weight, m.loss.dice_weight) == (
+        2.0,
+        0.25,
+        1.0,
+        3.0,
+    )
+    i = m.inference
+    assert (i.score_thr, i.nms_pre, i.mask_thr, i.sigma, i.update_thr, i.max_per_img, i.kernel) == (
+        0.1,
+        500,
+        0.5,
+        2.0,
+        0.05,
+        100,
+        "gaussian",
+    )
+    assert (t.base_lr, t.base_batch_size, t.momentum, t.weight_decay, t.grad_clip) == (
+        0.01,
+        16,
+        0.9,
+        1e-4,
+        35.0,
+    )
+    assert (t.warmup_iters, t.lr_steps, t.epochs) == (500, (8, 11), 12)
+    assert d.img_scale == (1333, 800) and d.flip_prob == 0.5 and d.samples_per_device == 2
+    # The YAML writes every field out, so it equals the defaults of the dataclass tree.
+    assert to_dict(cfg) == to_dict(load_config(None))
+
+
+def test_3x_recipes_differ_from_1x_only_where_the_recipe_does():
+    one, three, r101 = (
+        load_config(n)
+        for n in ("solov2_r50_fpn_1x_coco", "solov2_r50_fpn_3x_coco", "solov2_r101_fpn_3x_coco")
+    )
+    assert three.train.epochs == 36 and three.train.lr_steps == (27, 33)
+    assert three.data.multiscale_short_sides == (640, 672, 704, 736, 768, 800)
+    assert three.model == one.model
+    assert r101.model.backbone.depth == 101 and r101.train == three.train
+
+
+def test_opts_override_nested_fields_with_yaml_values():
+    cfg = load_config(
+        "solov2_r50_fpn_1x_coco",
+        [
+            "model.head.num_grids=[12,10,8,6,4]",
+            "train.base_lr=0.02",
+            "model.inference.kernel=linear",
+            "data.canvases=[[512,512]]",
+        ],
+    )
+    assert cfg.model.head.num_grids == (12, 10, 8, 6, 4)
+    assert cfg.train.base_lr == 0.02
+    assert cfg.model.inference.kernel == "linear"
+    assert cfg.data.canvases == ((512, 512),)
+
+
+@pytest.mark.parametrize(
+    ("opts", "field"),
+    [
+        (["model.head.nmu_grids=[1,2]"], "model.head.nmu_grids"),
+        (["model.head.num_grids=abc"], "model.head.num_grids"),
+        (["model.head.num_grids=[40,36,24]"], "model.head.num_grids"),
+        (["model.head.strides=[8,-8,16,32,32]"], "model.head.strides"),
+        (["model.head.strides=[8,8,16,32]"], "model.head.strides"),
+        (
+            ["model.head.scale_ranges=[[96,1],[48,192],[96,384],[192,768],[384,2048]]"],
+            "model.head.scale_ranges[0]",
+        ),
+        (["model.backbone.depth=42"], "model.backbone.depth"),
+        (["model.backbone.depth=true"], "model.backbone.depth"),
+        (["model.inference.kernel=box"], "model.inference.kernel"),
+        (["model.inference.score_thr=1.5"], "model.inference.score_thr"),
+        (["data.canvases=[[800,1333]]"], "data.canvases[0]"),
+        (["train.lr_steps=[11,8]"], "train.lr_steps"),
+        (["train.base_lr=fast"], "train.base_lr"),
+        (["model.head.feat_channels=500"], "model.head.feat_channels"),
+        (["model=3"], "model"),
+        (["noequals"], "--opts"),
+    ],
+)
+def test_bad_values_name_the_field(opts, field):
+    with pytest.raises(ConfigError) as info:
+        load_config("solov2_r50_fpn_1x_coco", opts)
+    assert str(info.value).startswith(field + ":"), str(info.value)
+
+
+def test_unknown_yaml_key_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  head:\n    num_clases: 3\n")
+    with pytest.raises(ConfigError, match=r"^model\.head\.num_clases: unknown key"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match=r"no file 'nope\.yaml'"):
+        load_config("nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)
+    assert issubclass(ConfigError, BaseConfigError)

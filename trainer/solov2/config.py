@@ -1,0 +1,434 @@
+"""Typed, documented configuration: a frozen dataclass tree loaded from YAML, overridable from the CLI.
+
+``load_config("solov2_r50_fpn_1x_coco", ["model.head.num_grids=[12,10,8,6,4]"])`` reads a YAML file
+(a path, or the name of a config shipped in ``solov2/configs``), applies ``key=value`` overrides
+(values parsed as YAML) and checks every key, type and range. Errors raise :class:`ConfigError` with
+the dotted name of the offending field. Fields not given in the YAML keep the defaults below, which
+are the REFERENCE R50-FPN 1x recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    depth: int = 50
+    """ResNet depth: 18, 34, 50 or 101 (torchvision architectures)."""
+    frozen_stages: int = 1
+    """Frozen stages: -1 = none, 0 = stem, 1 = stem + layer1 (the reference), up to 4."""
+    norm_eval: bool = True
+    """Keep BatchNorm statistics fixed while training (affine still trains outside frozen stages)."""
+    weights: str = ""
+    """Path to torchvision-format ImageNet weights (e.g. resnet50.pth); empty = random init. Never downloaded."""
+
+
+@dataclass(frozen=True)
+class FPNConfig:
+    out_channels: int = 256
+    """Channels of every FPN output."""
+    num_outs: int = 5
+    """Outputs P2..P6; P6 is a stride-2 max-pool of P5."""
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    num_classes: int = 80
+    """Foreground classes (COCO: 80)."""
+    feat_channels: int = 512
+    """Channels of the category and kernel branches' stacked convolutions."""
+    stacked_convs: int = 4
+    """3x3 conv + GroupNorm + ReLU layers in each branch."""
+    strides: tuple[int, ...] = (8, 8, 16, 32, 32)
+    """Nominal stride of each level; at inference a mask must cover more pixels than its level's stride."""
+    num_grids: tuple[int, ...] = (40, 36, 24, 16, 12)
+    """S x S grid cells per level."""
+    scale_ranges: tuple[tuple[float, float], ...] = ((1, 96), (48, 192), (96, 384), (192, 768), (384, 2048))
+    """Per level, the range of sqrt(box w * box h) (canvas pixels) of the instances it learns; ranges overlap."""
+    pos_scale: float = 0.2
+    """Positive cells lie within pos_scale/2 of the box size around the mask's centre of mass."""
+    norm_groups: int = 32
+    """GroupNorm groups in the head and mask-feature branch."""
+    prior_prob: float = 0.01
+    """Initial foreground probability of the category branch (bias init)."""
+
+
+@dataclass(frozen=True)
+class MaskFeatureConfig:
+    feat_channels: int = 128
+    """Channels inside the unified mask-feature branch."""
+    out_channels: int = 256
+    """Mask-feature channels E; also the length of each dynamic 1x1 kernel."""
+    start_level: int = 0
+    """First FPN level fused into the mask features (0 = P2)."""
+    end_level: int = 3
+    """Last FPN level fused into the mask features (3 = P5); it also gets CoordConv."""
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    max_instances: int = 100
+    """Ground truth is padded (or truncated, counted) to this many instances per image."""
+    max_positives: int = 256
+    """Fixed buffer of (instance, cell) positive pairs per image; pairs beyond it are dropped and counted."""
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    focal_alpha: float = 0.25
+    """Focal loss alpha of the category branch."""
+    focal_gamma: float = 2.0
+    """Focal loss gamma."""
+    cls_weight: float = 1.0
+    """Weight of the category (focal) loss; normalised by positive cells + 1."""
+    dice_weight: float = 3.0
+    """Weight of the mask (dice) loss; averaged over positive cells."""
+    dice_eps: float = 0.001
+    """Added to each squared sum in the dice denominator."""
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    score_thr: float = 0.1
+    """Category score threshold (applied as a mask on the top-k)."""
+    nms_pre: int = 500
+    """Candidates kept (top-k by category score) before Matrix NMS."""
+    mask_thr: float = 0.5
+    """Soft-mask threshold giving the binary mask."""
+    update_thr: float = 0.05
+    """Detections whose score Matrix NMS decays below this are dropped."""
+    kernel: Literal["gaussian", "linear"] = "gaussian"
+    """Matrix NMS decay kernel."""
+    sigma: float = 2.0
+    """Gaussian kernel sigma."""
+    max_per_img: int = 100
+    """Fixed number of output slots per image."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    fpn: FPNConfig = field(default_factory=FPNConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    mask_feature: MaskFeatureConfig = field(default_factory=MaskFeatureConfig)
+    targets: TargetConfig = field(default_factory=TargetConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    img_scale: tuple[int, int] = (1333, 800)
+    """Images are resized to fit inside (long side, short side) keeping their aspect ratio."""
+    multiscale_short_sides: tuple[int, ...] = ()
+    """If set, training picks a random short side from this list (3x recipe: 640..800)."""
+    flip_prob: float = 0.5
+    """Probability of a horizontal flip in training."""
+    mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    """RGB pixel mean subtracted before the backbone."""
+    std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    """RGB pixel standard deviation."""
+    size_divisor: int = 32
+    """Canvas sides are multiples of this (the FPN's coarsest stride)."""
+    canvases: tuple[tuple[int, int], ...] = ((800, 1344), (1344, 800), (1088, 1088))
+    """Fixed (height, width) canvases images are padded to; a batch never mixes canvases."""
+    samples_per_device: int = 2
+    """Images per device per step."""
+    workers: int = 2
+    """Data-loading worker processes per device."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 12
+    """Training epochs."""
+    base_lr: float = 0.01
+    """SGD learning rate for base_batch_size images per step; scaled linearly with the real total batch."""
+    base_batch_size: int = 16
+    """Total batch the base_lr was tuned for (8 devices x 2 images)."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    weight_decay: float = 0.0001
+    """SGD weight decay."""
+    grad_clip: float = 35.0
+    """Gradient clipping max-norm (0 disables)."""
+    warmup_iters: int = 500
+    """Linear warm-up iterations."""
+    warmup_factor: float = 0.01
+    """Learning-rate factor at iteration 0 of the warm-up."""
+    lr_steps: tuple[int, ...] = (8, 11)
+    """Epochs after which the learning rate is multiplied by lr_gamma."""
+    lr_gamma: float = 0.1
+    """Step-decay factor."""
+    seed: int = 0
+    """Random seed."""
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.model.head.num_grids)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """A path to a YAML file, or the name (with or without .yaml) of a config shipped with solov2."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = CONFIG_DIR / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+    if shipped.is_file():
+        return shipped
+    known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(f"config: no file {str(name)!r} and no shipped config of that name (shipped: {known})")
+
+
+def load_config(name: str | Path | None = None, opts: Sequence[str] = ()) -> Config:
+    """Load a config file (or the defaults when ``name`` is None) and apply ``key=value`` overrides."""
+    raw: dict[str, Any] = {}
+    if name is not None:
+        path = resolve_config_path(name)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config: {path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config: {path} must hold a mapping at the top level")
+        raw = loaded or {}
+    for opt in opts:
+        apply_override(raw, opt)
+    cfg = _build(Config, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def apply_override(raw: dict[str, Any], opt: str) -> None:
+    """Set ``a.b.c=value`` (value parsed as YAML) in the nested dict ``raw``."""
+    key, sep, text = opt.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--opts: expected key=value, got {opt!r}")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{key}: cannot parse value {text!r}: {exc}") from exc
+    node = raw
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parts[: i + 1])}: is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists), e.g. to save next to a checkpoint."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        return v
+
+    return {k: (to_dict(v) if dataclasses.is_dataclass(v) else plain(v)) for k, v in vars(cfg).items()}
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"{where}{unknown[0]}: unknown key (valid keys here: {', '.join(names)})")
+    kwargs = {}
+    for name in names:
+        if name in raw:
+            kwargs[name] = _convert(raw[name], hints[name], f"{prefix}.{name}" if prefix else name)
+    return cls(**kwargs)
+
+
+def _convert(value: Any, hint: Any, path: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: expected one of {list(args)}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], path)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{path}: expected a list of {len(args)} values, got {len(value)}")
+        return tuple(_convert(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"{path}: unsupported config type {hint!r}")  # a bug in this module, not user input
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: every rule names the field it checks.
+
+
+def _require(ok: bool, path: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{path}: {message}")
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field and range checks; raises :class:`ConfigError` naming the first bad field."""
+    m = cfg.model
+    _require(m.backbone.depth in (18, 34, 50, 101), "model.backbone.depth", "must be 18, 34, 50 or 101")
+    _require(-1 <= m.backbone.frozen_stages <= 4, "model.backbone.frozen_stages", "must lie in -1..4")
+    _require(m.fpn.out_channels > 0, "model.fpn.out_channels", "must be positive")
+    _require(2 <= m.fpn.num_outs <= 6, "model.fpn.num_outs", "must lie in 2..6 (P2..P7 at most)")
+
+    h = m.head
+    levels = len(h.num_grids)
+    _require(
+        levels == m.fpn.num_outs,
+        "model.head.num_grids",
+        f"has {levels} levels but the FPN has {m.fpn.num_outs} outputs (model.fpn.num_outs)",
+    )
+    _require(
+        len(h.strides) == levels,
+        "model.head.strides",
+        f"has {len(h.strides)} entries but model.head.num_grids has {levels} levels",
+    )
+    _require(
+        len(h.scale_ranges) == levels,
+        "model.head.scale_ranges",
+        f"has {len(h.scale_ranges)} entries but model.head.num_grids has {levels} levels",
+    )
+    _require(
+        all(s > 0 for s in h.strides), "model.head.strides", f"must all be positive, got {list(h.strides)}"
+    )
+    _require(
+        all(g > 0 for g in h.num_grids),
+        "model.head.num_grids",
+        f"must all be positive, got {list(h.num_grids)}",
+    )
+    for i, (lo, hi) in enumerate(h.scale_ranges):
+        _require(0 <= lo < hi, f"model.head.scale_ranges[{i}]", f"needs 0 <= low < high, got ({lo}, {hi})")
+    _require(0 < h.pos_scale <= 1, "model.head.pos_scale", f"must lie in (0, 1], got {h.pos_scale}")
+    _require(h.num_classes >= 1, "model.head.num_classes", "must be at least 1")
+    _require(h.stacked_convs >= 1, "model.head.stacked_convs", "must be at least 1")
+    _require(0 < h.prior_prob < 1, "model.head.prior_prob", "must lie in (0, 1)")
+    _require(
+        h.norm_groups >= 1 and h.feat_channels % h.norm_groups == 0,
+        "model.head.feat_channels",
+        f"must be divisible by model.head.norm_groups ({h.norm_groups})",
+    )
+
+    mf = m.mask_feature
+    _require(
+        0 <= mf.start_level <= mf.end_level < m.fpn.num_outs,
+        "model.mask_feature.end_level",
+        f"needs 0 <= start_level <= end_level < model.fpn.num_outs ({m.fpn.num_outs})",
+    )
+    _require(
+        mf.start_level == 0,
+        "model.mask_feature.start_level",
+        "must be 0: mask features live at stride 4 (P2), where the targets are built",
+    )
+    for name in ("feat_channels", "out_channels"):
+        value = getattr(mf, name)
+        _require(
+            value > 0 and value % h.norm_groups == 0,
+            f"model.mask_feature.{name}",
+            f"must be a positive multiple of model.head.norm_groups ({h.norm_groups})",
+        )
+
+    _require(m.targets.max_instances >= 1, "model.targets.max_instances", "must be at least 1")
+    _require(m.targets.max_positives >= 1, "model.targets.max_positives", "must be at least 1")
+    _require(m.loss.focal_gamma >= 0, "model.loss.focal_gamma", "must be non-negative")
+    _require(0 <= m.loss.focal_alpha <= 1, "model.loss.focal_alpha", "must lie in [0, 1]")
+    _require(m.loss.dice_eps > 0, "model.loss.dice_eps", "must be positive")
+
+    inf = m.inference
+    for name in ("score_thr", "mask_thr", "update_thr"):
+        _require(0 <= getattr(inf, name) < 1, f"model.inference.{name}", "must lie in [0, 1)")
+    _require(inf.max_per_img >= 1, "model.inference.max_per_img", "must be at least 1")
+    _require(
+        inf.nms_pre >= inf.max_per_img,
+        "model.inference.nms_pre",
+        f"must be at least model.inference.max_per_img ({inf.max_per_img})",
+    )
+    _require(inf.sigma > 0, "model.inference.sigma", "must be positive")
+
+    d = cfg.data
+    _require(
+        d.size_divisor > 0 and d.size_divisor % 32 == 0,
+        "data.size_divisor",
+        "must be a positive multiple of 32 (the FPN's coarsest stride)",
+    )
+    _require(len(d.canvases) >= 1, "data.canvases", "needs at least one (height, width)")
+    for i, (ch, cw) in enumerate(d.canvases):
+        _require(
+            ch > 0 and cw > 0 and ch % d.size_divisor == 0 and cw % d.size_divisor == 0,
+            f"data.canvases[{i}]",
+            f"sides must be positive multiples of data.size_divisor ({d.size_divisor})",
+        )
+    _require(all(v > 0 for v in d.img_scale), "data.img_scale", "must be positive")
+    _require(all(v > 0 for v in d.multiscale_short_sides), "data.multiscale_short_sides", "must be positive")
+    _require(0 <= d.flip_prob <= 1, "data.flip_prob", "must lie in [0, 1]")
+    _require(all(s > 0 for s in d.std), "data.std", "must be positive")
+    _require(d.samples_per_device >= 1, "data.samples_per_device", "must be at least 1")
+    _require(d.workers >= 0, "data.workers", "must be non-negative")
+
+    t = cfg.train
+    _require(t.epochs >= 1, "train.epochs", "must be at least 1")
+    _require(t.base_lr > 0, "train.base_lr", "must be positive")
+    _require(t.base_batch_size >= 1, "train.base_batch_size", "must be at least 1")
+    _require(t.grad_clip >= 0, "train.grad_clip", "must be non-negative (0 disables clipping)")
+    _require(t.warmup_iters >= 0, "train.warmup_iters", "must be non-negative")
+    _require(0 < t.warmup_factor <= 1, "train.warmup_factor", "must lie in (0, 1]")
+    _require(
+        list(t.lr_steps) == sorted(t.lr_steps) and all(s > 0 for s in t.lr_steps),
+        "train.lr_steps",
+        "must be increasing positive epochs",
+    )
