@@ -92,3 +92,21 @@ class Detections(NamedTuple):
     labels: Tensor
     masks: Tensor
     valid: Tensor
+
+
+class Batch(NamedTuple):
+    """What a data loader yields: images padded to one canvas, their ground truth and metadata.
+
+    - ``images``:         ``[B, 3, H, W]`` uint8 RGB (normalised inside the model, on the device).
+    - ``gt``:             :class:`GroundTruth` (``None`` for inference-only loaders).
+    - ``image_ids``:      ``[B]`` int64 COCO image ids; ``-1`` marks a padding image that fills a short
+      last batch (its detections are ignored).
+    - ``image_sizes``:    ``[B, 2]`` int64 ``(h, w)`` of the resized image at the canvas's top-left.
+    - ``original_sizes``: ``[B, 2]`` int64 ``(h, w)`` of the image as stored on disk.
+    """
+
+    images: Tensor
+    gt: GroundTruth | None
+    image_ids: Tensor
+    image_sizes: Tensor
+    original_sizes: Tensor
