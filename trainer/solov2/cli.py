@@ -1,8 +1,8 @@
 """``solov2``: the trainer's command line.
 
-Every sub-command takes ``--config`` (a YAML path or the name of a shipped config) and ``--opts``
-(``key=value`` overrides, values parsed as YAML). Errors in the config or the input are reported in
-one line naming the field, with exit status 2.
+Every model sub-command takes ``--config`` (a YAML path or the name of a shipped config) and
+``--opts`` (``key=value`` overrides, values parsed as YAML). Bad input (a config field, a file, a data
+set) is reported in one line naming the field or file, with exit status 2.
 """
 
 from __future__ import annotations
@@ -11,36 +11,136 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from .config import CONFIG_DIR, Config, load_config
+from .config import CONFIG_DIR, Config, config_from_dict, load_config
 from .errors import ConfigError, UserError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DATA_LAYOUT = "COCO layout: annotations/instances_{train,val}2017.json, train2017/, val2017/"
 
 
-def _add_config_args(parser: argparse.ArgumentParser, default: str) -> None:
+def _add_config_args(parser: argparse.ArgumentParser, default: str | None) -> None:
     shipped = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    where = f"Default: {default}" if default else "Default: the config stored in --checkpoint"
     parser.add_argument(
-        "--config",
-        default=default,
-        help=f"YAML config: a file path or a shipped name ({shipped}). Default: %(default)s",
+        "--config", default=default, help=f"YAML config: a file or a shipped name ({shipped}). {where}"
     )
     parser.add_argument(
         "--opts",
         nargs="*",
         default=[],
         metavar="KEY=VALUE",
-        help="override config fields, e.g. --opts model.head.num_grids=[12,10,8,6,4] "
-        "train.base_lr=0.02 (values are parsed as YAML)",
+        help="override config fields, e.g. --opts model.head.num_grids=[12,10,8,6,4] train.base_lr=0.02 "
+        "(values are parsed as YAML)",
+    )
+
+
+def _add_device_arg(parser: argparse.ArgumentParser, default: str = "auto") -> None:
+    parser.add_argument(
+        "--device",
+        default=default,
+        help="auto (npu, then cuda, then cpu), cpu, cuda, npu, or one device like cuda:1. Under torchrun each "
+        "process takes the device of its LOCAL_RANK. Default: %(default)s",
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="solov2",
-        description="Static-shape SOLOv2 instance segmentation: train, evaluate and audit on CPU, CUDA or NPU.",
+        description="Static-shape SOLOv2 instance segmentation: train, evaluate, predict and audit on CPU, CUDA or "
+        "Ascend NPU. Run under torchrun for several processes.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "train",
+        help="train on a COCO-layout data set, then evaluate",
+        description=f"Train SOLOv2 ({DATA_LAYOUT}). Checkpoints go to WORK_DIR/checkpoints; at the "
+        "end the val split is evaluated and rank 0 writes WORK_DIR/results.json and the "
+        "termination message.",
+    )
+    _add_config_args(p, "solov2_r50_fpn_1x_coco")
+    p.add_argument("--data-path", type=Path, required=True, help=f"data set root ({DATA_LAYOUT})")
+    p.add_argument("--work-dir", type=Path, required=True, help="where checkpoints, logs and results go")
+    _add_device_arg(p)
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from WORK_DIR/checkpoints/last_checkpoint (model, optimizer, schedule, RNG, data "
+        "position); starts fresh when there is none",
+    )
+    p.add_argument(
+        "--load-from",
+        type=Path,
+        default=None,
+        help="initialise the model from these weights only (fine-tuning); layers whose shape changed, "
+        "like a new class count's category branch, stay initialised",
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile the static training step")
+    p.add_argument("--no-eval", action="store_true", help="skip the COCO evaluation after training")
+    p.add_argument(
+        "--termination-log",
+        type=Path,
+        default=Path("/dev/termination-log"),
+        help="file that receives the final metrics as compact JSON (< 4 KiB), for Kubernetes; "
+        "'' disables. Default: %(default)s",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics from rank 0 on this port (0 = any free port). Default: off",
+    )
+    p.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="skip and count unreadable image files instead of stopping with an error",
+    )
+
+    p = sub.add_parser(
+        "eval",
+        help="COCO mask and box AP of a checkpoint on the val split",
+        description=f"Evaluate a checkpoint ({DATA_LAYOUT}); writes detections_segm.json and "
+        "metrics.json to --work-dir. Run under torchrun to split the images across processes.",
+    )
+    _add_config_args(p, None)
+    p.add_argument("--data-path", type=Path, required=True, help=f"data set root ({DATA_LAYOUT})")
+    p.add_argument(
+        "--checkpoint", type=Path, required=True, help="a training checkpoint or a model state dict"
+    )
+    p.add_argument("--work-dir", type=Path, default=None, help="where to write results (default: print only)")
+    p.add_argument("--split", default="val2017", help="split to evaluate (default: %(default)s)")
+    _add_device_arg(p)
+
+    p = sub.add_parser(
+        "predict",
+        help="segment images and write overlay PNGs and a JSON of results",
+        description="Run a checkpoint on images; writes OUT/<image>.png overlays (coloured masks, "
+        "class and score) and OUT/predictions.json.",
+    )
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    _add_config_args(p, None)
+    p.add_argument("--checkpoint", type=Path, required=True, help="a training checkpoint")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument(
+        "--score-thr",
+        type=float,
+        default=0.3,
+        help="draw and report detections above this score (default: %(default)s)",
+    )
+    _add_device_arg(p)
+
+    p = sub.add_parser(
+        "make-synthetic",
+        help="write a COCO-format data set of simple shapes",
+        description="Write a small COCO-layout data set of rectangles, ellipses and triangles that "
+        "a tiny model learns on a CPU in minutes. Nothing is downloaded.",
+    )
+    p.add_argument("out", type=Path, metavar="OUT", help="output directory (created)")
+    p.add_argument("--train", type=int, default=200, help="training images (default: %(default)s)")
+    p.add_argument("--val", type=int, default=50, help="validation images (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
 
     p = sub.add_parser(
         "smoke",
@@ -53,18 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-size", type=int, default=None, help="images per step (default: data.samples_per_device)"
     )
-    p.add_argument(
-        "--device", default="cpu", help="torch device: cpu, cuda, cuda:1, npu:0 (default: %(default)s)"
-    )
+    _add_device_arg(p, "cpu")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: train.base_lr)")
 
     p = sub.add_parser(
         "check-static",
         help="prove the training step and post-processing compile to one static graph",
         description="Compile forward + targets + losses + backward, and inference + Matrix NMS, with "
-        "torch.compile(fullgraph=True, dynamic=False) on batches with different instance counts "
-        "(zero included). Prints one JSON line; exits 1 unless each path has one graph, no graph "
-        "break, no recompilation and no data-dependent operator.",
+        "torch.compile(fullgraph=True, dynamic=False) on batches with different instance counts (zero included). "
+        "Prints one JSON line; exits 1 unless each path has one graph, no graph break, no recompilation and no "
+        "data-dependent operator.",
     )
     _add_config_args(p, "solov2_tiny_cpu")
     p.add_argument("--batch-size", type=int, default=2, help="images per batch (default: %(default)s)")
@@ -76,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="ground-truth instances per image, one batch each (default: 0, 3 and max_instances)",
     )
-    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    _add_device_arg(p, "cpu")
 
     p = sub.add_parser(
         "params",
@@ -87,38 +185,91 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args: argparse.Namespace) -> Config:
-    return load_config(args.config, args.opts)
+def _config(args: argparse.Namespace, checkpoint: Path | None = None) -> Config:
+    if args.config is not None:
+        return load_config(args.config, args.opts)
+    from .engine.checkpoint import read_config
+
+    return config_from_dict(read_config(checkpoint), args.opts)  # type: ignore[arg-type]
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .engine.train import TrainOptions, train
+
+    opts = TrainOptions(
+        data_path=args.data_path, work_dir=args.work_dir, device=args.device, resume=args.resume,
+        load_from=args.load_from, compile=args.compile, evaluate=not args.no_eval,
+        termination_log=args.termination_log if str(args.termination_log) else None,
+        metrics_port=args.metrics_port, skip_bad_images=args.skip_bad_images, config_name=str(args.config),
+    )  # fmt: skip
+    train(_config(args), opts)
+    return EXIT_OK
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .engine.commands import run_eval
+
+    run_eval(_config(args, args.checkpoint), data_path=args.data_path, checkpoint=args.checkpoint,
+             work_dir=args.work_dir, split=args.split, device=args.device)  # fmt: skip
+    return EXIT_OK
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .engine.commands import run_predict
+
+    run_predict(_config(args, args.checkpoint), images=args.images, checkpoint=args.checkpoint, out=args.out,
+                score_thr=args.score_thr, device=args.device)  # fmt: skip
+    return EXIT_OK
+
+
+def _make_synthetic(args: argparse.Namespace) -> int:
+    from .data.synthetic import write_synthetic_coco
+
+    if args.train < 1 or args.val < 0:
+        raise ConfigError("--train must be at least 1 and --val at least 0")
+    root = write_synthetic_coco(args.out, train=args.train, val=args.val, seed=args.seed)
+    print(f"wrote {args.train} training and {args.val} validation images to {root}")
+    return EXIT_OK
+
+
+def _smoke(args: argparse.Namespace) -> int:
+    from .smoke import smoke_run
+
+    if args.steps < 1:
+        raise ConfigError("--steps: must be at least 1")
+    smoke_run(_config(args), steps=args.steps, batch_size=args.batch_size, device=args.device, lr=args.lr)
+    return EXIT_OK
+
+
+def _check_static(args: argparse.Namespace) -> int:
+    from .static_check import check_static
+
+    report = check_static(_config(args), batch_size=args.batch_size, instance_counts=args.instance_counts,
+                          device=args.device)  # fmt: skip
+    print(json.dumps(report), flush=True)
+    return EXIT_OK if report["ok"] else EXIT_FAILED
+
+
+def _params(args: argparse.Namespace) -> int:
+    from .model import build_model, parameter_counts
+
+    print(json.dumps(parameter_counts(build_model(_config(args)))))
+    return EXIT_OK
+
+
+COMMANDS = {
+    "train": _train, "eval": _eval, "predict": _predict, "make-synthetic": _make_synthetic, "smoke": _smoke,
+    "check-static": _check_static, "params": _params,
+}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg = _load(args)
-        if args.command == "smoke":
-            from .smoke import smoke_run
-
-            if args.steps < 1:
-                raise ConfigError("--steps: must be at least 1")
-            smoke_run(cfg, steps=args.steps, batch_size=args.batch_size, device=args.device, lr=args.lr)
-            return EXIT_OK
-        if args.command == "check-static":
-            from .static_check import check_static
-
-            report = check_static(
-                cfg, batch_size=args.batch_size, instance_counts=args.instance_counts, device=args.device
-            )
-            print(json.dumps(report), flush=True)
-            return EXIT_OK if report["ok"] else EXIT_FAILED
-        if args.command == "params":
-            from .model import build_model, parameter_counts
-
-            print(json.dumps(parameter_counts(build_model(cfg))))
-            return EXIT_OK
+        return COMMANDS[args.command](args)
     except UserError as exc:
         print(f"solov2 {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    raise AssertionError(f"unhandled command {args.command}")  # argparse rejects unknown commands
 
 
 if __name__ == "__main__":

@@ -143,8 +143,9 @@ class DataConfig:
     """RGB pixel standard deviation."""
     size_divisor: int = 32
     """Canvas sides are multiples of this (the FPN's coarsest stride)."""
-    canvases: tuple[tuple[int, int], ...] = ((800, 1344), (1344, 800), (1088, 1088))
-    """Fixed (height, width) canvases images are padded to; a batch never mixes canvases."""
+    canvases: tuple[tuple[int, int], ...] = ((800, 1088), (800, 1344), (1088, 800), (1344, 800))
+    """Fixed (height, width) canvases images are padded to; each image takes the smallest that holds it, and a
+    batch never mixes canvases. The default wastes ~7% of pixels on COCO-like sizes (bench/padding_waste.py)."""
     samples_per_device: int = 2
     """Images per device per step."""
     workers: int = 2
@@ -174,7 +175,19 @@ class TrainConfig:
     lr_gamma: float = 0.1
     """Step-decay factor."""
     seed: int = 0
-    """Random seed."""
+    """Random seed (data order, augmentation and initialisation derive from it)."""
+    amp: Literal["auto", "off", "fp16", "bf16"] = "auto"
+    """Mixed precision: auto = bf16 on CUDA, fp16 on NPU, off (fp32) on CPU."""
+    loss_scale: float = 0.0
+    """fp16 loss scale: 0 = dynamic (GradScaler); a positive value is a fixed scale (the ModelZoo used 128)."""
+    checkpoint_interval: int = 0
+    """Also checkpoint every this many iterations (0 = only at the end of each epoch)."""
+    log_interval: int = 20
+    """Iterations between progress lines."""
+    max_nonfinite: int = 20
+    """Stop training after this many consecutive steps with a non-finite loss or gradient."""
+    sync_bn: bool = True
+    """Use SyncBatchNorm for trainable BatchNorm layers in distributed runs where the backend supports it."""
 
 
 @dataclass(frozen=True)
@@ -216,6 +229,12 @@ def load_config(name: str | Path | None = None, opts: Sequence[str] = ()) -> Con
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config: {path} must hold a mapping at the top level")
         raw = loaded or {}
+    return config_from_dict(raw, opts)
+
+
+def config_from_dict(raw: dict[str, Any], opts: Sequence[str] = ()) -> Config:
+    """A config from a plain dict (as :func:`to_dict` writes into checkpoints), with overrides."""
+    raw = yaml.safe_load(yaml.safe_dump(raw))  # deep copy, tuples as lists
     for opt in opts:
         apply_override(raw, opt)
     cfg = _build(Config, raw, "")

@@ -16,3 +16,7 @@ class GroundTruthError(UserError, ValueError):
 
 class WeightsError(UserError, RuntimeError):
     """Weights that cannot be loaded: missing file, unreadable, or mismatched keys or shapes."""
+
+
+class DataError(UserError, ValueError):
+    """A data set that cannot be used: a missing or corrupt file, or annotations that do not fit the config."""

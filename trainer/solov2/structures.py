@@ -59,6 +59,8 @@ class GroundTruth(NamedTuple):
             raise GroundTruthError(
                 f"gt.masks: expected the canvas size {tuple(image_size)}, got {(height, width)}"
             )
+        if masks.numel() and masks.dtype == torch.uint8 and int(masks.max()) > 1:
+            raise GroundTruthError(f"gt.masks: values must be 0 or 1, found {int(masks.max())}")
         vb = boxes[valid]
         if vb.numel():
             if not torch.isfinite(vb).all():

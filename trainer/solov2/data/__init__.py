@@ -1,1 +1,1 @@
-"""Data: generated shapes for demos and tests (COCO loading arrives with the training loop)."""
+"""Data: COCO instances, transforms, aspect-ratio canvases (buckets), loaders, generated shapes."""

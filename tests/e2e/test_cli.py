@@ -1,0 +1,92 @@
+"""The `solov2` command line as a user runs it: train, eval, predict, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from solov2.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(small_coco, tmp_path_factory):
+    work = tmp_path_factory.mktemp("work")
+    code = main(["train", "--config", "solov2_tiny_cpu", "--data-path", str(small_coco), "--work-dir", str(work),
+                 "--device", "cpu", "--termination-log", str(work / "termination-log"),
+                 "--opts", "train.epochs=1"])  # fmt: skip
+    assert code == 0
+    return work
+
+
+def test_train_writes_checkpoint_results_and_termination_message(trained):
+    assert (trained / "checkpoints" / "epoch_1.pth").is_file()
+    results = json.loads((trained / "results.json").read_text())
+    message = (trained / "termination-log").read_bytes()
+    assert len(message) < 4096 and b"\n" not in message.strip()
+    assert json.loads(message)["segm_AP"] == results["segm_AP"]
+    for key in ("segm_AP", "segm_AP50", "bbox_AP", "epochs", "iterations", "images_per_second", "checkpoint"):
+        assert key in results
+    assert results["iterations"] == 4 and results["images"] == 4
+    assert (trained / "detections_segm.json").is_file() and (trained / "metrics.json").is_file()
+
+
+def test_eval_reproduces_the_training_evaluation(trained, small_coco, tmp_path, capsys):
+    code = main(["eval", "--data-path", str(small_coco), "--checkpoint", str(trained / "checkpoints" / "epoch_1.pth"),
+                 "--work-dir", str(tmp_path), "--device", "cpu"])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "segm" in out and "AP50" in out
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["segm_AP"] == json.loads((trained / "results.json").read_text())["segm_AP"]
+
+
+def test_predict_writes_overlays_and_json(trained, small_coco, tmp_path):
+    images = sorted((small_coco / "val2017").iterdir())[:2]
+    code = main(["predict", *map(str, images), "--checkpoint", str(trained / "checkpoints" / "epoch_1.pth"),
+                 "--out", str(tmp_path), "--device", "cpu", "--score-thr", "0.0"])  # fmt: skip
+    assert code == 0
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(f"{p.stem}.png" for p in images)
+    records = json.loads((tmp_path / "predictions.json").read_text())
+    assert [Path(r["file"]).name for r in records] == [p.name for p in images]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "solov2.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_bad_input_is_one_line_naming_the_problem(tmp_path):
+    res = _run("train", "--data-path", str(tmp_path / "nowhere"), "--work-dir", str(tmp_path / "w"),
+               "--config", "solov2_tiny_cpu", "--device", "cpu")  # fmt: skip
+    assert res.returncode == 2
+    assert "nowhere" in res.stderr and "Traceback" not in res.stderr
+    res = _run("smoke", "--opts", "model.head.strides=[8,8,16,32]")
+    assert res.returncode == 2
+    assert res.stderr.strip() == (
+        "solov2 smoke: error: model.head.strides: has 4 entries but model.head.num_grids has 5 levels"
+    )
+    res = _run("eval", "--data-path", str(tmp_path), "--checkpoint", str(tmp_path / "missing.pth"))
+    assert res.returncode == 2 and "missing.pth" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_make_synthetic_and_params(tmp_path, capsys):
+    assert main(["make-synthetic", str(tmp_path / "d"), "--train", "3", "--val", "2"]) == 0
+    assert len(list((tmp_path / "d" / "train2017").iterdir())) == 3
+    assert main(["params", "--config", "solov2_tiny_cpu"]) == 0
+    counts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert counts["total"] == counts["backbone"] + counts["fpn"] + counts["head"]
+
+
+def test_smoke_prints_falling_losses(capsys):
+    assert main(["smoke", "--steps", "4", "--lr", "0.01"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert len(lines) == 4
+    losses = [float(line.split("loss ")[1].split()[0]) for line in lines]
+    assert losses[-1] < losses[0]

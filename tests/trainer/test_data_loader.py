@@ -1,0 +1,169 @@
+"""collate and the train/eval loaders: static shapes, valid ground truth, truncation counts,
+reproducible and resumable epochs (with and without worker processes), bad-image handling."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+import torch
+
+from solov2.config import load_config
+from solov2.data.buckets import assign_canvases
+from solov2.data.coco import CocoInstances, Sample
+from solov2.data.loader import LoaderStats, build_eval_loader, build_train_loader, collate
+from solov2.data.synthetic import write_synthetic_coco
+from solov2.errors import DataError
+from solov2.structures import Batch
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+CANVASES = [(192, 256), (256, 192), (224, 224)]
+
+
+def config(*opts: str):
+    return load_config(
+        "solov2_tiny_cpu",
+        ["data.img_scale=[256,192]", f"data.canvases={[list(c) for c in CANVASES]}", "data.workers=0", *opts],
+    )
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return write_synthetic_coco(tmp_path_factory.mktemp("shapes"), train=24, val=7, seed=2)
+
+
+def dataset(root, split="train", **kw) -> CocoInstances:
+    return CocoInstances(root / f"{split}2017", root / "annotations" / f"instances_{split}2017.json", **kw)
+
+
+def square_sample(n: int, size=(20, 30), image_id: int = 5) -> Sample:
+    h, w = size
+    masks = torch.zeros(n, h, w, dtype=torch.uint8)
+    for i in range(n):
+        masks[i, : 1 + i % h, : 1 + i] = 1  # areas grow with i
+    boxes = torch.tensor([[0.0, 0.0, 1 + i, 1 + i % h] for i in range(n)]).reshape(-1, 4)
+    image = torch.full((3, h, w), 7, dtype=torch.uint8)
+    return Sample(image, masks, boxes, torch.arange(n) % 3, image_id, (2 * h, 2 * w), (h, w))
+
+
+def test_collate_pads_instances_and_images_and_counts_truncation():
+    stats = LoaderStats()
+    batch = collate(
+        [square_sample(3), None, square_sample(6, image_id=9)], canvas=(32, 32), max_instances=4, stats=stats
+    )
+    assert isinstance(batch, Batch)
+    gt = batch.gt
+    assert batch.images.shape == (3, 3, 32, 32) and gt.masks.shape == (3, 4, 32, 32)
+    assert gt.boxes.shape == (3, 4, 4) and gt.labels.shape == gt.valid.shape == (3, 4)
+    assert batch.image_ids.tolist() == [5, -1, 9]
+    assert batch.image_sizes.tolist() == [[20, 30], [0, 0], [20, 30]]
+    assert batch.original_sizes.tolist() == [[40, 60], [0, 0], [40, 60]]
+    assert gt.valid.sum(1).tolist() == [3, 0, 4]
+    assert (
+        not batch.images[1].any()
+        and not batch.images[0, :, 20:].any()
+        and batch.images[0, :, :20, :30].eq(7).all()
+    )
+    assert gt.labels[2].tolist() == [2, 0, 1, 2]  # the 4 largest of 6 (indices 2..5), in order
+    assert not gt.masks[0, 3:].any() and not gt.masks[1].any()
+    gt.validate(num_classes=3, image_size=(32, 32))
+    assert stats.as_dict() == {
+        "images": 2,
+        "padding_images": 1,
+        "instances": 7,
+        "truncated_images": 1,
+        "truncated_instances": 2,
+        "replaced": 0,
+    }
+
+
+def test_train_loader_yields_valid_static_batches(root):
+    cfg = config()
+    ds = dataset(root)
+    loader = build_train_loader(ds, cfg, seed=0)
+    canvas_of = assign_canvases(ds.image_sizes(), CANVASES, img_scale=(256, 192))
+    id_to_index = {image_id: i for i, image_id in enumerate(ds.image_ids)}
+    batches = list(loader)
+    assert len(batches) == len(loader) > 0
+    for batch in batches:
+        canvas = tuple(batch.images.shape[-2:])
+        assert batch.images.shape == (2, 3, *canvas) and batch.gt.masks.shape == (2, 16, *canvas)
+        assert {CANVASES[canvas_of[id_to_index[int(i)]]] for i in batch.image_ids} == {canvas}
+        batch.gt.validate(num_classes=3, image_size=canvas)
+        for b in range(2):
+            h, w = batch.image_sizes[b].tolist()
+            assert not batch.images[b, :, h:].any() and not batch.gt.masks[b, :, :, w:].any()
+            assert batch.gt.masks[b][batch.gt.valid[b]].flatten(1).any(1).all()
+    assert loader.collate_fn.stats.as_dict()["images"] == 2 * len(batches)
+
+
+def same(a: list[Batch], b: list[Batch]) -> bool:
+    return len(a) == len(b) and all(
+        torch.equal(x.images, y.images) and all(torch.equal(u, v) for u, v in zip(x.gt, y.gt, strict=True))
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+def test_epochs_reproduce_with_workers_and_resume_mid_epoch(root):
+    ds = dataset(root)
+    cfg = config("data.multiscale_short_sides=[128,160,192]")
+    reference = build_train_loader(ds, cfg, epoch=1, seed=5)
+    epoch1 = list(reference)
+    reference.batch_sampler.set_epoch(2)
+    epoch2 = list(reference)
+    assert not same(epoch1, epoch2)
+    with_workers = build_train_loader(
+        ds, config("data.multiscale_short_sides=[128,160,192]", "data.workers=2"), epoch=1, seed=5
+    )
+    assert same(list(with_workers), epoch1)
+    resumed = build_train_loader(ds, cfg, epoch=1, start_batch=3, seed=5)
+    assert len(resumed) == len(epoch1) - 3 and same(list(resumed), epoch1[3:])
+    resumed.batch_sampler.set_epoch(2)
+    assert same(list(resumed), epoch2)
+
+
+def test_ranks_are_disjoint_and_equal(root):
+    ds, cfg = dataset(root), config()
+    runs = [list(build_train_loader(ds, cfg, rank=r, world_size=2)) for r in range(2)]
+    assert len(runs[0]) == len(runs[1]) > 0
+    ids = [int(i) for run in runs for b in run for i in b.image_ids]
+    assert len(ids) == len(set(ids))
+
+
+def test_eval_loader_sees_each_image_once_with_padding(root):
+    ds, cfg = dataset(root, "val"), config()
+    runs = [list(build_eval_loader(ds, cfg, rank=r, world_size=2)) for r in range(2)]
+    assert len(runs[0]) == len(runs[1])
+    ids = [int(i) for run in runs for b in run for i in b.image_ids]
+    assert sorted(i for i in ids if i >= 0) == ds.image_ids and -1 in ids
+    assert all(b.gt is None for run in runs for b in run)
+    with_gt = list(build_eval_loader(ds, cfg, with_gt=True))
+    for b in with_gt:
+        b.gt.validate(num_classes=3, image_size=tuple(b.images.shape[-2:]))
+        assert not b.gt.valid[b.image_ids < 0].any()
+
+
+def test_bad_images_are_replaced_in_training_and_padded_in_evaluation(root, tmp_path):
+    shutil.copytree(root, tmp_path / "copy")
+    copy = tmp_path / "copy"
+    ds = dataset(copy, skip_bad_images=True)
+    bad = copy / "train2017" / ds.coco.imgs[ds.image_ids[0]]["file_name"]
+    bad.write_bytes(b"broken")
+    loader = build_train_loader(ds, config("data.workers=2"))
+    ids = [int(i) for b in loader for i in b.image_ids]
+    assert -1 not in ids and ds.image_ids[0] not in ids
+    assert ds.skipped == 1 and loader.collate_fn.stats.as_dict()["replaced"] >= 1
+    with pytest.raises(DataError, match=re.escape(bad.name)):
+        list(build_train_loader(dataset(copy), config()))
+    val = dataset(copy, "val", skip_bad_images=True)
+    (copy / "val2017" / val.coco.imgs[val.image_ids[1]]["file_name"]).write_bytes(b"broken")
+    ids = [int(i) for b in build_eval_loader(val, config()) for i in b.image_ids]
+    assert val.image_ids[1] not in ids and sorted(i for i in ids if i >= 0) == sorted(
+        set(val.image_ids) - {val.image_ids[1]}
+    )
+
+
+def test_loader_checks_num_classes(root):
+    with pytest.raises(DataError, match=r"model\.head\.num_classes: is 5 .* defines 3"):
+        build_train_loader(dataset(root), config("model.head.num_classes=5"))

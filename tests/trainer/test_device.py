@@ -1,0 +1,105 @@
+"""Device detection, backends and mixed precision, including the NPU path without Ascend hardware."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+
+from solov2 import device as dev
+from solov2.errors import ConfigError
+
+
+def _fake_torch_npu(
+    monkeypatch, *, import_error: Exception | None = None, available: bool = True, count: int = 8
+):
+    """Install a stand-in `torch_npu`: either one whose import fails (no CANN) or one exposing torch.npu."""
+    module = types.ModuleType("torch_npu")
+    module.__spec__ = importlib.machinery.ModuleSpec("torch_npu", loader=None)
+    calls: list[int] = []
+    monkeypatch.setattr(
+        dev.importlib.util, "find_spec", lambda name: module.__spec__ if name == "torch_npu" else None
+    )
+
+    def fake_import(name):
+        if name != "torch_npu":
+            return importlib.import_module(name)
+        if import_error is not None:
+            raise import_error
+        npu = types.SimpleNamespace(is_available=lambda: available, device_count=lambda: count,
+                                    set_device=calls.append)  # fmt: skip
+        monkeypatch.setattr(torch, "npu", npu, raising=False)
+        return module
+
+    monkeypatch.setattr(dev.importlib, "import_module", fake_import)
+    return calls
+
+
+def test_torch_npu_without_cann_is_reported_not_raised(monkeypatch):
+    _fake_torch_npu(monkeypatch, import_error=OSError("libhccl.so: cannot open shared object file"))
+    ok, why = dev.npu_status()
+    assert not ok and "libhccl.so" in why and "CANN" in why
+    assert dev.detect_device_kind("auto") in ("cpu", "cuda")
+    with pytest.raises(ConfigError, match=r"no usable NPU.*libhccl"):
+        dev.detect_device_kind("npu")
+
+
+def test_npu_is_preferred_and_uses_hccl(monkeypatch):
+    calls = _fake_torch_npu(monkeypatch)
+    monkeypatch.setattr(torch, "device", lambda kind, index=None: (kind, index))
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setenv("RANK", "11")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(ConfigError, match="RANK=11 must lie in"):
+        dev.setup_runtime("auto")
+    monkeypatch.setenv("RANK", "0")
+    runtime = dev.setup_runtime("auto")
+    assert runtime.kind == "npu" and runtime.backend == "hccl" and calls == [3]
+    assert runtime.device == ("npu", 3)
+
+
+def test_no_torch_npu_installed(monkeypatch):
+    monkeypatch.setattr(dev.importlib.util, "find_spec", lambda name: None)
+    assert dev.npu_status() == (False, "torch_npu is not installed")
+
+
+def test_backends_and_amp_choices():
+    assert dev.BACKENDS == {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}
+    assert dev.amp_dtype("cpu", "auto") is None
+    assert dev.amp_dtype("cuda", "auto") is torch.bfloat16
+    assert dev.amp_dtype("npu", "auto") is torch.float16
+    assert dev.amp_dtype("cuda", "fp16") is torch.float16
+    assert dev.amp_dtype("npu", "off") is None
+    with pytest.raises(ConfigError, match=r"train.amp: bf16 is for GPUs and NPUs"):
+        dev.amp_dtype("cpu", "bf16")
+    with pytest.raises(ConfigError, match="--device"):
+        dev.detect_device_kind("tpu")
+
+
+@pytest.mark.filterwarnings("ignore:.*GradScaler is enabled, but CUDA is not available")
+def test_fixed_loss_scale_of_128():
+    scaler = dev.make_scaler("npu", torch.float16, 128.0)
+    assert isinstance(scaler, dev.FixedLossScaler) and scaler.get_scale() == 128.0
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([p], lr=1.0)
+    scaler.scale((p * 2).sum()).backward()
+    scaler.unscale_(opt)
+    assert torch.equal(p.grad, torch.full((3,), 2.0))
+    assert isinstance(dev.make_scaler("cuda", torch.float16, 0.0), torch.amp.GradScaler)
+    assert dev.make_scaler("cuda", torch.bfloat16, 0.0) is None
+
+
+def test_importing_solov2_disables_device_plugin_autoload():
+    code = "import os, solov2, torch; print(os.environ['TORCH_DEVICE_BACKEND_AUTOLOAD'])"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={k: v for k, v in __import__("os").environ.items() if k != "TORCH_DEVICE_BACKEND_AUTOLOAD"},
+    )
+    assert out.stdout.strip() == "0"

@@ -1,0 +1,55 @@
+# Shared argument parsing for the ModelZoo-style entry points. Sourced, not run.
+# Flags (all --name=value): --data_path (required), --work_dir, --config, --device, --nproc, --checkpoint,
+# --epochs; anything after `--` is passed to `solov2` unchanged.
+
+config="solov2_r50_fpn_1x_coco"
+work_dir=""
+device="auto"
+nproc=""
+checkpoint=""
+epochs=""
+data_path=""
+extra=()
+
+usage() {
+    sed -n '2,/^$/s/^# \{0,1\}//p' "$0" >&2
+    exit 2
+}
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --data_path=*) data_path="${1#*=}" ;;
+        --work_dir=*) work_dir="${1#*=}" ;;
+        --config=*) config="${1#*=}" ;;
+        --device=*) device="${1#*=}" ;;
+        --nproc=*) nproc="${1#*=}" ;;
+        --checkpoint=*) checkpoint="${1#*=}" ;;
+        --epochs=*) epochs="${1#*=}" ;;
+        -h|--help) usage ;;
+        --) shift; extra=("$@"); break ;;
+        *) echo "$(basename "$0"): unknown argument '$1' (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+if [ -z "$data_path" ]; then
+    echo "$(basename "$0"): --data_path=DIR is required (COCO layout: annotations/, train2017/, val2017/)" >&2
+    exit 2
+fi
+if [ ! -d "$data_path" ]; then
+    echo "$(basename "$0"): --data_path: no directory '$data_path'" >&2
+    exit 2
+fi
+
+script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# Ascend: load CANN and the recommended HCCL settings when the toolkit is installed.
+if [ -d /usr/local/Ascend ] || [ -n "${ASCEND_HOME_PATH:-}" ]; then
+    # shellcheck source=env_npu.sh
+    source "$script_dir/env_npu.sh"
+fi
+
+opts=()
+if [ -n "$epochs" ]; then
+    opts+=(--opts "train.epochs=$epochs")
+fi
+SOLOV2="${SOLOV2:-solov2}"

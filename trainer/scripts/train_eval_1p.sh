@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Evaluate a checkpoint on COCO val2017 on one device: mask and box AP, written to --work_dir.
+#   bash train_eval_1p.sh --data_path=DIR --checkpoint=FILE [--work_dir=DIR] [--device=auto] [-- solov2 args]
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+work_dir="${work_dir:-output/eval}"
+checkpoint="${checkpoint:-output/8p/checkpoints/epoch_12.pth}"
+if [ ! -f "$checkpoint" ]; then
+    echo "$(basename "$0"): --checkpoint: no file '$checkpoint'" >&2
+    exit 2
+fi
+mkdir -p "$work_dir"
+"$SOLOV2" eval --data-path "$data_path" --checkpoint "$checkpoint" --work-dir "$work_dir" --device "$device" \
+    "${extra[@]}" 2>&1 | tee -a "$work_dir/eval.log"

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Fine-tune from a trained checkpoint's weights (not its optimizer) on one device, e.g. on your own
+# COCO-format data set with another class count (the category branch is then re-initialised).
+#   bash train_finetune_1p.sh --data_path=DIR --checkpoint=FILE [--work_dir=DIR] [--epochs=N] [-- solov2 args]
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+work_dir="${work_dir:-output/finetune}"
+if [ -z "$checkpoint" ] || [ ! -f "$checkpoint" ]; then
+    echo "$(basename "$0"): --checkpoint=FILE is required and must exist (got '$checkpoint')" >&2
+    exit 2
+fi
+mkdir -p "$work_dir"
+"$SOLOV2" train --config "$config" --data-path "$data_path" --work-dir "$work_dir" --device "$device" \
+    --load-from "$checkpoint" --termination-log "$work_dir/termination-log" --resume "${opts[@]}" "${extra[@]}" \
+    2>&1 | tee -a "$work_dir/train.log"

@@ -1,0 +1,231 @@
+"""COCO-format instance segmentation data: images and their instance masks, boxes and labels.
+
+``CocoInstances(image_dir, ann_file)`` reads a COCO annotation file (``instances_*.json``) once and
+decodes one image and its annotations per ``__getitem__``:
+
+- every image entry of the file is a sample, also the ones without annotations (pure background);
+- ``iscrowd=1`` regions are not returned as instances (they stay in ``coco`` for evaluation), nor are
+  annotations with a zero area, a box thinner than one pixel, no segmentation or an empty mask;
+- polygons (one or several parts), uncompressed and compressed RLE all decode through pycocotools;
+- COCO category ids (possibly non-contiguous) map to contiguous labels ``0..num_classes-1`` in
+  increasing category id order.
+
+Bad images. Without ``skip_bad_images`` a missing, undecodable or wrongly sized image raises
+:class:`DataError` naming the file. With it, ``__getitem__`` returns ``None`` instead, logs a warning and
+marks the image in a flag vector kept in shared memory, so ``skipped`` counts the distinct bad images seen
+by every data-loading worker. The loaders in :mod:`.loader` replace a ``None`` with another image of the
+same canvas (training) or a padding entry (evaluation), so batch shapes stay static. Images are checked
+lazily, when first read: verifying 118k COCO files up front would decode every image once more (minutes
+of CPU) before the first step, and a file can still break later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+
+__all__ = ["CocoInstances", "Sample", "read_image"]
+
+_log = logging.getLogger(__name__)
+
+
+class Sample(NamedTuple):
+    """One image and its instances. Sizes are ``(h, w)``.
+
+    - ``image``:         ``[3, H, W]`` uint8 RGB (after padding ``H x W`` is the canvas).
+    - ``masks``:         ``[n, H, W]`` uint8 (0/1), one per instance.
+    - ``boxes``:         ``[n, 4]`` float32 ``x1, y1, x2, y2`` in pixels of ``image``.
+    - ``labels``:        ``[n]`` int64 contiguous class ids.
+    - ``image_id``:      COCO image id.
+    - ``original_size``: size of the image as stored on disk.
+    - ``image_size``:    size of the image content at the top-left of ``image`` (differs from
+      ``image.shape[-2:]`` only after padding).
+    """
+
+    image: Tensor
+    masks: Tensor
+    boxes: Tensor
+    labels: Tensor
+    image_id: int
+    original_size: tuple[int, int]
+    image_size: tuple[int, int]
+
+
+def read_image(path: Path) -> Tensor:
+    """Decode an image file to ``[3, H, W]`` uint8 RGB (a channels-last view); grey, RGBA, CMYK and
+    palette images are converted. Raises :class:`DataError` naming the file if it is missing or corrupt."""
+    try:
+        with Image.open(path) as img:
+            if img.mode in ("P", "PA", "LA"):
+                img = img.convert("RGBA")  # palette transparency, then drop alpha below
+            rgb = np.array(img.convert("RGB"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: cannot decode image ({exc})") from exc
+    return torch.from_numpy(rgb).permute(2, 0, 1)
+
+
+def _load_coco(ann_file: Path) -> COCO:
+    try:
+        data = json.loads(ann_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{ann_file}: cannot read the annotation file as JSON ({exc})") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise DataError(f"{ann_file}: not a COCO annotation file (no 'images' list)")
+    if not isinstance(data.get("categories"), list) or not data["categories"]:
+        raise DataError(f"{ann_file}: no 'categories' in the annotation file")
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco.createIndex()
+    return coco
+
+
+def _usable(ann: dict[str, Any]) -> bool:
+    """An annotation that becomes a training instance (before its mask is decoded)."""
+    if ann.get("iscrowd", 0) or not ann.get("segmentation"):
+        return False
+    bbox = ann.get("bbox") or [0, 0, 0, 0]
+    return ann.get("area", 1) > 0 and bbox[2] >= 1 and bbox[3] >= 1
+
+
+def _to_rle(ann: dict[str, Any], height: int, width: int, ann_file: Path) -> dict[str, Any] | None:
+    """A compressed RLE of the annotation's segmentation at ``height x width``; None if it has no area."""
+    segm = ann["segmentation"]
+    if isinstance(segm, list):  # polygons: one or more parts of one object
+        parts = [p for p in segm if len(p) >= 6]
+        return mask_utils.merge(mask_utils.frPyObjects(parts, height, width)) if parts else None
+    if isinstance(segm, dict) and "counts" in segm and "size" in segm:
+        if [int(v) for v in segm["size"]] != [height, width]:
+            raise DataError(
+                f"{ann_file}: annotation {ann.get('id')} has an RLE of size {segm['size']} "
+                f"but its image is {height}x{width}"
+            )
+        if isinstance(segm["counts"], list):  # uncompressed RLE
+            return mask_utils.frPyObjects(segm, height, width)
+        return segm
+    raise DataError(f"{ann_file}: annotation {ann.get('id')} has an unknown segmentation format")
+
+
+class CocoInstances(Dataset):
+    """COCO instances; ``dataset[i]`` is a :class:`Sample` at the stored image size (or None, see above)."""
+
+    def __init__(
+        self,
+        image_dir: str | Path,
+        ann_file: str | Path,
+        *,
+        num_classes: int | None = None,
+        skip_bad_images: bool = False,
+    ) -> None:
+        self.image_dir = Path(image_dir)
+        self.ann_file = Path(ann_file)
+        if not self.ann_file.is_file():
+            raise DataError(f"{self.ann_file}: annotation file not found")
+        if not self.image_dir.is_dir():
+            raise DataError(f"{self.image_dir}: image directory not found")
+        self.coco = _load_coco(self.ann_file)
+        self.label_to_category: list[int] = sorted(self.coco.cats)
+        self.category_to_label: dict[int, int] = {c: i for i, c in enumerate(self.label_to_category)}
+        self.class_names: list[str] = [str(self.coco.cats[c].get("name", c)) for c in self.label_to_category]
+        found = len(self.label_to_category)
+        if num_classes is not None and num_classes != found:
+            raise DataError(
+                f"model.head.num_classes: is {num_classes} but {self.ann_file} defines {found} categories "
+                f"(set model.head.num_classes={found})"
+            )
+        self.num_classes: int = found
+        self.image_ids: list[int] = sorted(self.coco.imgs)
+        for image_id in self.image_ids:
+            info = self.coco.imgs[image_id]
+            if not all(k in info for k in ("file_name", "height", "width")):
+                raise DataError(f"{self.ann_file}: image {image_id} lacks file_name, height or width")
+        for ann in self.coco.anns.values():
+            if ann.get("category_id") not in self.category_to_label:
+                raise DataError(
+                    f"{self.ann_file}: annotation {ann.get('id')} has category_id {ann.get('category_id')}, "
+                    "which is not in 'categories'"
+                )
+        self.skip_bad_images = skip_bad_images
+        # One flag per image in shared memory: data-loading workers mark the bad images they meet.
+        self._bad = torch.zeros(len(self.image_ids), dtype=torch.uint8).share_memory_()
+
+    @property
+    def skipped(self) -> int:
+        """Distinct bad images met so far (only with ``skip_bad_images``), across all workers."""
+        return int(self._bad.sum())
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def image_sizes(self) -> list[tuple[int, int]]:
+        """``(h, w)`` of every image, in dataset order, from the annotation file (no image is opened)."""
+        return [(int(self.coco.imgs[i]["height"]), int(self.coco.imgs[i]["width"])) for i in self.image_ids]
+
+    def instance_counts(self) -> list[int]:
+        """Annotations per image that may become instances (before masks are decoded), in dataset order."""
+        return [sum(_usable(a) for a in self.coco.imgToAnns.get(i, [])) for i in self.image_ids]
+
+    def __getitem__(self, index: int) -> Sample | None:
+        return self.load(index)
+
+    def load(self, index: int, *, annotations: bool = True) -> Sample | None:
+        """Decode image ``index``; with ``annotations=False`` the instance fields are empty (n = 0)."""
+        image_id = self.image_ids[index]
+        info = self.coco.imgs[image_id]
+        path = self.image_dir / info["file_name"]
+        expected = (int(info["height"]), int(info["width"]))
+        try:
+            image = read_image(path)
+            if tuple(image.shape[-2:]) != expected:
+                raise DataError(
+                    f"{path}: image is {image.shape[-2]}x{image.shape[-1]} but {self.ann_file} says "
+                    f"{expected[0]}x{expected[1]}"
+                )
+        except DataError as exc:
+            if not self.skip_bad_images:
+                raise
+            if not self._bad[index]:
+                self._bad[index] = 1
+                _log.warning("skipping bad image: %s", exc)
+            return None
+        height, width = expected
+        anns = [a for a in self.coco.imgToAnns.get(image_id, []) if _usable(a)] if annotations else []
+        rles, kept = [], []
+        for ann in anns:
+            rle = _to_rle(ann, height, width, self.ann_file)
+            if rle is not None:
+                rles.append(rle)
+                kept.append(ann)
+        if rles:
+            with warnings.catch_warnings():  # pycocotools' numpy-2 "copy keyword" deprecation notice
+                warnings.simplefilter("ignore", DeprecationWarning)
+                decoded = mask_utils.decode(rles)
+            masks = torch.from_numpy(np.ascontiguousarray(decoded.transpose(2, 0, 1)))
+        else:
+            masks = torch.zeros(0, height, width, dtype=torch.uint8)
+        boxes = torch.tensor([a["bbox"] for a in kept], dtype=torch.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        labels = torch.tensor([self.category_to_label[a["category_id"]] for a in kept], dtype=torch.int64)
+        nonempty = masks.flatten(1).any(1).bool()
+        if not bool(nonempty.all()):
+            masks, boxes, labels = masks[nonempty], boxes[nonempty], labels[nonempty]
+        return Sample(image, masks, boxes, labels, int(image_id), expected, expected)

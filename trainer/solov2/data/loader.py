@@ -1,0 +1,311 @@
+"""Data loaders that yield static-shape :class:`~solov2.structures.Batch` es.
+
+The batch sampler runs in the main process and hands every image to the workers as a key
+``(index, epoch, canvas)``; a worker seeds the image's augmentation from ``(seed, epoch, index)``. So the
+data of an epoch depends only on ``(seed, epoch)``, not on the number of workers or which worker decodes
+what, and a resumed run (``start_batch``) gets exactly the batches it had not trained on.
+
+Advance epochs with ``loader.batch_sampler.set_epoch(epoch, start_batch=0)`` before iterating; counters
+(images, truncated instances, replaced bad images) are in ``loader.collate_fn.stats.as_dict()``.
+
+Truncation: an image with more than ``max_instances`` instances keeps the ``max_instances`` largest by
+mask area (in annotation order); small instances are the least reliable and the most numerous. COCO's
+busiest images have somewhat fewer than the default 100; building a loader logs how many images exceed
+``max_instances`` (from ``dataset.instance_counts()``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+
+from ..config import Config
+from ..errors import DataError
+from ..structures import Batch, GroundTruth
+from .buckets import BucketBatchSampler, EvalBatchSampler, mix_seed
+from .coco import CocoInstances, Sample
+from .transforms import EvalTransform, TrainTransform
+
+__all__ = ["BatchCollator", "LoaderStats", "build_eval_loader", "build_train_loader", "collate"]
+
+_log = logging.getLogger(__name__)
+_REPLACEMENT_TRIES = 8
+
+
+class LoaderStats:
+    """Counters shared by the main process and the workers: one row per process, summed on read."""
+
+    FIELDS = ("images", "padding_images", "instances", "truncated_images", "truncated_instances", "replaced")
+
+    def __init__(self, workers: int = 0) -> None:
+        self._counts = torch.zeros(workers + 1, len(self.FIELDS), dtype=torch.int64).share_memory_()
+
+    def add(self, **counts: int) -> None:
+        info = get_worker_info()
+        workers = self._counts.shape[0] - 1
+        row = self._counts[0 if info is None or workers == 0 else 1 + info.id % workers]
+        for name, value in counts.items():
+            row[self.FIELDS.index(name)] += value
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(zip(self.FIELDS, self._counts.sum(0).tolist(), strict=True))
+
+
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """Zeros; inside a worker allocated straight in shared memory (fresh shared memory reads as zeros),
+    so sending the batch to the main process copies nothing and untouched mask slots cost nothing."""
+    if get_worker_info() is None:
+        return torch.zeros(shape, dtype=dtype)
+    numel = 1
+    for s in shape:
+        numel *= s
+    try:
+        storage = torch.UntypedStorage._new_shared(numel * dtype.itemsize)  # what default_collate uses
+    except (AttributeError, RuntimeError):  # a torch without it: allocate, and pay one copy when sent
+        return torch.zeros(shape, dtype=dtype)
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+
+
+def collate(
+    samples: Sequence[Sample | None],
+    *,
+    canvas: tuple[int, int],
+    max_instances: int,
+    with_gt: bool = True,
+    stats: LoaderStats | None = None,
+) -> Batch:
+    """Stack samples (each padded to ``canvas`` or smaller, content at the top-left) into a Batch.
+
+    ``None`` entries become padding images (zeros, ``image_id == -1``, sizes ``(0, 0)``, no instances).
+    Instances are padded to ``max_instances`` with ``valid = False``; beyond it the largest are kept.
+    """
+    b, (ch, cw), n_max = len(samples), canvas, max_instances
+    images = _zeros((b, 3, ch, cw), torch.uint8)
+    image_ids = torch.full((b,), -1, dtype=torch.int64)
+    image_sizes = torch.zeros(b, 2, dtype=torch.int64)
+    original_sizes = torch.zeros(b, 2, dtype=torch.int64)
+    if with_gt:
+        boxes = torch.zeros(b, n_max, 4)
+        labels = torch.zeros(b, n_max, dtype=torch.int64)
+        masks = _zeros((b, n_max, ch, cw), torch.uint8)
+        valid = torch.zeros(b, n_max, dtype=torch.bool)
+    counts = dict.fromkeys(LoaderStats.FIELDS[:5], 0)
+    for i, s in enumerate(samples):
+        if s is None:
+            counts["padding_images"] += 1
+            continue
+        h, w = s.image.shape[-2:]
+        if h > ch or w > cw:
+            raise ValueError(f"collate: a {h}x{w} sample does not fit the {ch}x{cw} canvas")
+        images[i, :, :h, :w] = s.image
+        image_ids[i] = s.image_id
+        image_sizes[i] = torch.tensor(s.image_size)
+        original_sizes[i] = torch.tensor(s.original_size)
+        counts["images"] += 1
+        if not with_gt:
+            continue
+        n = s.labels.shape[0]
+        keep = torch.arange(n)
+        if n > n_max:
+            area = s.masks.flatten(1).sum(1, dtype=torch.int64)
+            keep = torch.sort(torch.argsort(area, descending=True, stable=True)[:n_max]).values
+            counts["truncated_images"] += 1
+            counts["truncated_instances"] += n - n_max
+        k = keep.shape[0]
+        masks[i, :k, :h, :w] = s.masks[keep]
+        boxes[i, :k] = s.boxes[keep]
+        labels[i, :k] = s.labels[keep]
+        valid[i, :k] = True
+        counts["instances"] += k
+    if stats is not None:
+        stats.add(**counts)
+    gt = GroundTruth(boxes=boxes, labels=labels, masks=masks, valid=valid) if with_gt else None
+    return Batch(images, gt, image_ids, image_sizes, original_sizes)
+
+
+class BatchCollator:
+    """``collate_fn`` for items ``(canvas index, Sample | None)`` of one canvas."""
+
+    def __init__(
+        self, canvases: Sequence[tuple[int, int]], *, max_instances: int, with_gt: bool, stats: LoaderStats
+    ) -> None:
+        self.canvases = [tuple(c) for c in canvases]
+        self.max_instances, self.with_gt, self.stats = max_instances, with_gt, stats
+
+    def __call__(self, items: Sequence[tuple[int, Sample | None]]) -> Batch:
+        canvas = self.canvases[items[0][0]]
+        samples = [s for _, s in items]
+        return collate(
+            samples, canvas=canvas, max_instances=self.max_instances, with_gt=self.with_gt, stats=self.stats
+        )
+
+
+class _KeyedBatches(Sampler[list[tuple[int, int, int]]]):
+    """Wraps a bucket sampler: each index becomes a key ``(index, epoch, canvas)``."""
+
+    def __init__(self, sampler: BucketBatchSampler | EvalBatchSampler) -> None:
+        self.sampler = sampler
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.sampler.set_epoch(epoch, start_batch)  # type: ignore[union-attr]
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        epoch = getattr(self.sampler, "epoch", 0)
+        for canvas, indices in self.sampler.iter_batches():
+            yield [(i, epoch, canvas) for i in indices]
+
+
+class _TrainSamples(Dataset):
+    """Decodes and augments ``(index, epoch, canvas)`` keys; a bad image is replaced by the next readable
+    image of its bucket (augmented with the original key's randomness), or by padding if none is found."""
+
+    def __init__(self, dataset: CocoInstances, cfg: Config, buckets: list[list[int]], seed: int, stats):
+        self.dataset, self.buckets, self.seed, self.stats = dataset, buckets, seed, stats
+        self.canvases = [tuple(c) for c in cfg.data.canvases]
+        self.transform = TrainTransform(cfg.data)
+        self.position = {i: p for bucket in buckets for p, i in enumerate(bucket)}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> tuple[int, Sample | None]:
+        index, epoch, canvas = key
+        sample = self.dataset[index]
+        if sample is None:
+            bucket, pos = self.buckets[canvas], self.position[index]
+            for step in range(1, min(_REPLACEMENT_TRIES, len(bucket) - 1) + 1):
+                sample = self.dataset[bucket[(pos + step) % len(bucket)]]
+                if sample is not None:
+                    self.stats.add(replaced=1)
+                    break
+            else:
+                return canvas, None
+        rng = random.Random(mix_seed(self.seed, epoch, index))
+        return canvas, self.transform(sample, canvas=self.canvases[canvas], rng=rng)
+
+
+class _EvalSamples(Dataset):
+    """Decodes ``(index, epoch, canvas)`` keys for evaluation; index -1 and bad images give padding."""
+
+    def __init__(self, dataset: CocoInstances, cfg: Config, with_gt: bool) -> None:
+        self.dataset, self.with_gt = dataset, with_gt
+        self.canvases = [tuple(c) for c in cfg.data.canvases]
+        self.transform = EvalTransform(cfg.data)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> tuple[int, Sample | None]:
+        index, _, canvas = key
+        sample = None if index < 0 else self.dataset.load(index, annotations=self.with_gt)
+        return canvas, None if sample is None else self.transform(sample, canvas=self.canvases[canvas])
+
+
+def _check_classes(dataset: CocoInstances, cfg: Config) -> None:
+    if dataset.num_classes != cfg.model.head.num_classes:
+        raise DataError(
+            f"model.head.num_classes: is {cfg.model.head.num_classes} but {dataset.ann_file} defines "
+            f"{dataset.num_classes} categories (set model.head.num_classes={dataset.num_classes})"
+        )
+
+
+def _loader(ds: Dataset, batches: _KeyedBatches, collator: BatchCollator, cfg: Config, seed: int, pin):
+    workers = cfg.data.workers
+    return DataLoader(
+        ds,
+        batch_sampler=batches,
+        collate_fn=collator,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available() if pin is None else pin,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(seed),  # worker base seeds; leaves the global RNG alone
+    )
+
+
+def build_train_loader(
+    dataset: CocoInstances,
+    cfg: Config,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    epoch: int = 0,
+    start_batch: int = 0,
+    seed: int | None = None,
+    pin_memory: bool | None = None,
+) -> DataLoader:
+    """Shuffled, augmented training batches of ``cfg.data.samples_per_device`` images for one rank.
+
+    ``seed`` defaults to ``cfg.train.seed``; ``(seed, epoch)`` fix the epoch's batches and augmentation.
+    ``len(loader)`` is the same on every rank. ``pin_memory`` defaults to "CUDA is available".
+    """
+    _check_classes(dataset, cfg)
+    seed = cfg.train.seed if seed is None else seed
+    sampler = BucketBatchSampler(
+        dataset.image_sizes(),
+        cfg.data.canvases,
+        img_scale=cfg.data.img_scale,
+        batch_size=cfg.data.samples_per_device,
+        shuffle=True,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        drop_last=True,
+    )
+    sampler.set_epoch(epoch, start_batch)
+    if sampler.batches_per_epoch == 0:
+        sizes = [len(b) for b in sampler.buckets]
+        raise DataError(
+            f"data.samples_per_device: {dataset.ann_file} has too few images for one batch of "
+            f"{cfg.data.samples_per_device} x {world_size} ranks on any canvas (images per canvas: {sizes})"
+        )
+    max_instances = cfg.model.targets.max_instances
+    over = [n - max_instances for n in dataset.instance_counts() if n > max_instances]
+    if over:
+        _log.warning(
+            "%d images have more than model.targets.max_instances=%d instances; up to %d instances per epoch "
+            "are dropped (the smallest of each image)",
+            len(over),
+            max_instances,
+            sum(over),
+        )
+    stats = LoaderStats(cfg.data.workers)
+    ds = _TrainSamples(dataset, cfg, sampler.buckets, seed, stats)
+    collator = BatchCollator(cfg.data.canvases, max_instances=max_instances, with_gt=True, stats=stats)
+    return _loader(ds, _KeyedBatches(sampler), collator, cfg, seed, pin_memory)
+
+
+def build_eval_loader(
+    dataset: CocoInstances,
+    cfg: Config,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    with_gt: bool = False,
+    pin_memory: bool | None = None,
+) -> DataLoader:
+    """Every image once across ranks, unaugmented; short batches are filled with ``image_ids == -1``.
+
+    ``with_gt=False`` (evaluation against ``dataset.coco``) skips mask decoding and yields ``gt=None``.
+    """
+    _check_classes(dataset, cfg)
+    sampler = EvalBatchSampler(
+        dataset.image_sizes(),
+        cfg.data.canvases,
+        img_scale=cfg.data.img_scale,
+        batch_size=cfg.data.samples_per_device,
+        rank=rank,
+        world_size=world_size,
+    )
+    stats = LoaderStats(cfg.data.workers)
+    collator = BatchCollator(
+        cfg.data.canvases, max_instances=cfg.model.targets.max_instances, with_gt=with_gt, stats=stats
+    )
+    return _loader(_EvalSamples(dataset, cfg, with_gt), _KeyedBatches(sampler), collator, cfg, 0, pin_memory)

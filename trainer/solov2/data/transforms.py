@@ -1,0 +1,144 @@
+"""Per-sample geometry: resize to fit a scale, horizontal flip, pad to a fixed canvas.
+
+All functions are pure: they take a :class:`~.coco.Sample` and return a new one. Randomness (the
+multi-scale short side, the flip) comes from a ``random.Random`` the caller seeds from
+``(seed, epoch, index)``, so a sample is reproduced exactly whatever process decodes it.
+
+Masks are resized bilinearly and thresholded at 0.5 rather than with nearest neighbour: COCO images are
+mostly enlarged (640x480 -> 1067x800), where nearest repeats whole source pixels (a 1.67-pixel staircase,
+and torch's ``nearest`` is also shifted by up to half a source pixel) while the thresholded bilinear mask
+follows the same sub-pixel boundary as the bilinearly resized image. It costs about 1.5 ms per instance at
+1067x800 on one core (nearest: 0.7 ms), small next to JPEG decoding and batch assembly.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..config import DataConfig
+from .coco import Sample
+
+__all__ = [
+    "EvalTransform",
+    "TrainTransform",
+    "fit_into",
+    "fit_size",
+    "hflip_sample",
+    "pad_to_canvas",
+    "resize_sample",
+]
+
+_MASK_CHUNK = 16  # masks resized per interpolate call (bounds the float32 working memory)
+
+
+def fit_size(height: int, width: int, img_scale: Sequence[int]) -> tuple[int, int]:
+    """Size ``(h, w)`` of an image rescaled, aspect ratio kept, to fit inside ``img_scale``.
+
+    ``img_scale`` is ``(long side, short side)`` in either order; the factor is
+    ``min(long / max(h, w), short / min(h, w))`` and each side is rounded to nearest (``int(x + 0.5)``),
+    like mmdetection's ``keep_ratio=True`` resize. Example: 480x640 in (1333, 800) -> 800x1067.
+    """
+    long_side, short_side = max(img_scale), min(img_scale)
+    factor = min(long_side / max(height, width), short_side / min(height, width))
+    return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
+
+
+def fit_into(size: tuple[int, int], canvas: tuple[int, int]) -> tuple[int, int]:
+    """``size`` unchanged if it fits inside ``canvas`` (both ``(h, w)``), else scaled down (aspect kept)
+    until it does. Images are never cropped: cropping would cut annotations silently."""
+    (height, width), (ch, cw) = size, canvas
+    if height <= ch and width <= cw:
+        return size
+    factor = min(ch / height, cw / width)
+    return min(ch, max(1, int(height * factor + 0.5))), min(cw, max(1, int(width * factor + 0.5)))
+
+
+def resize_sample(sample: Sample, size: tuple[int, int]) -> Sample:
+    """Resize an unpadded sample to ``size = (h, w)``: the image bilinearly (antialiased when shrinking),
+    masks bilinearly then ``>= 0.5``, boxes scaled and clipped. Instances whose mask vanishes are dropped."""
+    image, masks, boxes, labels = sample.image, sample.masks, sample.boxes, sample.labels
+    old_h, old_w = image.shape[-2:]
+    height, width = size
+    if (old_h, old_w) == (height, width):
+        return sample._replace(image_size=(height, width))
+    x = image[None].contiguous(memory_format=torch.channels_last)  # the fast uint8 path is channels-last
+    image = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    if masks.shape[0]:
+        chunks = [
+            F.interpolate(m[None].float(), size=size, mode="bilinear", align_corners=False)[0] >= 0.5
+            for m in masks.split(_MASK_CHUNK)
+        ]
+        masks = torch.cat(chunks).to(torch.uint8)
+        keep = masks.flatten(1).any(1).bool()
+        if not bool(keep.all()):
+            masks, boxes, labels = masks[keep], boxes[keep], labels[keep]
+    else:
+        masks = masks.new_zeros(0, height, width)
+    scale = torch.tensor([width / old_w, height / old_h, width / old_w, height / old_h])
+    boxes = boxes * scale
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+    return sample._replace(image=image, masks=masks, boxes=boxes, labels=labels, image_size=(height, width))
+
+
+def hflip_sample(sample: Sample) -> Sample:
+    """Mirror an unpadded sample left-right: image, masks and boxes (``x1' = W - x2``, ``x2' = W - x1``)."""
+    if tuple(sample.image.shape[-2:]) != tuple(sample.image_size):
+        raise ValueError("hflip_sample: flip before padding (the image holds padding)")
+    width = sample.image.shape[-1]
+    boxes = sample.boxes.clone()
+    boxes[:, 0], boxes[:, 2] = width - sample.boxes[:, 2], width - sample.boxes[:, 0]
+    return sample._replace(image=sample.image.flip(-1), masks=sample.masks.flip(-1), boxes=boxes)
+
+
+def pad_to_canvas(sample: Sample, canvas: tuple[int, int]) -> Sample:
+    """Zero-pad image and masks to ``canvas = (h, w)``, content at the top-left (boxes unchanged)."""
+    height, width = sample.image.shape[-2:]
+    ch, cw = canvas
+    if height > ch or width > cw:
+        raise ValueError(f"pad_to_canvas: a {height}x{width} image does not fit the {ch}x{cw} canvas")
+    if (height, width) == (ch, cw):
+        return sample
+    image = sample.image.new_zeros(3, ch, cw)
+    image[:, :height, :width] = sample.image
+    masks = sample.masks.new_zeros(sample.masks.shape[0], ch, cw)
+    masks[:, :height, :width] = sample.masks
+    return sample._replace(image=image, masks=masks)
+
+
+class TrainTransform:
+    """Training augmentation: rescale (one random short side of ``multiscale_short_sides`` if set,
+    long side capped at ``max(img_scale)``), shrink further if needed to fit the canvas, flip with
+    ``flip_prob``, pad to the canvas. Draws exactly two numbers from ``rng`` per call (scale, flip)."""
+
+    def __init__(self, cfg: DataConfig) -> None:
+        self.img_scale = tuple(cfg.img_scale)
+        self.short_sides = tuple(cfg.multiscale_short_sides)
+        self.flip_prob = cfg.flip_prob
+
+    def __call__(self, sample: Sample, *, canvas: tuple[int, int], rng: random.Random) -> Sample:
+        pick = rng.random()
+        scale = self.img_scale
+        if self.short_sides:
+            short = self.short_sides[min(int(pick * len(self.short_sides)), len(self.short_sides) - 1)]
+            scale = (max(self.img_scale), short)
+        size = fit_into(fit_size(*sample.original_size, scale), canvas)
+        sample = resize_sample(sample, size)
+        if rng.random() < self.flip_prob:
+            sample = hflip_sample(sample)
+        return pad_to_canvas(sample, canvas)
+
+
+class EvalTransform:
+    """Evaluation: rescale to fit ``img_scale`` (shrunk further if needed to fit the canvas), pad."""
+
+    def __init__(self, cfg: DataConfig) -> None:
+        self.img_scale = tuple(cfg.img_scale)
+
+    def __call__(self, sample: Sample, *, canvas: tuple[int, int]) -> Sample:
+        size = fit_into(fit_size(*sample.original_size, self.img_scale), canvas)
+        return pad_to_canvas(resize_sample(sample, size), canvas)

@@ -1,0 +1,202 @@
+"""Devices (cpu, cuda, npu), distributed set-up from torchrun's environment, and mixed precision.
+
+Ascend NPUs come through ``torch_npu``, which cannot even be imported without Ascend's CANN toolkit.
+torch >= 2.5 would auto-load it on ``import torch`` (and fail there), so the ``solov2`` package sets
+``TORCH_DEVICE_BACKEND_AUTOLOAD=0`` before torch is imported and this module imports ``torch_npu``
+itself, only when an NPU is asked for or auto-detected, catching every failure.
+
+torchrun gives every process ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` (plus ``MASTER_ADDR`` and
+``MASTER_PORT``); they are used as they are, never derived (on Ascend clusters a pod-level ``RANK``
+from a scheduler would be wrong for multi-process pods).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from .errors import ConfigError
+
+BACKENDS = {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}
+
+
+def npu_status() -> tuple[bool, str]:
+    """Whether an Ascend NPU is usable, and why not: never raises, even without CANN."""
+    if importlib.util.find_spec("torch_npu") is None:
+        return False, "torch_npu is not installed"
+    try:
+        importlib.import_module("torch_npu")
+    except Exception as exc:  # missing CANN libraries raise ImportError, OSError or RuntimeError
+        return (
+            False,
+            f"torch_npu failed to import ({type(exc).__name__}: {exc}); is the CANN toolkit sourced?",
+        )
+    npu = getattr(torch, "npu", None)
+    try:
+        if npu is None or not npu.is_available() or npu.device_count() < 1:
+            return False, "torch_npu imported but no NPU is visible (check ASCEND_RT_VISIBLE_DEVICES)"
+    except Exception as exc:
+        return False, f"torch.npu query failed: {exc}"
+    return True, f"{npu.device_count()} NPU(s)"
+
+
+def detect_device_kind(requested: str = "auto") -> str:
+    """``auto`` picks npu, then cuda, then cpu. An explicit kind that is unavailable is an error."""
+    kind = requested.split(":")[0]
+    if kind not in ("auto", *BACKENDS):
+        raise ConfigError(f"--device: expected auto, cpu, cuda or npu (optionally :N), got {requested!r}")
+    if kind in ("auto", "npu"):
+        ok, why = npu_status()
+        if ok:
+            return "npu"
+        if kind == "npu":
+            raise ConfigError(f"--device npu: no usable NPU: {why}")
+    if kind in ("auto", "cuda"):
+        if torch.cuda.is_available():
+            return "cuda"
+        if kind == "cuda":
+            raise ConfigError("--device cuda: torch sees no CUDA device")
+    return "cpu"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where this process computes and who its peers are."""
+
+    device: torch.device
+    kind: str
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def backend(self) -> str:
+        return BACKENDS[self.kind]
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise ConfigError(f"environment variable {name}: expected an integer, got {value!r}") from exc
+
+
+def setup_runtime(requested: str = "auto", *, timeout_s: int | None = None) -> Runtime:
+    """Pick the device, bind this process to ``LOCAL_RANK``'s device and join the process group.
+
+    The group's backend is hccl on NPU, nccl on CUDA and gloo on CPU. ``timeout_s`` defaults to
+    ``HCCL_CONNECT_TIMEOUT`` when set, else 30 minutes.
+    """
+    kind = detect_device_kind(requested)
+    rank, local_rank, world_size = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0), _env_int("WORLD_SIZE", 1)
+    if not 0 <= rank < world_size:
+        raise ConfigError(f"environment: RANK={rank} must lie in [0, WORLD_SIZE={world_size})")
+    index = int(requested.split(":")[1]) if ":" in requested else local_rank
+    if kind == "cuda":
+        torch.cuda.set_device(index)
+        device = torch.device("cuda", index)
+    elif kind == "npu":
+        torch.npu.set_device(index)  # type: ignore[attr-defined]
+        device = torch.device("npu", index)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        timeout = timeout_s or _env_int("HCCL_CONNECT_TIMEOUT", 1800)
+        dist.init_process_group(
+            backend=BACKENDS[kind],
+            rank=rank,
+            world_size=world_size,
+            timeout=timedelta(seconds=max(timeout, 60)),
+        )
+    return Runtime(device=device, kind=kind, rank=rank, local_rank=local_rank, world_size=world_size)
+
+
+def shutdown(runtime: Runtime) -> None:
+    if runtime.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def amp_dtype(kind: str, amp: str) -> torch.dtype | None:
+    """The autocast dtype for ``train.amp`` on a device kind; None means fp32.
+
+    ``auto`` is bf16 on CUDA, fp16 on NPU (the Ascend recipe) and fp32 on CPU, where bf16 autocast
+    is many times slower than fp32.
+    """
+    if amp == "off" or (amp == "auto" and kind == "cpu"):
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if kind == "cuda" else torch.float16
+    if kind == "cpu":
+        raise ConfigError(f"train.amp: {amp} is for GPUs and NPUs; on CPU use off or auto (fp32)")
+    return torch.float16 if amp == "fp16" else torch.bfloat16
+
+
+@contextlib.contextmanager
+def autocast(kind: str, dtype: torch.dtype | None) -> Iterator[None]:
+    if dtype is None:
+        yield
+    else:
+        with torch.autocast(device_type=kind, dtype=dtype):
+            yield
+
+
+class FixedLossScaler:
+    """A fixed fp16 loss scale (the ModelZoo recipe's 128): scale the loss, unscale the gradients,
+    and skip the step when any gradient is not finite. Same interface as the parts of GradScaler used."""
+
+    def __init__(self, scale: float) -> None:
+        self.scale_value = float(scale)
+
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss * self.scale_value
+
+    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.div_(self.scale_value)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.step()
+
+    def update(self) -> None:
+        pass
+
+    def get_scale(self) -> float:
+        return self.scale_value
+
+    def state_dict(self) -> dict[str, float]:
+        return {"scale": self.scale_value}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.scale_value = float(state["scale"])
+
+
+def make_scaler(
+    kind: str, dtype: torch.dtype | None, loss_scale: float
+) -> torch.amp.GradScaler | FixedLossScaler | None:
+    """fp16 needs loss scaling (dynamic GradScaler or a fixed scale); fp32 and bf16 do not."""
+    if dtype is not torch.float16:
+        return None
+    if loss_scale > 0:
+        return FixedLossScaler(loss_scale)
+    return torch.amp.GradScaler(kind)

@@ -1,0 +1,138 @@
+"""Checkpoints: plain dicts written atomically, found again for ``--resume``, weights for ``--load-from``.
+
+A checkpoint holds the model, optimizer, scheduler and loss-scaler states, the position in training
+(epoch, global iteration, batch within the epoch), every RNG state and the config. It is written to a
+temporary file in the same directory, flushed to disk and renamed over the target, so a crash never
+leaves a truncated checkpoint; ``last_checkpoint`` (a one-line text file, replaced the same way)
+names the newest one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import WeightsError
+
+LAST = "last_checkpoint"
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` atomically to ``path`` and point ``last_checkpoint`` at it."""
+    _atomic_write(path, lambda f: torch.save(state, f))
+    _atomic_write(path.parent / LAST, lambda f: f.write(path.name.encode() + b"\n"))
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The checkpoint ``last_checkpoint`` names in ``directory``, or None when there is none yet."""
+    marker = directory / LAST
+    if not marker.is_file():
+        return None
+    path = directory / marker.read_text().strip()
+    if not path.is_file():
+        raise WeightsError(
+            f"{marker} names {path.name}, which does not exist: remove the marker to start over"
+        )
+    return path
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (full state, including RNG and optimizer)."""
+    state = _read(path, "checkpoint")
+    missing = (
+        {"model", "optimizer", "epoch", "iteration"} - set(state) if isinstance(state, dict) else {"model"}
+    )
+    if missing:
+        raise WeightsError(f"checkpoint {path}: not a solov2 training checkpoint (missing {sorted(missing)})")
+    return state
+
+
+def load_weights(model: nn.Module, path: Path) -> list[str]:
+    """Load model weights only (``--load-from`` fine-tuning), from a training checkpoint or a state dict.
+
+    Tensors whose shape differs from the model's (a new class count changes the category branch) are
+    skipped; their names are returned so the caller can report them. Missing or unknown keys are errors.
+    """
+    state = _read(path, "--load-from")
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise WeightsError(f"--load-from {path}: holds no state dict")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise WeightsError(
+            f"--load-from {path}: does not match this model (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
+    skipped = sorted(k for k in own if own[k].shape != state[k].shape)
+    model.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=False)
+    return skipped
+
+
+def _read(path: Path, flag: str) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError as exc:
+        raise WeightsError(f"{flag} {path}: no such file") from exc
+    except Exception as exc:
+        raise WeightsError(f"{flag} {path}: cannot read it ({type(exc).__name__}: {exc})") from exc
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The config dict stored in a training checkpoint (for ``eval``/``predict`` without ``--config``)."""
+    state = _read(path, "--checkpoint")
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+        raise WeightsError(f"--checkpoint {path}: holds no config; pass --config")
+    return state["config"]
+
+
+def load_model_weights(model: nn.Module, path: Path) -> dict[str, Any]:
+    """Load a checkpoint's (or a bare state dict's) weights strictly; return the checkpoint's extras."""
+    state = _read(path, "--checkpoint")
+    weights = state["model"] if isinstance(state, dict) and isinstance(state.get("model"), dict) else state
+    if not isinstance(weights, dict):
+        raise WeightsError(f"--checkpoint {path}: holds no state dict")
+    result = model.load_state_dict(weights, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise WeightsError(
+            f"--checkpoint {path}: does not match the config's model (missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}); pass the --config it was trained with"
+        )
+    return {k: v for k, v in state.items() if k not in ("model", "optimizer")} if "model" in state else {}

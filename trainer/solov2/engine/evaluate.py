@@ -1,0 +1,276 @@
+"""COCO evaluation: run the model over a loader, turn detections into COCO results, score them.
+
+The model's part is static (``model(images)`` gives fixed-size :class:`~solov2.structures.Detections`);
+everything after it is host-side and per image: valid slots are pasted back to the original image
+size, thresholded, run-length encoded and scored with pycocotools' ``COCOeval`` for ``segm`` and for
+``bbox`` (boxes are the extents of the predicted masks; SOLOv2 predicts no boxes).
+
+Metric values are ``COCOeval.stats`` as they come: AP in 0..1, and -1 where the evaluated images hold
+no ground truth in that area range. When there are no detections at all, every AP is 0.0 (pycocotools
+cannot load an empty result list).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torch import nn
+
+from ..postprocess import encode_rle, masks_to_boxes_xywh, paste_masks
+from ..structures import Batch, Detections
+
+__all__ = ["AP_NAMES", "IOU_TYPES", "detections_to_coco", "evaluate", "format_ap_table"]
+
+IOU_TYPES = ("segm", "bbox")
+AP_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+"""The first six ``COCOeval.stats``; metric keys are ``f"{iou_type}_{name}"``."""
+
+
+def detections_to_coco(
+    det: Detections,
+    batch: Batch,
+    *,
+    label_to_category: Sequence[int],
+    mask_thr: float,
+    canvas_size: tuple[int, int] | None = None,
+) -> list[dict[str, Any]]:
+    """COCO result dicts for the real images of a batch (host-side, one image at a time).
+
+    Args:
+        det: the model's output for ``batch`` (any device; masks at stride 4 of the canvas).
+        batch: the batch; images with ``image_id == -1`` (padding) are skipped.
+        label_to_category: COCO ``category_id`` of each contiguous label.
+        mask_thr: soft-mask threshold applied after pasting.
+        canvas_size: ``(H, W)`` of the padded canvas; default: ``batch.images``' spatial size.
+
+    Returns:
+        One ``{"image_id", "category_id", "segmentation" (RLE, str counts), "bbox" ([x, y, w, h] of the
+        mask), "score"}`` per valid slot whose pasted mask is not empty.
+    """
+    if canvas_size is None:
+        canvas_size = (int(batch.images.shape[-2]), int(batch.images.shape[-1]))
+    valid = det.valid.cpu()
+    scores = det.scores.float().cpu()
+    labels = det.labels.cpu()
+    image_ids = batch.image_ids.cpu()
+    image_sizes = batch.image_sizes.cpu()
+    original_sizes = batch.original_sizes.cpu()
+    results: list[dict[str, Any]] = []
+    for b in range(valid.shape[0]):
+        image_id = int(image_ids[b])
+        if image_id == -1:
+            continue
+        slots = valid[b].nonzero().flatten()
+        if slots.numel() == 0:
+            continue
+        masks = paste_masks(
+            det.masks[b, slots.to(det.masks.device)],
+            image_size=(int(image_sizes[b, 0]), int(image_sizes[b, 1])),
+            canvas_size=canvas_size,
+            original_size=(int(original_sizes[b, 0]), int(original_sizes[b, 1])),
+            mask_thr=mask_thr,
+        )
+        nonempty = masks.flatten(1).any(dim=1).cpu()
+        if not nonempty.any():
+            continue
+        masks = masks[nonempty.to(masks.device)]
+        slots = slots[nonempty]
+        boxes = masks_to_boxes_xywh(masks).cpu().tolist()
+        for slot, rle, box in zip(slots.tolist(), encode_rle(masks), boxes, strict=True):
+            label = int(labels[b, slot])
+            if not 0 <= label < len(label_to_category):
+                raise ValueError(
+                    f"detections_to_coco: label {label} has no COCO category "
+                    f"(label_to_category has {len(label_to_category)} entries)"
+                )
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(label_to_category[label]),
+                    "segmentation": rle,
+                    "bbox": [round(v, 2) for v in box],
+                    "score": float(scores[b, slot]),
+                }
+            )
+    return results
+
+
+def _coco_stats(
+    coco_gt: COCO, results: list[dict[str, Any]], iou_type: str, image_ids: list[int]
+) -> list[float]:
+    """The six AP values of ``COCOeval`` for one IoU type (0.0 each when there are no results)."""
+    if not results:
+        return [0.0] * len(AP_NAMES)
+    # loadRes adds fields to the dicts it gets and prefers "bbox" for the area, so each IoU type gets
+    # its own copies holding only its geometry (segm areas then come from the masks).
+    geometry = "segmentation" if iou_type == "segm" else "bbox"
+    own = [
+        {
+            "image_id": r["image_id"],
+            "category_id": r["category_id"],
+            geometry: r[geometry],
+            "score": r["score"],
+        }
+        for r in results
+    ]
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        coco_dt = coco_gt.loadRes(own)
+        coco_eval = COCOeval(coco_gt, coco_dt, iou_type)
+        coco_eval.params.imgIds = image_ids
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    return [float(v) for v in coco_eval.stats[: len(AP_NAMES)]]
+
+
+def _gather(payload: Any, rank: int, world_size: int) -> list[Any] | None:
+    """Every rank's ``payload`` on rank 0 (rank order), ``None`` elsewhere."""
+    if world_size <= 1:
+        return [payload]
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(f"evaluate: world_size={world_size} but torch.distributed is not initialised")
+    gathered: list[Any] | None = [None] * world_size if rank == 0 else None
+    dist.gather_object(payload, gathered, dst=0)
+    return gathered
+
+
+def _num_batches(loader: Iterable[Batch]) -> int | None:
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[Batch],
+    coco_gt: COCO,
+    *,
+    label_to_category: Sequence[int],
+    device: torch.device | str,
+    mask_thr: float,
+    out_dir: Path | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    autocast_dtype: torch.dtype | None = None,
+    log: Callable[[str], None] = print,
+    log_interval: int = 50,
+) -> dict[str, float]:
+    """Run ``model`` over ``loader`` and score the detections against ``coco_gt`` (segm and bbox).
+
+    In a distributed run every rank evaluates its own shard of the loader; the COCO results are
+    gathered on rank 0 (``gather_object``, fine on gloo and NCCL), which scores them. An image seen
+    more than once (a sampler padding its shards) counts once, with the detections of its first
+    occurrence. Evaluation is restricted to the image ids seen (``COCOeval.params.imgIds``).
+
+    Args:
+        model: returns :class:`Detections` from ``model(images)`` in eval mode. Its train/eval state
+            is restored afterwards.
+        loader: yields :class:`Batch`; images are moved to ``device`` here.
+        coco_gt: the ground truth (pycocotools ``COCO``).
+        label_to_category: COCO ``category_id`` of each contiguous label.
+        device: where the model runs.
+        mask_thr: soft-mask threshold after pasting (normally ``cfg.model.inference.mask_thr``).
+        out_dir: if given (rank 0), ``detections_segm.json`` (the COCO results) and ``metrics.json``
+            are written there.
+        rank, world_size: this process's place in the distributed run.
+        autocast_dtype: run the model under ``torch.autocast`` with this dtype (None: no autocast).
+        log: where progress and summary lines go (rank 0 only).
+        log_interval: a progress line every this many batches.
+
+    Returns:
+        On rank 0: ``{"segm_AP", "segm_AP50", "segm_AP75", "segm_APs", "segm_APm", "segm_APl",
+        "bbox_AP", ..., "bbox_APl"}`` as floats (``COCOeval.stats``: 0..1, -1 where there is no ground
+        truth in an area range) plus ``"images"`` and ``"detections"`` (ints, the counts scored).
+        On other ranks: ``{}``.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    per_image: dict[int, list[dict[str, Any]]] = {}
+    num_batches = _num_batches(loader)
+    start = time.perf_counter()
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
+    try:
+        for index, batch in enumerate(loader, start=1):
+            images = batch.images.to(device, non_blocking=True)
+            with autocast:
+                det = model(images)
+            if not isinstance(det, Detections):
+                det = Detections(*det)
+            results = detections_to_coco(det, batch, label_to_category=label_to_category, mask_thr=mask_thr)
+            by_image: dict[int, list[dict[str, Any]]] = {
+                int(i): [] for i in batch.image_ids.tolist() if int(i) != -1
+            }
+            for r in results:
+                by_image[r["image_id"]].append(r)
+            for image_id, dets in by_image.items():
+                per_image.setdefault(image_id, dets)
+            if rank == 0 and log_interval > 0 and (index % log_interval == 0 or index == num_batches):
+                elapsed = time.perf_counter() - start
+                of = f"/{num_batches}" if num_batches is not None else ""
+                log(
+                    f"eval batch {index}{of}: {len(per_image)} images, "
+                    f"{len(per_image) / max(elapsed, 1e-9):.1f} img/s"
+                )
+    finally:
+        model.train(was_training)
+
+    gathered = _gather(per_image, rank, world_size)
+    if gathered is None:
+        return {}
+    merged: dict[int, list[dict[str, Any]]] = {}
+    for part in gathered:
+        for image_id, dets in part.items():
+            merged.setdefault(image_id, dets)
+    image_ids = sorted(merged)
+    results = [r for image_id in image_ids for r in merged[image_id]]
+
+    metrics: dict[str, float] = {}
+    for iou_type in IOU_TYPES:
+        stats = _coco_stats(coco_gt, results, iou_type, image_ids)
+        metrics.update({f"{iou_type}_{name}": v for name, v in zip(AP_NAMES, stats, strict=True)})
+    metrics["images"] = len(image_ids)
+    metrics["detections"] = len(results)
+    log(
+        f"eval done: {len(image_ids)} images, {len(results)} detections, "
+        f"segm AP {metrics['segm_AP']:.4f}, bbox AP {metrics['bbox_AP']:.4f} "
+        f"({time.perf_counter() - start:.1f} s)"
+    )
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "detections_segm.json").write_text(json.dumps(results))
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def format_ap_table(metrics: Mapping[str, float]) -> str:
+    """The AP table (rows segm and bbox, columns AP AP50 AP75 APs APm APl) in percent, one decimal.
+
+    A missing value, or a negative one (no ground truth in that area range), shows as ``-``.
+    """
+    width = 7
+    lines = ["".ljust(6) + "".join(name.rjust(width) for name in AP_NAMES)]
+    for iou_type in IOU_TYPES:
+        cells = []
+        for name in AP_NAMES:
+            value = metrics.get(f"{iou_type}_{name}")
+            cells.append("-" if value is None or value < 0 else f"{100 * value:.1f}")
+        lines.append(iou_type.ljust(6) + "".join(c.rjust(width) for c in cells))
+    return "\n".join(lines)

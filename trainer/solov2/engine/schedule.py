@@ -1,0 +1,23 @@
+"""Learning rate: linear scaling with the total batch, linear warm-up, step decay at given epochs."""
+
+from __future__ import annotations
+
+from ..config import TrainConfig
+
+
+def scaled_lr(cfg: TrainConfig, total_batch: int) -> float:
+    """``base_lr`` was tuned for ``base_batch_size`` images per step; scale it linearly."""
+    return cfg.base_lr * total_batch / cfg.base_batch_size
+
+
+def lr_factor(iteration: int, *, iters_per_epoch: int, cfg: TrainConfig) -> float:
+    """Multiplier of the scaled learning rate at a global iteration (0-based).
+
+    Warm-up goes linearly from ``warmup_factor`` to 1 over ``warmup_iters``; the rate is multiplied by
+    ``lr_gamma`` once each of the ``lr_steps`` epochs has been completed.
+    """
+    epoch = iteration // max(iters_per_epoch, 1)
+    factor = cfg.lr_gamma ** sum(epoch >= step for step in cfg.lr_steps)
+    if iteration < cfg.warmup_iters:
+        factor *= cfg.warmup_factor + (1 - cfg.warmup_factor) * iteration / cfg.warmup_iters
+    return factor

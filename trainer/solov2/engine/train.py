@@ -1,0 +1,359 @@
+"""The training loop: one explicit loop, from data to checkpoints, metrics and final COCO evaluation.
+
+Run under torchrun for several processes; every process reads RANK / LOCAL_RANK / WORLD_SIZE.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..config import Config, to_dict
+from ..data.coco import CocoInstances
+from ..data.loader import build_eval_loader, build_train_loader
+from ..device import Runtime, amp_dtype, autocast, make_scaler, setup_runtime, shutdown
+from ..errors import UserError
+from ..metrics import NullMetrics, TrainingMetrics, write_termination_message
+from ..model import build_model, total_loss
+from ..progress import ProgressLogger
+from .checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_weights,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+)
+from .evaluate import evaluate, format_ap_table
+from .schedule import lr_factor, scaled_lr
+
+
+class TrainingDiverged(UserError):
+    """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Run-time options of ``solov2 train`` (the config holds the recipe)."""
+
+    data_path: Path
+    work_dir: Path
+    device: str = "auto"
+    resume: bool = False
+    load_from: Path | None = None
+    compile: bool = False
+    evaluate: bool = True
+    termination_log: Path | None = Path("/dev/termination-log")
+    metrics_port: int | None = None
+    skip_bad_images: bool = False
+    config_name: str = ""
+
+
+def coco_split(data_path: Path, split: str) -> tuple[Path, Path]:
+    """``(image_dir, annotation_file)`` of a COCO-layout split (``train2017`` or ``val2017``)."""
+    return data_path / split, data_path / "annotations" / f"instances_{split}.json"
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class _Trainer:
+    def __init__(self, cfg: Config, opts: TrainOptions, runtime: Runtime, log: Callable[[str], None]) -> None:
+        self.cfg, self.opts, self.rt = cfg, opts, runtime
+        self.log = log if runtime.is_main else (lambda _msg: None)
+        self.ckpt_dir = opts.work_dir / "checkpoints"
+        _seed_everything(cfg.train.seed)
+        image_dir, ann = coco_split(opts.data_path, "train2017")
+        self.dataset = CocoInstances(
+            image_dir, ann, num_classes=cfg.model.head.num_classes, skip_bad_images=opts.skip_bad_images
+        )
+        model = build_model(cfg).to(runtime.device)
+        if (
+            runtime.distributed
+            and cfg.train.sync_bn
+            and runtime.kind != "cpu"
+            and not cfg.model.backbone.norm_eval
+        ):
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.total_batch = cfg.data.samples_per_device * runtime.world_size
+        self.base_lr = scaled_lr(cfg.train, self.total_batch)
+        self.optimizer = torch.optim.SGD(
+            self.params, lr=self.base_lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay
+        )
+        self.dtype = amp_dtype(runtime.kind, cfg.train.amp)
+        self.scaler = make_scaler(runtime.kind, self.dtype, cfg.train.loss_scale)
+        # One loader for the whole run (its workers persist); each epoch re-seeds its batch sampler.
+        self.loader = build_train_loader(self.dataset, cfg, rank=runtime.rank, world_size=runtime.world_size)
+        self.iters_per_epoch = self.loader.batch_sampler.sampler.batches_per_epoch
+        self.total_iters = self.iters_per_epoch * cfg.train.epochs
+        self.progress = ProgressLogger(
+            epochs=cfg.train.epochs, total_iterations=self.total_iters, interval=cfg.train.log_interval
+        )
+        if runtime.is_main and log is print:
+            self.log = self.progress.write
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda it: lr_factor(it, iters_per_epoch=self.iters_per_epoch, cfg=cfg.train)
+        )
+        self.epoch, self.iteration, self.batch_in_epoch = 0, 0, 0
+        self.nonfinite = 0
+        self.truncated = 0
+        self.ddp: nn.Module = model
+        if runtime.distributed:
+            ids = [runtime.device.index] if runtime.kind != "cpu" else None
+            self.ddp = DistributedDataParallel(
+                model, device_ids=ids, broadcast_buffers=False, gradient_as_bucket_view=True
+            )
+        self.step_fn = self.ddp
+        if opts.compile:
+            self.step_fn = torch.compile(self.ddp, dynamic=False, fullgraph=not runtime.distributed)
+        self.metrics = (
+            TrainingMetrics(port=opts.metrics_port)
+            if runtime.is_main and opts.metrics_port is not None
+            else NullMetrics()
+        )
+        self.metrics.set_info(
+            config=opts.config_name, device=runtime.kind, world_size=str(runtime.world_size)
+        )
+
+    # -- state -------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            "batch_in_epoch": self.batch_in_epoch,
+            "rng": rng_state(),
+            "config": to_dict(self.cfg),
+            "class_names": list(self.dataset.class_names),
+            "world_size": self.rt.world_size,
+        }
+
+    def restore(self) -> None:
+        if self.opts.resume:
+            path = latest_checkpoint(self.ckpt_dir)
+            if path is None:
+                self.log(f"resume: no checkpoint in {self.ckpt_dir} yet, starting from scratch")
+            else:
+                state = load_checkpoint(path)
+                if state.get("world_size", self.rt.world_size) != self.rt.world_size:
+                    self.log(
+                        f"resume: checkpoint was written by {state['world_size']} processes, now "
+                        f"{self.rt.world_size}: the data order of the current epoch changes"
+                    )
+                self.model.load_state_dict(state["model"])
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.scheduler.load_state_dict(state["scheduler"])
+                if self.scaler is not None and state.get("scaler"):
+                    self.scaler.load_state_dict(state["scaler"])
+                self.epoch, self.iteration = state["epoch"], state["iteration"]
+                self.batch_in_epoch = state["batch_in_epoch"]
+                restore_rng(state["rng"])
+                self.log(f"resume: {path.name} at epoch {self.epoch + 1}, iteration {self.iteration}")
+                return
+        if self.opts.load_from is not None:
+            skipped = load_weights(self.model, self.opts.load_from)
+            self.log(
+                f"load-from: weights of {self.opts.load_from}"
+                + (f" (shape changed, left initialised: {', '.join(skipped)})" if skipped else "")
+            )
+
+    def save(self, name: str) -> Path:
+        path = self.ckpt_dir / name
+        if self.rt.is_main:
+            save_checkpoint(path, self.state())
+        return path
+
+    # -- one step ----------------------------------------------------------------------------------
+    def step(self, batch: Any) -> tuple[dict[str, torch.Tensor], bool]:
+        images = batch.images.to(self.rt.device, non_blocking=True)
+        gt = batch.gt.to(self.rt.device, non_blocking=True)
+        with autocast(self.rt.kind, self.dtype):
+            out = self.step_fn(images, gt)
+        loss = total_loss(out)
+        self.optimizer.zero_grad(set_to_none=True)
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        # Gradients are all-reduced, so every rank sees the same norm and takes the same decision.
+        finite_t = torch.isfinite(norm) & torch.isfinite(loss.detach())
+        # The step's one host sync: finiteness decides the update, and the overflow count is read with it.
+        finite_f, dropped = torch.stack([finite_t.float(), out["dropped_positives"].float()]).tolist()
+        finite = bool(finite_f)
+        if isinstance(self.scaler, torch.amp.GradScaler):
+            self.scaler.step(self.optimizer)  # skips the update itself on inf/NaN gradients
+            self.scaler.update()
+        elif finite:
+            self.optimizer.step()
+        self.scheduler.step()
+        out["loss"] = loss
+        out["dropped_positives"] = int(dropped)  # type: ignore[assignment]
+        return out, finite
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        cfg, rt = self.cfg, self.rt
+        self.restore()
+        self.log(
+            f"train: {len(self.dataset)} images, {self.dataset.num_classes} classes, {rt.world_size} "
+            f"process(es) on {rt.kind}, batch {self.total_batch}, lr {self.base_lr:g}, "
+            f"{self.iters_per_epoch} iterations/epoch x {cfg.train.epochs} epochs, "
+            f"amp {self.dtype or 'fp32'}{', compiled' if self.opts.compile else ''}"
+        )
+        self.model.train()
+        consecutive = 0
+        window_start, window_images, window_data, window_steps = time.perf_counter(), 0, 0.0, 0
+        start_time, start_iter = time.perf_counter(), self.iteration
+        while self.epoch < cfg.train.epochs:
+            self.loader.batch_sampler.set_epoch(self.epoch, self.batch_in_epoch)
+            tick = time.perf_counter()
+            for batch in self.loader:
+                data_wait = time.perf_counter() - tick
+                out, finite = self.step(batch)
+                self.iteration += 1
+                self.batch_in_epoch += 1
+                window_images += self.total_batch
+                window_data += data_wait
+                window_steps += 1
+                self.metrics.add_dropped_positives(out["dropped_positives"])
+                if finite:
+                    consecutive = 0
+                else:
+                    consecutive += 1
+                    self.nonfinite += 1
+                    self.metrics.add_nonfinite()
+                    self.log(
+                        f"iteration {self.iteration}: non-finite loss or gradient, step skipped "
+                        f"({consecutive} in a row, limit {cfg.train.max_nonfinite})"
+                    )
+                    if consecutive >= cfg.train.max_nonfinite:
+                        self.save(f"diverged_iter_{self.iteration}.pth")
+                        raise TrainingDiverged(
+                            f"training stopped: {consecutive} consecutive steps had a non-finite loss or gradient "
+                            f"(train.max_nonfinite={cfg.train.max_nonfinite}); try a lower train.base_lr, "
+                            f"train.amp=off or a fixed train.loss_scale"
+                        )
+                if self.progress.due(self.iteration) or self.batch_in_epoch == self.iters_per_epoch:
+                    now = time.perf_counter()
+                    elapsed = now - window_start
+                    done = self.iteration - start_iter
+                    eta = (now - start_time) / max(done, 1) * (self.total_iters - self.iteration)
+                    losses = {
+                        name: float(out[key].detach())
+                        for name, key in (("total", "loss"), ("cls", "loss_cls"), ("mask", "loss_mask"))
+                    }
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    ips = window_images / max(elapsed, 1e-9)
+                    values = dict(
+                        images_per_second=ips,
+                        losses=losses,
+                        lr=lr,
+                        data_wait=window_data / window_steps,
+                        step_time=elapsed / window_steps,
+                        eta_seconds=eta,
+                    )
+                    self.metrics.update(
+                        epoch=self.epoch + 1,
+                        iteration=self.iteration,
+                        total_iterations=self.total_iters,
+                        **values,
+                    )
+                    if self.rt.is_main:
+                        self.progress.update(epoch=self.epoch + 1, iteration=self.iteration, **values)
+                    window_start, window_images, window_data, window_steps = time.perf_counter(), 0, 0.0, 0
+                if (
+                    cfg.train.checkpoint_interval
+                    and self.iteration % cfg.train.checkpoint_interval == 0
+                    and self.batch_in_epoch < self.iters_per_epoch
+                ):
+                    self.save(f"iter_{self.iteration}.pth")
+                tick = time.perf_counter()
+            truncated = self.loader.collate_fn.stats.as_dict()["truncated_instances"]
+            self.metrics.add_truncated(truncated - self.truncated)
+            self.truncated = truncated
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            path = self.save(f"epoch_{self.epoch}.pth")
+            self.log(f"epoch {self.epoch} done: checkpoint {path}")
+        seconds = time.perf_counter() - start_time
+        results: dict[str, Any] = {
+            "epochs": cfg.train.epochs,
+            "iterations": self.iteration,
+            "images_per_second": round(
+                (self.iteration - start_iter) * self.total_batch / max(seconds, 1e-9), 3
+            ),
+            "nonfinite_steps": self.nonfinite,
+            "checkpoint": str(self.ckpt_dir / f"epoch_{self.epoch}.pth"),
+        }
+        if self.opts.evaluate:
+            results.update(self.evaluate())
+        return results
+
+    def evaluate(self) -> dict[str, Any]:
+        image_dir, ann = coco_split(self.opts.data_path, "val2017")
+        if not ann.is_file():
+            self.log(f"evaluation skipped: no {ann}")
+            return {}
+        val = CocoInstances(
+            image_dir,
+            ann,
+            num_classes=self.cfg.model.head.num_classes,
+            skip_bad_images=self.opts.skip_bad_images,
+        )
+        loader = build_eval_loader(val, self.cfg, rank=self.rt.rank, world_size=self.rt.world_size)
+        metrics = evaluate(
+            self.model,
+            loader,
+            val.coco,
+            label_to_category=val.label_to_category,
+            device=self.rt.device,
+            mask_thr=self.cfg.model.inference.mask_thr,
+            out_dir=self.opts.work_dir if self.rt.is_main else None,
+            rank=self.rt.rank,
+            world_size=self.rt.world_size,
+            autocast_dtype=self.dtype,
+            log=self.log,
+        )
+        if self.rt.is_main and metrics:
+            self.log(format_ap_table(metrics))
+        return metrics
+
+
+def train(cfg: Config, opts: TrainOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train, checkpoint, evaluate; rank 0 writes ``metrics.json`` and the termination message."""
+    runtime = setup_runtime(opts.device)
+    trainer = None
+    try:
+        trainer = _Trainer(cfg, opts, runtime, log)
+        results = trainer.run()
+        if runtime.is_main:
+            (opts.work_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            trainer.metrics.set_results(results)
+            if opts.termination_log is not None:
+                write_termination_message(opts.termination_log, results)
+            trainer.metrics.finish()
+        return results
+    finally:
+        if trainer is not None:
+            trainer.progress.close()
+            trainer.metrics.close()
+        shutdown(runtime)
