@@ -107,7 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p, None)
     p.add_argument("--data-path", type=Path, required=True, help=f"data set root ({DATA_LAYOUT})")
     p.add_argument(
-        "--checkpoint", type=Path, required=True, help="a training checkpoint or a model state dict"
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="a training checkpoint, a model state dict, or a checkpoints directory (its newest)",
     )
     p.add_argument("--work-dir", type=Path, default=None, help="where to write results (default: print only)")
     p.add_argument("--split", default="val2017", help="split to evaluate (default: %(default)s)")
@@ -121,7 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (JPEG, PNG, ...)")
     _add_config_args(p, None)
-    p.add_argument("--checkpoint", type=Path, required=True, help="a training checkpoint")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="a training checkpoint, or a checkpoints directory (its newest)",
+    )
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument(
         "--score-thr",

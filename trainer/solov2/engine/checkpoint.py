@@ -107,6 +107,11 @@ def load_weights(model: nn.Module, path: Path) -> list[str]:
 
 
 def _read(path: Path, flag: str) -> Any:
+    if path.is_dir():  # a checkpoint directory: its newest checkpoint
+        newest = latest_checkpoint(path)
+        if newest is None:
+            raise WeightsError(f"{flag} {path}: a directory without {LAST}")
+        path = newest
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except FileNotFoundError as exc:
@@ -129,10 +134,14 @@ def load_model_weights(model: nn.Module, path: Path) -> dict[str, Any]:
     weights = state["model"] if isinstance(state, dict) and isinstance(state.get("model"), dict) else state
     if not isinstance(weights, dict):
         raise WeightsError(f"--checkpoint {path}: holds no state dict")
-    result = model.load_state_dict(weights, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    reshaped = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
+    if missing or unexpected or reshaped:
         raise WeightsError(
-            f"--checkpoint {path}: does not match the config's model (missing {result.missing_keys[:5]}, "
-            f"unexpected {result.unexpected_keys[:5]}); pass the --config it was trained with"
+            f"--checkpoint {path}: does not match the config's model (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}, other shape {reshaped[:3]}); pass the --config it was trained with"
         )
+    model.load_state_dict(weights)
     return {k: v for k, v in state.items() if k not in ("model", "optimizer")} if "model" in state else {}

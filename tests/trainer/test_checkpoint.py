@@ -1,0 +1,87 @@
+"""Checkpoints are written atomically, found again, and fine-tuning loads what fits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from solov2.config import load_config
+from solov2.engine.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_model_weights,
+    load_weights,
+    read_config,
+    save_checkpoint,
+)
+from solov2.engine.schedule import lr_factor, scaled_lr
+from solov2.errors import WeightsError
+from solov2.model.solov2 import SOLOv2
+
+
+def _state(value: float) -> dict:
+    return {"model": {"w": torch.full((2,), value)}, "optimizer": {}, "epoch": 1, "iteration": 5}
+
+
+def test_save_is_atomic_and_last_checkpoint_names_the_newest(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path / "epoch_1.pth", _state(1.0))
+    save_checkpoint(tmp_path / "iter_7.pth", _state(2.0))
+    assert latest_checkpoint(tmp_path) == tmp_path / "iter_7.pth"
+
+    def broken_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(tmp_path / "iter_7.pth", _state(3.0))
+    monkeypatch.undo()
+    # The old file is intact, the marker unchanged, and no temporary file is left behind.
+    assert torch.equal(load_checkpoint(tmp_path / "iter_7.pth")["model"]["w"], torch.full((2,), 2.0))
+    assert latest_checkpoint(tmp_path) == tmp_path / "iter_7.pth"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_1.pth", "iter_7.pth", "last_checkpoint"]
+
+
+def test_unreadable_or_foreign_checkpoints_are_clear_errors(tmp_path):
+    assert latest_checkpoint(tmp_path) is None
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(WeightsError, match="cannot read"):
+        load_checkpoint(bad)
+    torch.save({"weights": 1}, tmp_path / "foreign.pth")
+    with pytest.raises(WeightsError, match="not a solov2 training checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pth")
+    with pytest.raises(WeightsError, match="holds no config; pass --config"):
+        read_config(tmp_path / "foreign.pth")
+    (tmp_path / "last_checkpoint").write_text("gone.pth\n")
+    with pytest.raises(WeightsError, match=r"gone\.pth, which does not exist"):
+        latest_checkpoint(tmp_path)
+
+
+def test_load_from_skips_layers_whose_shape_changed(tmp_path):
+    source = SOLOv2(load_config("solov2_tiny_cpu"))
+    torch.save(
+        {"model": source.state_dict(), "optimizer": {}, "epoch": 3, "iteration": 9}, tmp_path / "c.pth"
+    )
+    target = SOLOv2(load_config("solov2_tiny_cpu", ["model.head.num_classes=5"]))
+    skipped = load_weights(target, tmp_path / "c.pth")
+    assert skipped == ["head.conv_cls.bias", "head.conv_cls.weight"]
+    assert torch.equal(target.backbone.layer2[0].conv1.weight, source.backbone.layer2[0].conv1.weight)
+    assert target.head.conv_cls.weight.shape[0] == 5
+    # Evaluation needs an exact match and says which config to use.
+    with pytest.raises(WeightsError, match="pass the --config it was trained with"):
+        load_model_weights(
+            SOLOv2(load_config("solov2_tiny_cpu", ["model.fpn.out_channels=32"])), tmp_path / "c.pth"
+        )
+
+
+def test_learning_rate_schedule():
+    cfg = load_config("solov2_r50_fpn_1x_coco").train
+    assert scaled_lr(cfg, 16) == pytest.approx(0.01) and scaled_lr(cfg, 2) == pytest.approx(0.00125)
+    ipe = 1000
+    assert lr_factor(0, iters_per_epoch=ipe, cfg=cfg) == pytest.approx(0.01)
+    assert lr_factor(250, iters_per_epoch=ipe, cfg=cfg) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert lr_factor(500, iters_per_epoch=ipe, cfg=cfg) == 1.0
+    assert lr_factor(8 * ipe - 1, iters_per_epoch=ipe, cfg=cfg) == 1.0
+    assert lr_factor(8 * ipe, iters_per_epoch=ipe, cfg=cfg) == pytest.approx(0.1)
+    assert lr_factor(11 * ipe, iters_per_epoch=ipe, cfg=cfg) == pytest.approx(0.01)

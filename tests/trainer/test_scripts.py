@@ -1,0 +1,83 @@
+"""The ModelZoo entry points pass --data_path and friends to solov2 / torchrun as their users expect."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "trainer" / "scripts"
+
+
+@pytest.fixture
+def recorder(tmp_path):
+    """Stand-ins for `solov2` and `torchrun` that record their arguments."""
+    log = tmp_path / "calls"
+    stub = tmp_path / "stub"
+    stub.write_text(f'#!/usr/bin/env bash\necho "$(basename "$0") $*" >> {log}\n')
+    stub.chmod(0o755)
+    env = {**os.environ, "SOLOV2": str(stub), "TORCHRUN": str(stub)}
+    return env, log
+
+
+def _run(script: str, *args: str, env: dict, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(SCRIPTS / script), *args], env=env, cwd=cwd, capture_output=True, text=True
+    )
+
+
+def test_full_1p_trains_the_r50_recipe_and_resumes(recorder, tmp_path):
+    env, log = recorder
+    data = tmp_path / "coco"
+    data.mkdir()
+    res = _run("train_full_1p.sh", f"--data_path={data}", env=env, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    call = log.read_text().split()
+    assert call[1:3] == ["train", "--config"] and call[3] == "solov2_r50_fpn_1x_coco"
+    assert call[call.index("--data-path") + 1] == str(data)
+    assert call[call.index("--work-dir") + 1] == "output/1p" and "--resume" in call
+    assert (tmp_path / "output" / "1p" / "train.log").is_file()
+
+
+def test_full_8p_uses_torchrun_with_8_processes(recorder, tmp_path):
+    env, log = recorder
+    res = _run(
+        "train_full_8p.sh", f"--data_path={tmp_path}", "--epochs=2", "--", "--compile", env=env, cwd=tmp_path
+    )
+    assert res.returncode == 0, res.stderr
+    call = log.read_text().split()
+    assert call[call.index("--nproc-per-node") + 1] == "8"
+    assert call[call.index("-m") + 1 : call.index("-m") + 3] == ["solov2.cli", "train"]
+    assert "train.epochs=2" in call and call[-1] == "--compile"
+
+
+def test_eval_and_finetune_need_a_checkpoint(recorder, tmp_path):
+    env, log = recorder
+    res = _run(
+        "train_eval_1p.sh", f"--data_path={tmp_path}", "--checkpoint=missing.pth", env=env, cwd=tmp_path
+    )
+    assert res.returncode == 2 and "missing.pth" in res.stderr
+    res = _run("train_finetune_1p.sh", f"--data_path={tmp_path}", env=env, cwd=tmp_path)
+    assert res.returncode == 2 and "--checkpoint" in res.stderr
+    ckpt = tmp_path / "w.pth"
+    ckpt.write_bytes(b"")
+    res = _run(
+        "train_finetune_1p.sh", f"--data_path={tmp_path}", f"--checkpoint={ckpt}", env=env, cwd=tmp_path
+    )
+    assert res.returncode == 0, res.stderr
+    call = log.read_text().split()
+    assert call[call.index("--load-from") + 1] == str(ckpt)
+
+
+def test_missing_or_wrong_data_path_is_a_clear_error(recorder, tmp_path):
+    env, _ = recorder
+    res = _run("train_full_1p.sh", env=env, cwd=tmp_path)
+    assert res.returncode == 2 and "--data_path=DIR is required" in res.stderr
+    res = _run("train_full_1p.sh", "--data_path=/no/such/dir", env=env, cwd=tmp_path)
+    assert res.returncode == 2 and "/no/such/dir" in res.stderr
+    res = _run("train_full_1p.sh", "--data-path=x", env=env, cwd=tmp_path)
+    assert res.returncode == 2 and "unknown argument" in res.stderr
+    res = _run("train_full_1p.sh", "--help", env=env, cwd=tmp_path)
+    assert res.returncode == 2 and "--data_path=DIR" in res.stderr
