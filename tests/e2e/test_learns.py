@@ -1,0 +1,41 @@
+"""The tiny config learns the synthetic shapes from scratch on a CPU in a few minutes.
+
+1200 steps (800 images x 3 epochs, learning rate / 10 for the last epoch) reached mask AP50 0.38 on the
+val split when this test was written; it asserts 0.3, so that a regression in the data, the targets,
+the losses or the loop shows. (The goal for this recipe is 0.5; it is not reached yet.)
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from solov2.data.synthetic import write_synthetic_coco
+
+pytestmark = pytest.mark.slow
+
+TRAIN_IMAGES, VAL_IMAGES = 800, 50
+OPTS = ["train.log_interval=100"]  # the tiny config's own recipe: 3 epochs, lr / 10 for the last
+
+
+def test_tiny_model_learns_synthetic_shapes(tmp_path):
+    data = write_synthetic_coco(tmp_path / "data", train=TRAIN_IMAGES, val=VAL_IMAGES, seed=5)
+    work = tmp_path / "work"
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "solov2.cli", "train", "--config", "solov2_tiny_cpu", "--data-path", str(data),
+         "--work-dir", str(work), "--device", "cpu", "--termination-log", str(work / "termination-log"),
+         "--opts", *OPTS],
+        capture_output=True, text=True, timeout=8 * 60,
+    )  # fmt: skip
+    minutes = (time.monotonic() - start) / 60
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    results = json.loads((work / "results.json").read_text())
+    table = proc.stdout[proc.stdout.rfind("AP50") - 40 :]
+    print(f"trained and evaluated in {minutes:.1f} min; mask AP50 {results['segm_AP50']:.3f}\n{table}")
+    assert results["images"] == VAL_IMAGES
+    assert results["segm_AP50"] >= 0.3
