@@ -1,4 +1,9 @@
-"""Two gloo processes on the CPU train one model: their parameters stay identical and do change."""
+"""Two gloo processes on the CPU train one model: their parameters stay identical and do change.
+
+(BatchNorm running statistics are buffers, not parameters: rank 0's are broadcast before each forward,
+then each rank updates them with its own batch, as in any DDP run without SyncBatchNorm, which gloo
+lacks. Checkpoints hold rank 0's.)
+"""
 
 from __future__ import annotations
 
@@ -36,8 +41,10 @@ def _worker(rank: int, world: int, port: int, data: str, out: str) -> None:
         trainer = _Trainer(cfg, opts, runtime, log=lambda _m: None)
         initial = {k: v.clone() for k, v in trainer.model.state_dict().items()}
         trainer.run()
-        torch.save({"initial": initial, "final": trainer.model.state_dict(), "iterations": trainer.iteration},
-                   Path(out) / f"rank{rank}.pt")  # fmt: skip
+        params = {name for name, _ in trainer.model.named_parameters()}
+        final = {k: v for k, v in trainer.model.state_dict().items() if k in params}
+        torch.save({"initial": {k: v for k, v in initial.items() if k in params}, "final": final,
+                    "iterations": trainer.iteration}, Path(out) / f"rank{rank}.pt")  # fmt: skip
     finally:
         shutdown(runtime)
 

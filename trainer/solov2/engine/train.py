@@ -115,9 +115,8 @@ class _Trainer:
         self.ddp: nn.Module = model
         if runtime.distributed:
             ids = [runtime.device.index] if runtime.kind != "cpu" else None
-            self.ddp = DistributedDataParallel(
-                model, device_ids=ids, broadcast_buffers=False, gradient_as_bucket_view=True
-            )
+            # Buffers (BatchNorm running statistics) are broadcast from rank 0 before every forward.
+            self.ddp = DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
         self.step_fn = self.ddp
         if opts.compile:
             self.step_fn = torch.compile(self.ddp, dynamic=False, fullgraph=not runtime.distributed)
