@@ -170,8 +170,8 @@ class TrainConfig:
     """Linear warm-up iterations."""
     warmup_factor: float = 0.01
     """Learning-rate factor at iteration 0 of the warm-up."""
-    lr_steps: tuple[int, ...] = (8, 11)
-    """Epochs after which the learning rate is multiplied by lr_gamma."""
+    lr_steps: tuple[float, ...] = (8, 11)
+    """Epochs after which the learning rate is multiplied by lr_gamma (fractions allowed, e.g. 0.75)."""
     lr_gamma: float = 0.1
     """Step-decay factor."""
     seed: int = 0

@@ -14,10 +14,10 @@ def lr_factor(iteration: int, *, iters_per_epoch: int, cfg: TrainConfig) -> floa
     """Multiplier of the scaled learning rate at a global iteration (0-based).
 
     Warm-up goes linearly from ``warmup_factor`` to 1 over ``warmup_iters``; the rate is multiplied by
-    ``lr_gamma`` once each of the ``lr_steps`` epochs has been completed.
+    ``lr_gamma`` once each of the ``lr_steps`` epochs (fractions allowed) has been completed.
     """
-    epoch = iteration // max(iters_per_epoch, 1)
-    factor = cfg.lr_gamma ** sum(epoch >= step for step in cfg.lr_steps)
+    epochs_done = iteration / max(iters_per_epoch, 1)
+    factor = cfg.lr_gamma ** sum(epochs_done >= step for step in cfg.lr_steps)
     if iteration < cfg.warmup_iters:
         factor *= cfg.warmup_factor + (1 - cfg.warmup_factor) * iteration / cfg.warmup_iters
     return factor
