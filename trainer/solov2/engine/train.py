@@ -128,6 +128,8 @@ class _Trainer:
         self.metrics.set_info(
             config=opts.config_name, device=runtime.kind, world_size=str(runtime.world_size)
         )
+        if self.metrics.port is not None:
+            self.log(f"metrics: Prometheus metrics on http://0.0.0.0:{self.metrics.port}/metrics")
 
     # -- state -------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
