@@ -24,7 +24,7 @@ DEMO ?= runs/demo
 # The main job: make a synthetic COCO-format data set, train the tiny config on the CPU for a few
 # minutes, evaluate it (the AP table is printed), and draw predictions for a few validation images.
 demo: setup
-	$(BIN)/solov2 make-synthetic $(DEMO)/data --train 2400 --val 50
+	$(BIN)/solov2 make-synthetic $(DEMO)/data --train 800 --val 50
 	$(BIN)/solov2 train --config solov2_tiny_cpu --data-path $(DEMO)/data --work-dir $(DEMO)/work \
 	    --device cpu --termination-log $(DEMO)/work/termination-log --metrics-port 0
 	$(BIN)/solov2 predict $$(ls $(DEMO)/data/val2017/*.jpg | head -n 4) --checkpoint $(DEMO)/work/checkpoints \

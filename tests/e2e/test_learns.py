@@ -1,9 +1,9 @@
 """The tiny config learns the synthetic shapes from scratch on a CPU in a few minutes.
 
-One pass over 2400 generated images (1200 steps, the tiny config's recipe) reached mask AP50 0.42 on
-this data set (seed 5) when the test was written, and 0.32 on another seed's; the test asserts 0.3, so
-that a regression in the data, the targets, the losses or the loop shows. (The goal is 0.5; it is not
-reached yet.)
+1200 steps (800 generated images x 3 epochs, the tiny config's recipe) reached mask AP50 0.327 on this
+data set with 2 threads and 0.382 with 1 thread when the test was written; it asserts 0.25, so that a
+regression in the data, the targets, the losses or the loop shows. (The goal is 0.5; it is not reached
+yet.)
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from solov2.data.synthetic import write_synthetic_coco
 
 pytestmark = pytest.mark.slow
 
-TRAIN_IMAGES, VAL_IMAGES = 2400, 50
-OPTS = ["train.log_interval=100"]  # the tiny config's own recipe: one pass, lr / 10 for the last third
+TRAIN_IMAGES, VAL_IMAGES = 800, 50
+OPTS = ["train.log_interval=100"]  # the tiny config's own recipe: 3 epochs, lr / 10 for the last
 
 
 def test_tiny_model_learns_synthetic_shapes(tmp_path):
@@ -39,4 +39,4 @@ def test_tiny_model_learns_synthetic_shapes(tmp_path):
     table = proc.stdout[proc.stdout.rfind("AP50") - 40 :]
     print(f"trained and evaluated in {minutes:.1f} min; mask AP50 {results['segm_AP50']:.3f}\n{table}")
     assert results["images"] == VAL_IMAGES
-    assert results["segm_AP50"] >= 0.3
+    assert results["segm_AP50"] >= 0.25

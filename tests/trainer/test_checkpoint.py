@@ -85,3 +85,6 @@ def test_learning_rate_schedule():
     assert lr_factor(8 * ipe - 1, iters_per_epoch=ipe, cfg=cfg) == 1.0
     assert lr_factor(8 * ipe, iters_per_epoch=ipe, cfg=cfg) == pytest.approx(0.1)
     assert lr_factor(11 * ipe, iters_per_epoch=ipe, cfg=cfg) == pytest.approx(0.01)
+    one_pass = load_config("solov2_tiny_cpu", ["train.epochs=1", "train.lr_steps=[0.75]"]).train
+    assert lr_factor(749, iters_per_epoch=ipe, cfg=one_pass) == 1.0
+    assert lr_factor(750, iters_per_epoch=ipe, cfg=one_pass) == pytest.approx(0.1)
