@@ -45,6 +45,15 @@ def _add_device_arg(parser: argparse.ArgumentParser, default: str = "auto") -> N
     )
 
 
+def _add_checkpoint_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="a training checkpoint, a model state dict, or a checkpoints directory (its newest)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="solov2",
@@ -106,12 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p, None)
     p.add_argument("--data-path", type=Path, required=True, help=f"data set root ({DATA_LAYOUT})")
-    p.add_argument(
-        "--checkpoint",
-        type=Path,
-        required=True,
-        help="a training checkpoint, a model state dict, or a checkpoints directory (its newest)",
-    )
+    _add_checkpoint_arg(p)
     p.add_argument("--work-dir", type=Path, default=None, help="where to write results (default: print only)")
     p.add_argument("--split", default="val2017", help="split to evaluate (default: %(default)s)")
     _add_device_arg(p)
@@ -124,12 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (JPEG, PNG, ...)")
     _add_config_args(p, None)
-    p.add_argument(
-        "--checkpoint",
-        type=Path,
-        required=True,
-        help="a training checkpoint, or a checkpoints directory (its newest)",
-    )
+    _add_checkpoint_arg(p)
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument(
         "--score-thr",
