@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
+from ..model.state_dicts import compare_state_dicts
 
 LAST = "last_checkpoint"
 
@@ -89,21 +90,22 @@ def load_weights(model: nn.Module, path: Path) -> list[str]:
     Tensors whose shape differs from the model's (a new class count changes the category branch) are
     skipped; their names are returned so the caller can report them. Missing or unknown keys are errors.
     """
-    state = _read(path, "--load-from")
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise WeightsError(f"--load-from {path}: holds no state dict")
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
+    weights = _model_weights(_read(path, "--load-from"), path, "--load-from")
+    missing, unexpected, skipped = compare_state_dicts(model.state_dict(), weights)
     if missing or unexpected:
         raise WeightsError(
             f"--load-from {path}: does not match this model (missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
-    skipped = sorted(k for k in own if own[k].shape != state[k].shape)
-    model.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=False)
+    model.load_state_dict({k: v for k, v in weights.items() if k not in skipped}, strict=False)
     return skipped
+
+
+def _model_weights(state: Any, path: Path, flag: str) -> dict[str, Any]:
+    """The model state dict in a training checkpoint (its ``model`` entry) or a bare state dict."""
+    weights = state["model"] if isinstance(state, dict) and isinstance(state.get("model"), dict) else state
+    if not isinstance(weights, dict):
+        raise WeightsError(f"{flag} {path}: holds no state dict")
+    return weights
 
 
 def _read(path: Path, flag: str) -> Any:
@@ -131,13 +133,8 @@ def read_config(path: Path) -> dict[str, Any]:
 def load_model_weights(model: nn.Module, path: Path) -> dict[str, Any]:
     """Load a checkpoint's (or a bare state dict's) weights strictly; return the checkpoint's extras."""
     state = _read(path, "--checkpoint")
-    weights = state["model"] if isinstance(state, dict) and isinstance(state.get("model"), dict) else state
-    if not isinstance(weights, dict):
-        raise WeightsError(f"--checkpoint {path}: holds no state dict")
-    own = model.state_dict()
-    missing = sorted(set(own) - set(weights))
-    unexpected = sorted(set(weights) - set(own))
-    reshaped = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
+    weights = _model_weights(state, path, "--checkpoint")
+    missing, unexpected, reshaped = compare_state_dicts(model.state_dict(), weights)
     if missing or unexpected or reshaped:
         raise WeightsError(
             f"--checkpoint {path}: does not match the config's model (missing {missing[:3]}, unexpected "

@@ -5,13 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import Config
-from ..data.coco import CocoInstances
-from ..data.loader import build_eval_loader
 from ..device import amp_dtype, setup_runtime, shutdown
 from ..model.solov2 import SOLOv2
 from .checkpoint import load_model_weights
-from .evaluate import evaluate, format_ap_table
-from .train import coco_split
+from .splits import evaluate_split
 
 
 def run_eval(
@@ -22,20 +19,16 @@ def run_eval(
     try:
         model = SOLOv2(cfg).to(runtime.device)
         load_model_weights(model, checkpoint)
-        image_dir, ann = coco_split(data_path, split)
-        dataset = CocoInstances(image_dir, ann, num_classes=cfg.model.head.num_classes)
-        loader = build_eval_loader(dataset, cfg, rank=runtime.rank, world_size=runtime.world_size)
-        log = print if runtime.is_main else (lambda _msg: None)
-        if work_dir is not None and runtime.is_main:
-            work_dir.mkdir(parents=True, exist_ok=True)
-        metrics = evaluate(model, loader, dataset.coco, label_to_category=dataset.label_to_category,
-                           device=runtime.device, mask_thr=cfg.model.inference.mask_thr,
-                           out_dir=work_dir if runtime.is_main else None, rank=runtime.rank,
-                           world_size=runtime.world_size, autocast_dtype=amp_dtype(runtime.kind, cfg.train.amp),
-                           log=log)  # fmt: skip
-        if runtime.is_main:
-            print(format_ap_table(metrics))
-        return metrics
+        return evaluate_split(
+            model,
+            cfg,
+            data_path=data_path,
+            split=split,
+            runtime=runtime,
+            autocast_dtype=amp_dtype(runtime.kind, cfg.train.amp),
+            out_dir=work_dir,
+            log=print if runtime.is_main else (lambda _msg: None),
+        )
     finally:
         shutdown(runtime)
 

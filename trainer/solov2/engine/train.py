@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import Config, to_dict
 from ..data.coco import CocoInstances
-from ..data.loader import build_eval_loader, build_train_loader
+from ..data.loader import build_train_loader
 from ..device import Runtime, amp_dtype, autocast, make_scaler, setup_runtime, shutdown
 from ..errors import UserError
 from ..metrics import NullMetrics, TrainingMetrics, write_termination_message
@@ -34,8 +34,8 @@ from .checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from .evaluate import evaluate, format_ap_table
 from .schedule import lr_factor, scaled_lr
+from .splits import coco_split, evaluate_split
 
 
 class TrainingDiverged(UserError):
@@ -57,11 +57,6 @@ class TrainOptions:
     metrics_port: int | None = None
     skip_bad_images: bool = False
     config_name: str = ""
-
-
-def coco_split(data_path: Path, split: str) -> tuple[Path, Path]:
-    """``(image_dir, annotation_file)`` of a COCO-layout split (``train2017`` or ``val2017``)."""
-    return data_path / split, data_path / "annotations" / f"instances_{split}.json"
 
 
 def _seed_everything(seed: int) -> None:
@@ -183,7 +178,9 @@ class _Trainer:
         return path
 
     # -- one step ----------------------------------------------------------------------------------
-    def step(self, batch: Any) -> tuple[dict[str, torch.Tensor], bool]:
+    def step(self, batch: Any) -> tuple[dict[str, torch.Tensor], bool, int]:
+        """One optimisation step: the forward's outputs (plus ``loss``), whether the update was applied
+        (loss and gradient finite), and the positive pairs the targets' buffer dropped."""
         images = batch.images.to(self.rt.device, non_blocking=True)
         gt = batch.gt.to(self.rt.device, non_blocking=True)
         with autocast(self.rt.kind, self.dtype):
@@ -207,8 +204,7 @@ class _Trainer:
             self.optimizer.step()
         self.scheduler.step()
         out["loss"] = loss
-        out["dropped_positives"] = int(dropped)  # type: ignore[assignment]
-        return out, finite
+        return out, finite, int(dropped)
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -229,13 +225,13 @@ class _Trainer:
             tick = time.perf_counter()
             for batch in self.loader:
                 data_wait = time.perf_counter() - tick
-                out, finite = self.step(batch)
+                out, finite, dropped = self.step(batch)
                 self.iteration += 1
                 self.batch_in_epoch += 1
                 window_images += self.total_batch
                 window_data += data_wait
                 window_steps += 1
-                self.metrics.add_dropped_positives(out["dropped_positives"])
+                self.metrics.add_dropped_positives(dropped)
                 if finite:
                     consecutive = 0
                 else:
@@ -310,33 +306,21 @@ class _Trainer:
         return results
 
     def evaluate(self) -> dict[str, Any]:
-        image_dir, ann = coco_split(self.opts.data_path, "val2017")
+        _, ann = coco_split(self.opts.data_path, "val2017")
         if not ann.is_file():
             self.log(f"evaluation skipped: no {ann}")
             return {}
-        val = CocoInstances(
-            image_dir,
-            ann,
-            num_classes=self.cfg.model.head.num_classes,
+        return evaluate_split(
+            self.model,
+            self.cfg,
+            data_path=self.opts.data_path,
+            split="val2017",
+            runtime=self.rt,
+            autocast_dtype=self.dtype,
+            out_dir=self.opts.work_dir,
+            log=self.log,
             skip_bad_images=self.opts.skip_bad_images,
         )
-        loader = build_eval_loader(val, self.cfg, rank=self.rt.rank, world_size=self.rt.world_size)
-        metrics = evaluate(
-            self.model,
-            loader,
-            val.coco,
-            label_to_category=val.label_to_category,
-            device=self.rt.device,
-            mask_thr=self.cfg.model.inference.mask_thr,
-            out_dir=self.opts.work_dir if self.rt.is_main else None,
-            rank=self.rt.rank,
-            world_size=self.rt.world_size,
-            autocast_dtype=self.dtype,
-            log=self.log,
-        )
-        if self.rt.is_main and metrics:
-            self.log(format_ap_table(metrics))
-        return metrics
 
 
 def train(cfg: Config, opts: TrainOptions, log: Callable[[str], None] = print) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import torchvision
 from torch import Tensor, nn
 
 from ..errors import WeightsError
+from .state_dicts import compare_state_dicts
 
 RESNET_CHANNELS = {
     18: (64, 128, 256, 512),
@@ -95,11 +96,9 @@ class ResNet(nn.Module):
                 if key.startswith(prefix):
                     key = new + key[len(prefix) :]
             renamed[key] = value
-        own = self.state_dict()
+        missing, unexpected, bad_shape = compare_state_dicts(self.state_dict(), renamed)
         # Old torchvision checkpoints lack BatchNorm's num_batches_tracked counters: not an error.
-        missing = sorted(k for k in set(own) - set(renamed) if not k.endswith("num_batches_tracked"))
-        unexpected = sorted(set(renamed) - set(own))
-        bad_shape = sorted(k for k in set(own) & set(renamed) if own[k].shape != renamed[k].shape)
+        missing = [k for k in missing if not k.endswith("num_batches_tracked")]
         if missing or unexpected or bad_shape:
 
             def head(keys: list[str]) -> str:

@@ -1,0 +1,60 @@
+"""COCO-layout splits: where a split's files are, and evaluating a model on one (training and ``solov2 eval``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import Config
+from ..data.coco import CocoInstances
+from ..data.loader import build_eval_loader
+from ..device import Runtime
+from .evaluate import evaluate, format_ap_table
+
+
+def coco_split(data_path: Path, split: str) -> tuple[Path, Path]:
+    """``(image_dir, annotation_file)`` of a COCO-layout split (``train2017`` or ``val2017``)."""
+    return data_path / split, data_path / "annotations" / f"instances_{split}.json"
+
+
+def evaluate_split(
+    model: nn.Module,
+    cfg: Config,
+    *,
+    data_path: Path,
+    split: str,
+    runtime: Runtime,
+    autocast_dtype: torch.dtype | None,
+    out_dir: Path | None,
+    log: Callable[[str], None],
+    skip_bad_images: bool = False,
+) -> dict[str, float]:
+    """COCO segm and bbox AP of ``model`` on ``split``, images shared across ranks.
+
+    Rank 0 logs the AP table, writes ``detections_segm.json`` and ``metrics.json`` to ``out_dir`` (if
+    given) and returns the metrics; other ranks return ``{}``.
+    """
+    image_dir, ann = coco_split(data_path, split)
+    dataset = CocoInstances(
+        image_dir, ann, num_classes=cfg.model.head.num_classes, skip_bad_images=skip_bad_images
+    )
+    loader = build_eval_loader(dataset, cfg, rank=runtime.rank, world_size=runtime.world_size)
+    metrics = evaluate(
+        model,
+        loader,
+        dataset.coco,
+        label_to_category=dataset.label_to_category,
+        device=runtime.device,
+        mask_thr=cfg.model.inference.mask_thr,
+        out_dir=out_dir if runtime.is_main else None,
+        rank=runtime.rank,
+        world_size=runtime.world_size,
+        autocast_dtype=autocast_dtype,
+        log=log,
+    )
+    if runtime.is_main and metrics:
+        log(format_ap_table(metrics))
+    return metrics
