@@ -1,4 +1,4 @@
-"""Seconds per training step (forward + targets + losses + backward + SGD), eager and torch.compile'd.
+"""Seconds per training step (forward, targets, losses, backward, the config's optimiser), eager and compiled.
 
     python bench/step_time.py                       # tiny config and R50 1x at 256x256, on CPU
     python bench/step_time.py --configs solov2_r50_fpn_1x_coco --canvas 800 1344 --device cuda --amp bf16
@@ -24,6 +24,7 @@ import torch
 
 from solov2.config import load_config
 from solov2.data.synthetic import synthetic_batch
+from solov2.engine.schedule import build_optimizer
 from solov2.model import build_model, total_loss
 
 
@@ -46,7 +47,7 @@ def measure(
     torch.manual_seed(0)
     model = build_model(cfg).to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
+    optimizer = build_optimizer(params, cfg.train, 1e-3)  # the config's own optimiser (sgd or adamw)
     images, gt = synthetic_batch(batch, canvas, max_instances=cfg.model.targets.max_instances, seed=0)
     images, gt = images.to(device), gt.to(device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp or "")

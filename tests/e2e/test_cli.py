@@ -64,9 +64,13 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_bad_input_is_one_line_naming_the_problem(tmp_path):
     res = _run("train", "--data-path", str(tmp_path / "nowhere"), "--work-dir", str(tmp_path / "w"),
-               "--config", "solov2_tiny_cpu", "--device", "cpu")  # fmt: skip
+               "--config", "solov2_tiny_cpu", "--device", "cpu",
+               "--termination-log", str(tmp_path / "termination-log"))  # fmt: skip
     assert res.returncode == 2
     assert "nowhere" in res.stderr and "Traceback" not in res.stderr
+    message = json.loads((tmp_path / "termination-log").read_text())
+    assert message["error_type"] == "DataError" and message["retryable"] is False
+    assert "nowhere" in message["error"] and message["error"] in res.stderr
     res = _run("smoke", "--opts", "model.head.strides=[8,8,16,32]")
     assert res.returncode == 2
     assert res.stderr.strip() == (

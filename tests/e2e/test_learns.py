@@ -1,9 +1,8 @@
-"""The tiny config learns the synthetic shapes from scratch on a CPU in a few minutes.
+"""The tiny config learns the synthetic shapes from scratch on a CPU in a few minutes: mask AP50 >= 0.5.
 
-1200 steps (800 generated images x 3 epochs, the tiny config's recipe) reached mask AP50 0.327 on this
-data set with 2 threads and 0.382 with 1 thread when the test was written; it asserts 0.25, so that a
-regression in the data, the targets, the losses or the loop shows. (The goal is 0.5; it is not reached
-yet.)
+The tiny config's own recipe (800 generated images x 3 epochs = 1200 steps of 2 images, AdamW, the
+category loss weighted up) reached mask AP50 0.620 on this data set with 2 threads in 3.6 minutes when
+the test was written, and 0.628-0.654 over three initialisation seeds with 1 thread.
 """
 
 from __future__ import annotations
@@ -39,4 +38,4 @@ def test_tiny_model_learns_synthetic_shapes(tmp_path):
     table = proc.stdout[proc.stdout.rfind("AP50") - 40 :]
     print(f"trained and evaluated in {minutes:.1f} min; mask AP50 {results['segm_AP50']:.3f}\n{table}")
     assert results["images"] == VAL_IMAGES
-    assert results["segm_AP50"] >= 0.25
+    assert results["segm_AP50"] >= 0.5

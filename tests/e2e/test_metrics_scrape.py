@@ -63,6 +63,7 @@ def test_metrics_move_during_training(small_coco, tmp_path):
     first, last = seen[0], seen[-1]
     assert last["solov2_train_iteration"] > first["solov2_train_iteration"]
     assert first["solov2_train_total_iterations"] == 12  # 8 images / batch 2 x 3 epochs
+    assert first["solov2_train_total_epochs"] == 3
     assert last["solov2_train_images_per_second"] > 0
     assert last["solov2_train_learning_rate"] > 0
     assert last["solov2_train_loss{component=total}"] > 0

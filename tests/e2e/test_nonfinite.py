@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 import torch
 
@@ -44,8 +47,13 @@ def test_one_nan_step_is_skipped_and_counted(small_coco, tmp_path, monkeypatch):
 def test_too_many_in_a_row_stop_with_a_clear_message(small_coco, tmp_path, monkeypatch):
     _poison(monkeypatch, {2, 3, 4})
     cfg = load_config("solov2_tiny_cpu", ["train.epochs=1", "train.max_nonfinite=3"])
+    opts = dataclasses.replace(_opts(small_coco, tmp_path), termination_log=tmp_path / "termination-log")
     with pytest.raises(TrainingDiverged, match=r"3 consecutive steps .*\(train\.max_nonfinite=3\)"):
-        train(cfg, _opts(small_coco, tmp_path), log=lambda _m: None)
+        train(cfg, opts, log=lambda _m: None)
+    # The operator learns why, and that restarting the gang would not help.
+    message = json.loads((tmp_path / "termination-log").read_text())
+    assert message["error_type"] == "TrainingDiverged" and message["retryable"] is False
+    assert "3 consecutive steps" in message["error"]
     # The state before the first bad step is kept: the checkpoint written on stopping has finite weights.
     state = torch.load(tmp_path / "checkpoints" / "diverged_iter_4.pth", weights_only=False)
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())

@@ -14,7 +14,7 @@ from solov2.engine.checkpoint import (
     read_config,
     save_checkpoint,
 )
-from solov2.engine.schedule import lr_factor, scaled_lr
+from solov2.engine.schedule import build_optimizer, lr_factor, scaled_lr
 from solov2.errors import WeightsError
 from solov2.model.solov2 import SOLOv2
 
@@ -88,3 +88,14 @@ def test_learning_rate_schedule():
     one_pass = load_config("solov2_tiny_cpu", ["train.epochs=1", "train.lr_steps=[0.75]"]).train
     assert lr_factor(749, iters_per_epoch=ipe, cfg=one_pass) == 1.0
     assert lr_factor(750, iters_per_epoch=ipe, cfg=one_pass) == pytest.approx(0.1)
+
+
+def test_optimizer_follows_the_config():
+    params = [torch.nn.Parameter(torch.ones(3))]
+    sgd = build_optimizer(params, load_config("solov2_r50_fpn_1x_coco").train, 0.02)
+    assert isinstance(sgd, torch.optim.SGD)
+    assert sgd.defaults["momentum"] == 0.9 and sgd.defaults["weight_decay"] == 0.0001
+    cfg = load_config("solov2_r50_fpn_1x_coco", ["train.optimizer=adamw", "train.weight_decay=0.05"]).train
+    adamw = build_optimizer(params, cfg, 0.001)
+    assert isinstance(adamw, torch.optim.AdamW)
+    assert adamw.defaults["lr"] == 0.001 and adamw.defaults["weight_decay"] == 0.05

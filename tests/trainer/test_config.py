@@ -114,6 +114,7 @@ def test_opts_override_nested_fields_with_yaml_values():
         (["data.canvases=[[800,1333]]"], "data.canvases[0]"),
         (["train.lr_steps=[11,8]"], "train.lr_steps"),
         (["train.base_lr=fast"], "train.base_lr"),
+        (["train.optimizer=adam"], "train.optimizer"),
         (["model.head.feat_channels=500"], "model.head.feat_channels"),
         (["model=3"], "model"),
         (["noequals"], "--opts"),

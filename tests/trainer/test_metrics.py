@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from solov2.metrics import TERMINATION_MESSAGE_LIMIT, NullMetrics, TrainingMetrics, write_termination_message
+from solov2.metrics import (
+    TERMINATION_MESSAGE_LIMIT,
+    NullMetrics,
+    TrainingMetrics,
+    failure_message,
+    write_termination_message,
+)
 from solov2.progress import ProgressLogger, format_progress
 
 UPDATE = dict(
@@ -53,13 +59,14 @@ def test_metrics_are_served_and_follow_updates(metrics: TrainingMetrics):
     assert before[("solov2_train_finished", ())] == 0
 
     metrics.set_info(config="solov2_tiny_cpu", device="cpu", world_size=2)
-    metrics.update(**UPDATE)
+    metrics.update(**UPDATE, total_epochs=12)
     metrics.add_nonfinite()
     metrics.add_dropped_positives(5)
     metrics.add_dropped_positives(0)
     metrics.add_truncated(3)
     after = scrape(metrics.port)
     assert after[("solov2_train_epoch", ())] == 2
+    assert after[("solov2_train_total_epochs", ())] == 12
     assert after[("solov2_train_iteration", ())] == 340
     assert after[("solov2_train_total_iterations", ())] == 1000
     assert after[("solov2_train_images_per_second", ())] == pytest.approx(4.2)
@@ -75,7 +82,7 @@ def test_metrics_are_served_and_follow_updates(metrics: TrainingMetrics):
     info = (("config", "solov2_tiny_cpu"), ("device", "cpu"), ("world_size", "2"))
     assert after[("solov2_train_info", info)] == 1
 
-    metrics.update(**{**UPDATE, "iteration": 341, "losses": {"loss_cls": 0.25}})
+    metrics.update(**{**UPDATE, "iteration": 341, "losses": {"loss_cls": 0.25}}, total_epochs=12)
     metrics.set_results({"segm_AP": 0.371, "segm_APl": 0.5, "bbox_AP": 0.4, "images": 5000})
     metrics.finish()
     final = scrape(metrics.port)
@@ -89,7 +96,7 @@ def test_metrics_are_served_and_follow_updates(metrics: TrainingMetrics):
 
 def test_instances_have_their_own_registries_and_close_frees_the_port():
     first, second = TrainingMetrics(port=0, addr="127.0.0.1"), TrainingMetrics()
-    second.update(**UPDATE)  # no server, no clash with the first one's metrics
+    second.update(**UPDATE, total_epochs=12)  # no server, no clash with the first one's metrics
     assert second.port is None
     assert scrape(first.port)[("solov2_train_iteration", ())] == 0
     port = first.port
@@ -213,3 +220,19 @@ def test_progress_logger_carriage_return_mode():
     text = stream.getvalue()
     assert text.count("\r") == 2 and "iter 2/4" in text
     assert text.endswith("\nnote\n")
+
+
+def test_failure_message_says_what_failed_and_whether_a_retry_can_help(tmp_path):
+    from solov2.errors import ConfigError
+
+    user = failure_message(ConfigError("model.head.num_classes: is 80 but the data set defines 3 categories"))
+    assert user == {
+        "error": "model.head.num_classes: is 80 but the data set defines 3 categories",
+        "error_type": "ConfigError",
+        "retryable": False,
+    }
+    crash = failure_message(RuntimeError("x" * 5000))
+    assert crash["retryable"] is True and crash["error_type"] == "RuntimeError"
+    assert len(crash["error"]) == 1000 and crash["error"].endswith("...")
+    write_termination_message(tmp_path / "log", crash)
+    assert json.loads((tmp_path / "log").read_text()) == crash

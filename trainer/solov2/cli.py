@@ -92,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--termination-log",
         type=Path,
         default=Path("/dev/termination-log"),
-        help="file that receives the final metrics as compact JSON (< 4 KiB), for Kubernetes; "
-        "'' disables. Default: %(default)s",
+        help="file that receives the final metrics as compact JSON (< 4 KiB), for Kubernetes, or on "
+        "failure the error and whether a retry can help; '' disables. Default: %(default)s",
     )
     p.add_argument(
         "--metrics-port",

@@ -156,14 +156,16 @@ class DataConfig:
 class TrainConfig:
     epochs: int = 12
     """Training epochs."""
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    """sgd (momentum, the reference recipe) or adamw (for short from-scratch runs such as the tiny config)."""
     base_lr: float = 0.01
-    """SGD learning rate for base_batch_size images per step; scaled linearly with the real total batch."""
+    """Learning rate for base_batch_size images per step; scaled linearly with the real total batch."""
     base_batch_size: int = 16
     """Total batch the base_lr was tuned for (8 devices x 2 images)."""
     momentum: float = 0.9
-    """SGD momentum."""
+    """SGD momentum (unused by adamw)."""
     weight_decay: float = 0.0001
-    """SGD weight decay."""
+    """Weight decay (adamw: decoupled, multiplied by the learning rate)."""
     grad_clip: float = 35.0
     """Gradient clipping max-norm (0 disables)."""
     warmup_iters: int = 500

@@ -12,6 +12,7 @@ name                                              type     meaning
                                                            ``cls`` or ``mask``
 ``solov2_train_learning_rate``                    gauge    current learning rate
 ``solov2_train_epoch``                            gauge    current epoch, 1-based
+``solov2_train_total_epochs``                     gauge    epochs of the whole run
 ``solov2_train_iteration``                        gauge    global iterations done
 ``solov2_train_total_iterations``                 gauge    global iterations of the whole run
 ``solov2_train_eta_seconds``                      gauge    estimated seconds left in training
@@ -47,6 +48,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info, start_http_server
 
+from .errors import UserError
+
 __all__ = [
     "TERMINATION_MESSAGE_LIMIT",
     "NullMetrics",
@@ -57,6 +60,7 @@ __all__ = [
 _EVAL_IOU_TYPES = ("segm", "bbox")
 _EVAL_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_ERROR_CHARS = 1000  # of an error's text in a failure's termination message
 
 
 class TrainingMetrics:
@@ -76,6 +80,7 @@ class TrainingMetrics:
         self.loss = Gauge("solov2_train_loss", "Last logged training loss", ["component"], registry=r)
         self.learning_rate = Gauge("solov2_train_learning_rate", "Current learning rate", registry=r)
         self.epoch = Gauge("solov2_train_epoch", "Current epoch (1-based)", registry=r)
+        self.total_epochs = Gauge("solov2_train_total_epochs", "Epochs of the whole run", registry=r)
         self.iteration = Gauge("solov2_train_iteration", "Global iterations done", registry=r)
         self.total_iterations = Gauge(
             "solov2_train_total_iterations", "Global iterations of the whole run", registry=r
@@ -122,6 +127,7 @@ class TrainingMetrics:
         self,
         *,
         epoch: int,
+        total_epochs: int,
         iteration: int,
         total_iterations: int,
         images_per_second: float,
@@ -134,6 +140,7 @@ class TrainingMetrics:
         """Record one logging interval. ``losses`` maps components (``total``, ``cls``, ``mask``; a
         ``loss_`` prefix is dropped) to values."""
         self.epoch.set(epoch)
+        self.total_epochs.set(total_epochs)
         self.iteration.set(iteration)
         self.total_iterations.set(total_iterations)
         self.images_per_second.set(images_per_second)
@@ -251,6 +258,17 @@ def _fit(results: Mapping[str, Any]) -> bytes:
         if len(_encode(trial)) < TERMINATION_MESSAGE_LIMIT:
             kept = trial
     return _encode(kept)
+
+
+def failure_message(exc: Exception) -> dict[str, Any]:
+    """The termination message of a failed process: what went wrong, and whether a retry can help
+    (``retryable`` is false for errors of the user's making: config, data, weights, divergence)."""
+    text = str(exc) or type(exc).__name__
+    return {
+        "error": text if len(text) <= _ERROR_CHARS else text[: _ERROR_CHARS - 3] + "...",
+        "error_type": type(exc).__name__,
+        "retryable": not isinstance(exc, UserError),
+    }
 
 
 def write_termination_message(path: str | Path, results: Mapping[str, Any]) -> None:

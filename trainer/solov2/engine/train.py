@@ -5,6 +5,7 @@ Run under torchrun for several processes; every process reads RANK / LOCAL_RANK 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
@@ -23,7 +24,7 @@ from ..data.coco import CocoInstances
 from ..data.loader import build_train_loader
 from ..device import Runtime, amp_dtype, autocast, make_scaler, setup_runtime, shutdown
 from ..errors import UserError
-from ..metrics import NullMetrics, TrainingMetrics, write_termination_message
+from ..metrics import NullMetrics, TrainingMetrics, failure_message, write_termination_message
 from ..model import build_model, total_loss
 from ..progress import ProgressLogger
 from .checkpoint import (
@@ -34,7 +35,7 @@ from .checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from .schedule import lr_factor, scaled_lr
+from .schedule import build_optimizer, lr_factor, scaled_lr
 from .splits import coco_split, evaluate_split
 
 
@@ -87,9 +88,7 @@ class _Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.total_batch = cfg.data.samples_per_device * runtime.world_size
         self.base_lr = scaled_lr(cfg.train, self.total_batch)
-        self.optimizer = torch.optim.SGD(
-            self.params, lr=self.base_lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay
-        )
+        self.optimizer = build_optimizer(self.params, cfg.train, self.base_lr)
         self.dtype = amp_dtype(runtime.kind, cfg.train.amp)
         self.scaler = make_scaler(runtime.kind, self.dtype, cfg.train.loss_scale)
         # One loader for the whole run (its workers persist); each epoch re-seeds its batch sampler.
@@ -270,6 +269,7 @@ class _Trainer:
                     )
                     self.metrics.update(
                         epoch=self.epoch + 1,
+                        total_epochs=cfg.train.epochs,
                         iteration=self.iteration,
                         total_iterations=self.total_iters,
                         **values,
@@ -324,7 +324,9 @@ class _Trainer:
 
 
 def train(cfg: Config, opts: TrainOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train, checkpoint, evaluate; rank 0 writes ``metrics.json`` and the termination message."""
+    """Train, checkpoint, evaluate; rank 0 writes ``results.json`` and the termination message with
+    the results. A process that fails writes :func:`failure_message` there instead (every rank: each
+    worker pod has its own termination log)."""
     runtime = setup_runtime(opts.device)
     trainer = None
     try:
@@ -337,6 +339,11 @@ def train(cfg: Config, opts: TrainOptions, log: Callable[[str], None] = print) -
                 write_termination_message(opts.termination_log, results)
             trainer.metrics.finish()
         return results
+    except Exception as exc:
+        if opts.termination_log is not None:
+            with contextlib.suppress(OSError):  # the original error matters more than this one
+                write_termination_message(opts.termination_log, failure_message(exc))
+        raise
     finally:
         if trainer is not None:
             trainer.progress.close()
