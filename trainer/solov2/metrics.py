@@ -54,6 +54,7 @@ __all__ = [
     "TERMINATION_MESSAGE_LIMIT",
     "NullMetrics",
     "TrainingMetrics",
+    "failure_message",
     "write_termination_message",
 ]
 
