@@ -17,6 +17,12 @@ by every data-loading worker. The loaders in :mod:`.loader` replace a ``None`` w
 same canvas (training) or a padding entry (evaluation), so batch shapes stay static. Images are checked
 lazily, when first read: verifying 118k COCO files up front would decode every image once more (minutes
 of CPU) before the first step, and a file can still break later.
+
+Memory. pycocotools' index of COCO train2017 is millions of small Python objects; every data-loading
+worker that reads them (even just their reference counts) copies the pages it touches, so with 8 ranks
+x several workers the index alone could exhaust a node's memory. The dataset therefore keeps what
+samples need as one pickled byte buffer per split (a few numpy arrays, never written after
+``__init__``) and drops the index; ``coco`` builds it again on first use (evaluation, inspection).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import contextlib
 import io
 import json
 import logging
+import pickle
 import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -97,6 +104,9 @@ def _load_coco(ann_file: Path) -> COCO:
     return coco
 
 
+_ANN_KEYS = ("id", "category_id", "bbox", "segmentation")  # what a sample needs of an annotation
+
+
 def _usable(ann: dict[str, Any]) -> bool:
     """An annotation that becomes a training instance (before its mask is decoded)."""
     if ann.get("iscrowd", 0) or not ann.get("segmentation"):
@@ -140,10 +150,10 @@ class CocoInstances(Dataset):
             raise DataError(f"{self.ann_file}: annotation file not found")
         if not self.image_dir.is_dir():
             raise DataError(f"{self.image_dir}: image directory not found")
-        self.coco = _load_coco(self.ann_file)
-        self.label_to_category: list[int] = sorted(self.coco.cats)
+        coco = _load_coco(self.ann_file)
+        self.label_to_category: list[int] = sorted(coco.cats)
         self.category_to_label: dict[int, int] = {c: i for i, c in enumerate(self.label_to_category)}
-        self.class_names: list[str] = [str(self.coco.cats[c].get("name", c)) for c in self.label_to_category]
+        self.class_names: list[str] = [str(coco.cats[c].get("name", c)) for c in self.label_to_category]
         found = len(self.label_to_category)
         if num_classes is not None and num_classes != found:
             raise DataError(
@@ -151,12 +161,12 @@ class CocoInstances(Dataset):
                 f"(set model.head.num_classes={found})"
             )
         self.num_classes: int = found
-        self.image_ids: list[int] = sorted(self.coco.imgs)
+        self.image_ids: list[int] = sorted(coco.imgs)
         for image_id in self.image_ids:
-            info = self.coco.imgs[image_id]
+            info = coco.imgs[image_id]
             if not all(k in info for k in ("file_name", "height", "width")):
                 raise DataError(f"{self.ann_file}: image {image_id} lacks file_name, height or width")
-        for ann in self.coco.anns.values():
+        for ann in coco.anns.values():
             if ann.get("category_id") not in self.category_to_label:
                 raise DataError(
                     f"{self.ann_file}: annotation {ann.get('id')} has category_id {ann.get('category_id')}, "
@@ -165,6 +175,34 @@ class CocoInstances(Dataset):
         self.skip_bad_images = skip_bad_images
         # One flag per image in shared memory: data-loading workers mark the bad images they meet.
         self._bad = torch.zeros(len(self.image_ids), dtype=torch.uint8).share_memory_()
+        records = [
+            (
+                str(coco.imgs[i]["file_name"]),
+                [{k: a.get(k) for k in _ANN_KEYS} for a in coco.imgToAnns.get(i, []) if _usable(a)],
+            )
+            for i in self.image_ids
+        ]
+        self._sizes = np.array(
+            [(int(coco.imgs[i]["height"]), int(coco.imgs[i]["width"])) for i in self.image_ids],
+            dtype=np.int64,
+        ).reshape(-1, 2)
+        self._counts = np.array([len(anns) for _, anns in records], dtype=np.int64)
+        blobs = [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in records]
+        self._blob = np.frombuffer(b"".join(blobs), dtype=np.uint8)
+        self._ends = np.cumsum([len(b) for b in blobs], dtype=np.int64)
+        self._coco: COCO | None = None  # dropped: rebuilt on demand, see ``coco``
+
+    @property
+    def coco(self) -> COCO:
+        """pycocotools' index of the annotation file (crowd regions included), built on first use."""
+        if self._coco is None:
+            self._coco = _load_coco(self.ann_file)
+        return self._coco
+
+    def _record(self, index: int) -> tuple[str, list[dict[str, Any]]]:
+        """``(file_name, usable annotations)`` of image ``index``, unpickled from the shared buffer."""
+        start = int(self._ends[index - 1]) if index else 0
+        return pickle.loads(self._blob[start : int(self._ends[index])].tobytes())
 
     @property
     def skipped(self) -> int:
@@ -176,11 +214,11 @@ class CocoInstances(Dataset):
 
     def image_sizes(self) -> list[tuple[int, int]]:
         """``(h, w)`` of every image, in dataset order, from the annotation file (no image is opened)."""
-        return [(int(self.coco.imgs[i]["height"]), int(self.coco.imgs[i]["width"])) for i in self.image_ids]
+        return [(int(h), int(w)) for h, w in self._sizes]
 
     def instance_counts(self) -> list[int]:
         """Annotations per image that may become instances (before masks are decoded), in dataset order."""
-        return [sum(_usable(a) for a in self.coco.imgToAnns.get(i, [])) for i in self.image_ids]
+        return self._counts.tolist()
 
     def __getitem__(self, index: int) -> Sample | None:
         return self.load(index)
@@ -188,9 +226,9 @@ class CocoInstances(Dataset):
     def load(self, index: int, *, annotations: bool = True) -> Sample | None:
         """Decode image ``index``; with ``annotations=False`` the instance fields are empty (n = 0)."""
         image_id = self.image_ids[index]
-        info = self.coco.imgs[image_id]
-        path = self.image_dir / info["file_name"]
-        expected = (int(info["height"]), int(info["width"]))
+        file_name, usable = self._record(index)
+        path = self.image_dir / file_name
+        expected = (int(self._sizes[index, 0]), int(self._sizes[index, 1]))
         try:
             image = read_image(path)
             if tuple(image.shape[-2:]) != expected:
@@ -206,7 +244,7 @@ class CocoInstances(Dataset):
                 _log.warning("skipping bad image: %s", exc)
             return None
         height, width = expected
-        anns = [a for a in self.coco.imgToAnns.get(image_id, []) if _usable(a)] if annotations else []
+        anns = usable if annotations else []
         rles, kept = [], []
         for ann in anns:
             rle = _to_rle(ann, height, width, self.ann_file)
