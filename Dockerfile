@@ -1,26 +1,65 @@
 # syntax=docker/dockerfile:1
-# Trainer image; the base image decides the device:
-#   CPU:    docker build --target trainer -t solov2-trainer:cpu .
-#   CUDA:   docker build --target trainer --build-arg BASE_IMAGE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime \
-#             --build-arg TORCH_SPEC= -t solov2-trainer:cuda .
-#   Ascend: docker build --target trainer --build-arg BASE_IMAGE=<an image with CANN, torch and torch_npu> \
-#             --build-arg TORCH_SPEC= -t solov2-trainer:npu .
-# TORCH_SPEC empty keeps the base image's torch (and torch_npu), which must be >= 2.4.
+# Two images from one file:
+#   operator  slim image of the Kubernetes operator (no torch):
+#               docker build --target operator -t solov2-operator:0.1.0 .
+#   trainer   the trainer; the base image decides the device:
+#     CPU:    docker build --target trainer -t solov2-trainer:cpu .
+#     CUDA:   docker build --target trainer --build-arg BASE_IMAGE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime \
+#               --build-arg INSTALL_TORCH=0 -t solov2-trainer:cuda .
+#     Ascend: docker build --target trainer --build-arg BASE_IMAGE=<a CANN image with Python, CANN's
+#               environment set in ENV> --build-arg TORCH_VERSION=2.5.1 --build-arg TORCHVISION_VERSION=0.20.1 \
+#               --build-arg TORCH_NPU_VERSION=2.5.1 -t solov2-trainer:npu .
+# torch_npu must be built for exactly the installed torch: the build stops when their versions differ.
 
 ARG BASE_IMAGE=python:3.11-slim
+ARG PYTHON_IMAGE=python:3.11-slim
 
-FROM ${BASE_IMAGE} AS trainer
-ARG TORCH_SPEC="torch==2.5.1 torchvision==0.20.1 --index-url https://download.pytorch.org/whl/cpu"
-ENV PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
-    TORCH_DEVICE_BACKEND_AUTOLOAD=0
-WORKDIR /opt/solov2
-RUN if [ -n "$TORCH_SPEC" ]; then pip install $TORCH_SPEC; fi
+# The project's wheel, built once for both images.
+FROM ${PYTHON_IMAGE} AS wheel
+WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY trainer ./trainer
 COPY operator ./operator
-RUN pip install ".[trainer]"
-# The ModelZoo-style entry points: /opt/solov2/trainer/scripts/train_full_8p.sh --data_path=/data/coco
-ENV PATH=/opt/solov2/trainer/scripts:$PATH
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
+FROM ${PYTHON_IMAGE} AS operator
+ARG VERSION=0.1.0
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --find-links /wheels "solov2-operator[operator]==${VERSION}" \
+    && useradd --uid 1000 --user-group --no-create-home --shell /usr/sbin/nologin solov2
+USER 1000:1000
+ENTRYPOINT ["solov2-operator"]
+
+FROM ${BASE_IMAGE} AS trainer
+ARG VERSION=0.1.0
+# INSTALL_TORCH=0 keeps the base image's torch (a CUDA PyTorch image); otherwise these versions are
+# installed from TORCH_INDEX_URL (the CPU wheels by default).
+ARG INSTALL_TORCH=1
+ARG TORCH_VERSION=2.14.1
+ARG TORCHVISION_VERSION=0.29.1
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# Ascend: the torch_npu release for TORCH_VERSION (e.g. 2.5.1 or 2.5.1.post1); empty: no torch_npu.
+ARG TORCH_NPU_VERSION=""
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+COPY docker/check_torch_npu.py /tmp/check_torch_npu.py
+RUN if [ "$INSTALL_TORCH" = 1 ]; then \
+        pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" \
+            "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"; \
+    fi \
+    && if [ -n "$TORCH_NPU_VERSION" ]; then pip install --no-cache-dir "torch-npu==${TORCH_NPU_VERSION}"; fi \
+    && python /tmp/check_torch_npu.py
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --find-links /wheels "solov2-operator[trainer]==${VERSION}" \
+    && command -v torchrun \
+    && (getent passwd 1000 >/dev/null || useradd --uid 1000 --user-group --create-home --shell /bin/bash solov2)
+# The ModelZoo-style entry points on PATH: train_full_8p.sh --data_path=/data/coco
+COPY --chmod=0755 trainer/scripts /opt/solov2/scripts
+ENV PATH=/opt/solov2/scripts:$PATH
+WORKDIR /tmp
+USER 1000:1000
 ENTRYPOINT ["solov2"]
 CMD ["--help"]
