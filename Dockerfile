@@ -55,11 +55,12 @@ RUN if [ "$INSTALL_TORCH" = 1 ]; then \
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     pip install --no-cache-dir --find-links /wheels "solov2-operator[trainer]==${VERSION}" \
     && command -v torchrun \
-    && (getent passwd 1000 >/dev/null || useradd --uid 1000 --user-group --create-home --shell /bin/bash solov2)
+    && (getent passwd 1000 >/dev/null || useradd --uid 1000 --user-group --create-home --shell /bin/bash solov2) \
+    && install -d -o 1000 -g 1000 /workspace
 # The ModelZoo-style entry points on PATH: train_full_8p.sh --data_path=/data/coco
 COPY --chmod=0755 trainer/scripts /opt/solov2/scripts
 ENV PATH=/opt/solov2/scripts:$PATH
-WORKDIR /tmp
+WORKDIR /workspace
 USER 1000:1000
 ENTRYPOINT ["solov2"]
 CMD ["--help"]
