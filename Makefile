@@ -8,7 +8,7 @@ VENV ?= .venv
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint tools
 .DEFAULT_GOAL := demo
 
 $(BIN)/solov2: pyproject.toml
@@ -35,5 +35,9 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-test: lint
+# helm, kubectl, prometheus and promtool for the delivery tests, cached in .tools/ (quick when cached).
+tools:
+	bash tools/install.sh
+
+test: lint tools
 	$(BIN)/python -m pytest
