@@ -50,7 +50,9 @@ def render(tool) -> Callable[..., list[dict[str, Any]]]:
     """``render(*helm_args)``: the chart's manifests from ``helm template`` as a list of objects."""
 
     def _render(*args: str) -> list[dict[str, Any]]:
-        out = run(tool("helm"), "template", "solov2", str(CHART), "--namespace", "solov2-system", *args).stdout
+        out = run(
+            tool("helm"), "template", "solov2", str(CHART), "--namespace", "solov2-system", *args
+        ).stdout
         return [doc for doc in yaml.safe_load_all(out) if doc]
 
     return _render

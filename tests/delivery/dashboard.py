@@ -14,7 +14,9 @@ DASHBOARD = CHART / "dashboards" / "solov2.json"
 
 
 def generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("solov2_dashboard", ROOT / "dashboards" / "solov2_dashboard.py")
+    spec = importlib.util.spec_from_file_location(
+        "solov2_dashboard", ROOT / "dashboards" / "solov2_dashboard.py"
+    )
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -13,10 +13,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Info, start_htt
 
 def main(port: int) -> None:
     registry = CollectorRegistry()
-    trainings = Gauge("solov2_operator_trainings", "Resources by phase", ["namespace", "phase"], registry=registry)
+    trainings = Gauge(
+        "solov2_operator_trainings", "Resources by phase", ["namespace", "phase"], registry=registry
+    )
     restarts = Counter("solov2_operator_gang_restarts", "Gang restarts", ["namespace"], registry=registry)
     errors = Counter("solov2_operator_handler_errors", "Handler errors", ["handler"], registry=registry)
-    read_failures = Counter("solov2_operator_progress_read_failures", "Progress read failures", registry=registry)
+    read_failures = Counter(
+        "solov2_operator_progress_read_failures", "Progress read failures", registry=registry
+    )
     Info("solov2_operator", "Operator version", registry=registry).info({"version": "0.1.0"})
     trainings.labels(namespace="vision", phase="Running").set(1)
     trainings.labels(namespace="vision", phase="Failed").set(0)

@@ -23,7 +23,9 @@ def test_promtool_rule_unit_tests_pass(tool):
 
 
 def test_every_alert_is_tested_firing_and_quiet():
-    alerts = {rule["alert"] for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]}
+    alerts = {
+        rule["alert"] for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]
+    }
     assert alerts == {"SOLOv2TrainingStalled", "SOLOv2LossNotFinite", "SOLOv2ImagesPerSecondDropped",
                       "SOLOv2TrainingFailed", "SOLOv2OperatorDown"}  # fmt: skip
     fired, quiet = set(), set()

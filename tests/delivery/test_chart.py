@@ -41,7 +41,9 @@ def test_rendered_manifests_validate_strictly(tool, tmp_path, values):
     manifest = tmp_path / "rendered.yaml"
     manifest.write_text(yaml.safe_dump_all(builtin))
     for version in KUBERNETES_VERSIONS:
-        proc = run(venv_tool("kubernetes-validate"), "--strict", "--quiet", "-k", version, str(manifest), check=False)
+        proc = run(
+            venv_tool("kubernetes-validate"), "--strict", "--quiet", "-k", version, str(manifest), check=False
+        )
         assert proc.returncode == 0, f"Kubernetes {version}:\n{proc.stdout}{proc.stderr}"
 
 
@@ -82,9 +84,8 @@ def test_every_value_is_documented():
         stack = [(n, k) for n, k in stack if n < indent] + [(indent, key)]
         if "resources" in [k for _, k in stack[:-1]]:
             continue  # the resources block is one documented value
-        if rest or key == "resources":
-            if not lines[i - 1].strip().startswith("#"):
-                undocumented.append(".".join(k for _, k in stack))
+        if (rest or key == "resources") and not lines[i - 1].strip().startswith("#"):
+            undocumented.append(".".join(k for _, k in stack))
     assert not undocumented, f"values without a comment above them: {undocumented}"
 
 
@@ -97,7 +98,11 @@ def test_operator_deployment_is_locked_down(render):
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     sc = container["securityContext"]
-    assert sc == {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    assert sc == {
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     assert container["command"] == ["solov2-operator"]
     assert container["args"] == ["--all-namespaces", "--metrics-port=8000", "--liveness-port=8080"]
@@ -139,9 +144,10 @@ def test_pod_monitor_selects_rank_0_of_every_training(render):
     assert selector.items() <= rank0_labels.items() and not selector.items() <= other_labels.items()
     assert monitor["spec"]["namespaceSelector"] == {"any": True}
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
-    assert {"sourceLabels": ["__meta_kubernetes_pod_label_solov2_io_training"], "targetLabel": "training"} in (
-        endpoint["relabelings"]
-    )
+    assert {
+        "sourceLabels": ["__meta_kubernetes_pod_label_solov2_io_training"],
+        "targetLabel": "training",
+    } in (endpoint["relabelings"])
     (namespaced,) = by_kind(render("-f", str(CHART / "ci" / "namespaces-values.yaml")), "PodMonitor")
     assert namespaced["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
 
@@ -156,18 +162,25 @@ def test_dashboard_config_map_label_folder_and_content(render):
     (default,) = by_kind(render(), "ConfigMap")
     assert default["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert default["metadata"]["annotations"] == {"grafana_folder": "SOLOv2"}
-    assert json.loads(default["data"]["solov2.json"]) == json.loads((CHART / "dashboards" / "solov2.json").read_text())
+    assert json.loads(default["data"]["solov2.json"]) == json.loads(
+        (CHART / "dashboards" / "solov2.json").read_text()
+    )
     (custom,) = by_kind(render("--set", "dashboard.label=dash", "--set", "dashboard.labelValue=yes",
                                "--set", "dashboard.folderAnnotation=k8s-sidecar-target-directory",
                                "--set", "dashboard.folder=/tmp/dashboards/ml"), "ConfigMap")  # fmt: skip
-    assert custom["metadata"]["labels"]["dash"] == "yes" and "grafana_dashboard" not in custom["metadata"]["labels"]
+    assert (
+        custom["metadata"]["labels"]["dash"] == "yes"
+        and "grafana_dashboard" not in custom["metadata"]["labels"]
+    )
     assert custom["metadata"]["annotations"] == {"k8s-sidecar-target-directory": "/tmp/dashboards/ml"}
     assert not by_kind(render("--set", "dashboard.enabled=false"), "ConfigMap")
 
 
 def test_helm_test_hook_checks_the_operator_answers(render):
     docs = render()
-    (test_pod,) = [d for d in by_kind(docs, "Pod") if d["metadata"]["annotations"].get("helm.sh/hook") == "test"]
+    (test_pod,) = [
+        d for d in by_kind(docs, "Pod") if d["metadata"]["annotations"].get("helm.sh/hook") == "test"
+    ]
     (service,) = by_kind(docs, "Service")
     script = test_pod["spec"]["containers"][0]["command"][-1]
     assert f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}/metrics" in script

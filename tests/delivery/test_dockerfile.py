@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+
 import pytest
+
 from .conftest import ROOT, by_kind, run, venv_tool
 
 DOCKERFILE = ROOT / "Dockerfile"
@@ -29,7 +31,9 @@ def instructions() -> list[tuple[str, str]]:
 
 
 def test_hadolint_has_nothing_to_say():
-    proc = run(venv_tool("hadolint"), "--no-color", "--failure-threshold", "style", str(DOCKERFILE), check=False)
+    proc = run(
+        venv_tool("hadolint"), "--no-color", "--failure-threshold", "style", str(DOCKERFILE), check=False
+    )
     assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
 
 
@@ -40,7 +44,9 @@ def test_every_copy_source_exists():
         *sources, _dest = [a for a in args.split() if not a.startswith("--")]
         for source in sources:
             assert (ROOT / source).exists(), f"COPY {source}: no such file"
-            assert not re.search(rf"^/?{re.escape(source.rstrip('/'))}/?$", (ROOT / ".dockerignore").read_text(), re.M)
+            assert not re.search(
+                rf"^/?{re.escape(source.rstrip('/'))}/?$", (ROOT / ".dockerignore").read_text(), re.M
+            )
 
 
 def test_stages_targets_and_users():
@@ -85,7 +91,12 @@ def test_entry_points_named_by_the_chart_and_the_api_doc_exist(render):
 
 @pytest.mark.parametrize(
     ("torch_version", "npu_version", "ok"),
-    [("2.5.1+cpu", None, True), ("2.5.1", "2.5.1.post1", True), ("2.5.1", "2.5.1", True), ("2.6.0", "2.5.1", False)],
+    [
+        ("2.5.1+cpu", None, True),
+        ("2.5.1", "2.5.1.post1", True),
+        ("2.5.1", "2.5.1", True),
+        ("2.6.0", "2.5.1", False),
+    ],
 )
 def test_torch_npu_version_check(tmp_path, torch_version, npu_version, ok):
     """The build's check against fake installed distributions (torch_npu must match torch exactly)."""
@@ -93,7 +104,9 @@ def test_torch_npu_version_check(tmp_path, torch_version, npu_version, ok):
         if version:
             info = tmp_path / f"{name}-{version}.dist-info"
             info.mkdir()
-            info.joinpath("METADATA").write_text(f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: {version}\n")
+            info.joinpath("METADATA").write_text(
+                f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: {version}\n"
+            )
     check = ROOT / "docker" / "check_torch_npu.py"
     proc = subprocess.run([sys.executable, "-S", str(check)], env={"PYTHONPATH": str(tmp_path)}, capture_output=True,
                           text=True)  # fmt: skip

@@ -70,7 +70,8 @@ def _prometheus_config(tmp_path: Path, trainer_port: int, operator_port: int) ->
             {  # what the ServiceMonitor yields: honorLabels keeps the metrics' own namespace label
                 "job_name": "operator",
                 "honor_labels": True,
-                "static_configs": [{"targets": [f"127.0.0.1:{operator_port}"], "labels": {"namespace": "solov2-system"}}],
+                "static_configs": [{"targets": [f"127.0.0.1:{operator_port}"],
+                                    "labels": {"namespace": "solov2-system"}}],
             },
         ],
     }  # fmt: skip
@@ -99,11 +100,14 @@ def test_every_panel_returns_data(tool, tmp_path):
     prom = f"http://127.0.0.1:{prom_port}"
     procs: list[subprocess.Popen] = []
     try:
-        procs.append(subprocess.Popen([tool("prometheus"), f"--config.file={_prometheus_config(tmp_path, trainer_port, operator_port)}",
-                                       f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
-                                      stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "w")))  # fmt: skip
-        procs.append(subprocess.Popen([sys.executable, str(Path(__file__).with_name("operator_metrics_standin.py")),
-                                       str(operator_port)]))  # fmt: skip
+        config = _prometheus_config(tmp_path, trainer_port, operator_port)
+        with open(tmp_path / "prometheus.log", "w") as log:
+            procs.append(subprocess.Popen(
+                [tool("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                 f"--web.listen-address=127.0.0.1:{prom_port}"], stdout=log, stderr=subprocess.STDOUT,
+            ))  # fmt: skip
+        standin = Path(__file__).with_name("operator_metrics_standin.py")
+        procs.append(subprocess.Popen([sys.executable, str(standin), str(operator_port)]))
         _wait(lambda: urllib.request.urlopen(f"{prom}/-/ready", timeout=2).status == 200, 30, "prometheus")
         start = time.time()
         train = subprocess.run(
@@ -117,10 +121,11 @@ def test_every_panel_returns_data(tool, tmp_path):
         end = time.time()
 
         variables = variable_queries(committed())
-        assert {s["namespace"] for s in _api(prom, "series", **{"match[]": variables["namespace"], "start": str(start)})} == {NAMESPACE}
         selected = {"namespace": NAMESPACE, "training": TRAINING}
-        training_selector = substitute(variables["training"], selected, RATE_INTERVAL)
-        assert {s["training"] for s in _api(prom, "series", **{"match[]": training_selector, "start": str(start)})} == {TRAINING}
+        for name, label, value in (("namespace", "namespace", NAMESPACE), ("training", "training", TRAINING)):
+            matcher = substitute(variables[name], selected, RATE_INTERVAL)
+            found = {s[label] for s in _api(prom, "series", **{"match[]": matcher, "start": str(start)})}
+            assert found == {value}, f"variable {name}: {found}"
 
         empty = []
         for title, expr in panel_queries(committed()):

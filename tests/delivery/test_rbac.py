@@ -44,7 +44,11 @@ def bound(docs, binding_kind: str, role_kind: str, namespace: str | None = None)
         for b in by_kind(docs, binding_kind)
         if b["roleRef"]["kind"] == role_kind
         and (namespace is None or b["metadata"]["namespace"] == namespace)
-        and {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": sa["metadata"]["namespace"]}
+        and {
+            "kind": "ServiceAccount",
+            "name": sa["metadata"]["name"],
+            "namespace": sa["metadata"]["namespace"],
+        }
         in b["subjects"]
     }
     return [
@@ -71,7 +75,9 @@ def test_namespaced_rbac_uses_roles_only(render, namespaces):
     docs = render("--set", "watchNamespaces={" + ",".join(namespaces) + "}")
     cluster = grants(bound(docs, "ClusterRoleBinding", "ClusterRole"))
     expected = recorded()
-    assert cluster == {g for g in expected if _cluster_scoped(g)}, "only cluster-scoped resources cluster-wide"
+    assert cluster == {g for g in expected if _cluster_scoped(g)}, (
+        "only cluster-scoped resources cluster-wide"
+    )
     for namespace in namespaces:
         local = grants(bound(docs, "RoleBinding", "Role", namespace))
         assert local == {g for g in expected if not _cluster_scoped(g)}, namespace
