@@ -201,3 +201,22 @@ def test_chart_readme_commands_match_the_chart():
     readme = (ROOT / "README.md").read_text()
     assert "helm install solov2-operator charts/solov2-operator" in readme
     assert "helm show crds charts/solov2-operator | kubectl apply --server-side -f -" in readme
+
+
+def test_chart_refuses_kubernetes_older_than_1_29(tool):
+    old = run(tool("helm"), "template", "t", str(CHART), "--kube-version", "1.28.0", check=False)
+    assert old.returncode != 0 and "kubeVersion" in old.stderr
+    run(tool("helm"), "template", "t", str(CHART), "--kube-version", "1.29.0")
+
+
+def test_packaged_chart_carries_the_dashboard_and_the_alerts(tool, tmp_path):
+    run(tool("helm"), "package", str(CHART), "--destination", str(tmp_path))
+    (package,) = tmp_path.glob("solov2-operator-*.tgz")
+    out = run(
+        tool("helm"), "template", "t", str(package), "--set", "monitoring.prometheusRule.enabled=true"
+    ).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    (config_map,) = by_kind(docs, "ConfigMap")
+    (rule,) = by_kind(docs, "PrometheusRule")
+    assert json.loads(config_map["data"]["solov2.json"])["uid"] == "solov2-training"
+    assert len(rule["spec"]["groups"]) == 2
