@@ -69,7 +69,9 @@ def test_output_paths_are_checked_before_anything_loads(tmp_path, capsys):
     """The data path does not even exist: the output checks come first, and name the flag."""
     nowhere = tmp_path / "no-data"
     assert _train(nowhere, tmp_path / "work", tmp_path / "missing-dir" / "log") == 2
-    assert _one_line_error(capsys, "train").startswith(f"--termination-log {tmp_path / 'missing-dir' / 'log'}:")
+    assert _one_line_error(capsys, "train").startswith(
+        f"--termination-log {tmp_path / 'missing-dir' / 'log'}:"
+    )
     assert _train(nowhere, tmp_path / "work", tmp_path) == 2
     assert "is a directory" in _one_line_error(capsys, "train")
     a_file = tmp_path / "a-file"
@@ -131,7 +133,9 @@ def test_make_synthetic_refuses_a_file_and_an_existing_set(tmp_path, capsys):
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
     assert main(["make-synthetic", str(a_file), "--train", "2", "--val", "1"]) == 2
-    assert _one_line_error(capsys, "make-synthetic") == f"{a_file}: is a file; make-synthetic writes a directory"
+    assert (
+        _one_line_error(capsys, "make-synthetic") == f"{a_file}: is a file; make-synthetic writes a directory"
+    )
     out = tmp_path / "set"
     assert main(["make-synthetic", str(out), "--train", "2", "--val", "1"]) == 0
     capsys.readouterr()
