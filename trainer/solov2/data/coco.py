@@ -5,7 +5,10 @@ decodes one image and its annotations per ``__getitem__``:
 
 - every image entry of the file is a sample, also the ones without annotations (pure background);
 - ``iscrowd=1`` regions are not returned as instances (they stay in ``coco`` for evaluation), nor are
-  annotations with a zero area, a box thinner than one pixel, no segmentation or an empty mask;
+  annotations with a zero area, a box thinner than one pixel, no segmentation or an empty mask
+  (``annotation_counts`` counts them, the polygon parts of fewer than 3 points, and the boxes clamped
+  to their image);
+- repeated image or annotation ids and a ``bbox`` that is not 4 numbers are :class:`DataError`;
 - polygons (one or several parts), uncompressed and compressed RLE all decode through pycocotools;
 - COCO category ids (possibly non-contiguous) map to contiguous labels ``0..num_classes-1`` in
   increasing category id order.
