@@ -36,31 +36,44 @@ def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300)
 
 
-def test_used_work_dir_retention_and_a_foreign_checkpoint(small_coco, tmp_path):
+def test_used_work_dir_retention_counts_and_a_foreign_checkpoint(small_coco, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(small_coco, data)
+    sorted((data / "train2017").iterdir())[5].write_bytes(b"not an image")
+    ann = data / "annotations" / "instances_train2017.json"
+    coco = json.loads(ann.read_text())
+    degenerate = {**coco["annotations"][0], "id": 10_000, "segmentation": [[1, 1, 3, 3]]}  # 2 points
+    coco["annotations"].append(degenerate)
+    ann.write_text(json.dumps(coco))
     work = tmp_path / "work"
     opts = ("train.epochs=2", "train.checkpoint_interval=1", "train.keep_iter_checkpoints=2",
             "train.epoch_checkpoint_every=2")  # fmt: skip
     # '' disables the termination message: the run succeeds and writes none.
-    first = _run(_train(small_coco, work, "", "--no-eval", opts=opts))
+    first = _run(_train(data, work, "", "--no-eval", "--skip-bad-images", opts=opts))
     assert first.returncode == 0, first.stderr
+    assert "warning: train.warmup_iters (50) is longer than the run (8 iterations)" in first.stdout
+    assert "data: 1 dropped annotations, 1 degenerate polygons, 0 clamped boxes" in first.stdout
     ckpts = work / "checkpoints"
     # 4 iterations per epoch: iter_1..3 and iter_5..7 were written, the newest two kept; epoch_1 was
     # dropped when epoch_2 came (every 2nd epoch kept).
     assert sorted(p.name for p in ckpts.glob("*.pth")) == ["epoch_2.pth", "iter_6.pth", "iter_7.pth"]
     assert (ckpts / "last_checkpoint").read_text().strip() == "epoch_2.pth"
     results = json.loads((work / "results.json").read_text())
-    assert results["skipped_images"] == 0 and results["dropped_annotations"] == 0
+    assert results["skipped_images"] == 1
+    assert (results["dropped_annotations"], results["degenerate_polygons"], results["clamped_boxes"]) == (
+        1,
+        1,
+        0,
+    )
 
     log = tmp_path / "termination-log"
-    again = _run(_train(small_coco, work, log, "--no-eval", opts=opts))
+    again = _run(_train(data, work, log, "--no-eval", opts=opts))
     assert again.returncode == 2
     error = again.stderr.strip().splitlines()[-1]
     assert "--resume" in error and str(ckpts) in error and "epoch_2.pth" in error
     assert json.loads(log.read_text())["retryable"] is False
 
-    other = _run(
-        _train(small_coco, work, log, "--resume", opts=("model.fpn.out_channels=32", "train.epochs=3"))
-    )
+    other = _run(_train(data, work, log, "--resume", opts=("model.fpn.out_channels=32", "train.epochs=3")))
     assert other.returncode == 2
     message = json.loads(log.read_text())
     assert message["error_type"] == "WeightsError" and message["retryable"] is False
@@ -70,15 +83,17 @@ def test_used_work_dir_retention_and_a_foreign_checkpoint(small_coco, tmp_path):
 
 def test_sigterm_checkpoints_writes_a_retryable_message_and_exits_143(small_coco, tmp_path):
     work, log = tmp_path / "work", tmp_path / "termination-log"
-    proc = subprocess.Popen(_train(small_coco, work, log, "--no-eval", opts=("train.epochs=30",)), env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    # A data-loading worker, and the signal sent to the whole process group, as torchrun does.
+    command = _train(small_coco, work, log, "--no-eval", opts=("train.epochs=30", "data.workers=1"))
+    proc = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
     marker = work / "checkpoints" / "epoch_1.pth"
     deadline = time.monotonic() + 240
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert marker.exists(), "training never finished its first epoch"
     signalled = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143, stderr
     assert time.monotonic() - signalled < 25  # the default --stop-timeout

@@ -41,9 +41,11 @@ class SigtermStop:
         self.deferred = False  # True inside the training loop: stop at the next step boundary
         self._previous: Any = None
         self._timer: threading.Timer | None = None
+        self._pid = os.getpid()
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
+            self._pid = os.getpid()
             self._previous = signal.signal(signal.SIGTERM, self._handle)
 
     def uninstall(self) -> None:
@@ -54,6 +56,10 @@ class SigtermStop:
             self._previous = None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._pid:
+            # A forked data-loading worker inherits this handler; torchrun signals its whole process
+            # group. The worker keeps serving batches until the training process shuts it down.
+            return
         if self.requested:
             return  # torchrun and the kubelet may both signal; the first one counts
         self.requested = True

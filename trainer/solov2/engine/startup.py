@@ -59,7 +59,8 @@ def check_work_dir(work_dir: Path, *, resume: bool) -> None:
 
 
 def check_outputs(opts: Any) -> None:
-    """Every output path and port of a run, checked before anything is loaded."""
+    """Every output path and port of a run, checked before anything is loaded. The work dir comes
+    first: it is created, and the termination log may be inside it."""
+    check_work_dir(opts.work_dir, resume=opts.resume)
     check_termination_log(opts.termination_log)
     check_metrics_port(opts.metrics_port)
-    check_work_dir(opts.work_dir, resume=opts.resume)
