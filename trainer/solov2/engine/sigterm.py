@@ -9,6 +9,7 @@ the signal, if the process is still running, it writes the termination message a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -21,7 +22,7 @@ import torch.distributed as dist
 
 from .failures import Terminated
 
-__all__ = ["SigtermStop", "agree"]
+__all__ = ["SigtermStop", "agree", "leave_process_group"]
 
 
 class SigtermStop:
@@ -85,3 +86,16 @@ def agree(flag: bool, group: Any = None) -> bool:
     t = torch.tensor([1 if flag else 0], dtype=torch.int32)
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
     return bool(t.item())
+
+
+def leave_process_group(worker_id: int, then: Callable[[int], None] | None = None) -> None:
+    """A data-loading worker's ``worker_init_fn``: leave the training process's process group.
+
+    torchrun stops its workers by signalling their whole process group, and a loader worker killed
+    by that SIGTERM would end the run with "DataLoader worker killed" before the training process
+    reaches its step boundary. Outside the group, the worker keeps serving batches until the
+    training process shuts it down. ``then`` is the loader's own ``worker_init_fn``, if any."""
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    if then is not None:
+        then(worker_id)

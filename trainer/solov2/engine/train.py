@@ -6,6 +6,7 @@ Run under torchrun for several processes; every process reads RANK / LOCAL_RANK 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import random
 import time
@@ -40,7 +41,7 @@ from .checkpoint import (
 )
 from .failures import Terminated, report_failure
 from .schedule import build_optimizer, lr_factor, scaled_lr, schedule_warnings
-from .sigterm import SigtermStop, agree
+from .sigterm import SigtermStop, agree, leave_process_group
 from .splits import coco_split, evaluate_split, sum_over_ranks
 from .startup import check_outputs
 
@@ -108,6 +109,7 @@ class _Trainer:
         self.scaler = make_scaler(runtime.kind, self.dtype, cfg.train.loss_scale)
         # One loader for the whole run (its workers persist); each epoch re-seeds its batch sampler.
         self.loader = build_train_loader(self.dataset, cfg, rank=runtime.rank, world_size=runtime.world_size)
+        self.loader.worker_init_fn = functools.partial(leave_process_group, then=self.loader.worker_init_fn)
         self.iters_per_epoch = self.loader.batch_sampler.sampler.batches_per_epoch
         self.total_iters = self.iters_per_epoch * cfg.train.epochs
         self.progress = ProgressLogger(
