@@ -23,7 +23,9 @@ DEMO ?= runs/demo
 
 # The main job: make a synthetic COCO-format data set, train the tiny config on the CPU for a few
 # minutes, evaluate it (the AP table is printed), and draw predictions for a few validation images.
+# Each run starts over (make-synthetic and train refuse to write over an earlier set or run).
 demo: setup
+	rm -rf $(DEMO)
 	$(BIN)/solov2 make-synthetic $(DEMO)/data --train 800 --val 50
 	$(BIN)/solov2 train --config solov2_tiny_cpu --data-path $(DEMO)/data --work-dir $(DEMO)/work \
 	    --device cpu --termination-log $(DEMO)/work/termination-log --metrics-port 0

@@ -11,6 +11,7 @@ from solov2.engine.checkpoint import (
     load_checkpoint,
     load_model_weights,
     load_weights,
+    prune_checkpoints,
     read_config,
     save_checkpoint,
 )
@@ -99,3 +100,25 @@ def test_optimizer_follows_the_config():
     adamw = build_optimizer(params, cfg, 0.001)
     assert isinstance(adamw, torch.optim.AdamW)
     assert adamw.defaults["lr"] == 0.001 and adamw.defaults["weight_decay"] == 0.05
+
+
+def test_retention_keeps_the_newest_iteration_checkpoints_and_every_nth_epoch(tmp_path):
+    names = ["iter_3.pth", "iter_12.pth", "iter_25.pth", "iter_30.pth", "epoch_1.pth", "epoch_2.pth",
+             "epoch_3.pth", "epoch_4.pth", "epoch_5.pth", "diverged_iter_9.pth", "notes.pth"]  # fmt: skip
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "last_checkpoint").write_text("iter_3.pth\n")  # named by the marker: never deleted
+    deleted = prune_checkpoints(tmp_path, keep_iter=2, epoch_every=2)
+    assert sorted(p.name for p in deleted) == ["epoch_1.pth", "epoch_3.pth", "iter_12.pth"]
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == sorted(
+        [
+            "iter_3.pth",
+            "iter_25.pth",
+            "iter_30.pth",
+            "epoch_2.pth",
+            "epoch_4.pth",
+            "epoch_5.pth",
+            "diverged_iter_9.pth",
+            "notes.pth",
+        ]
+    )

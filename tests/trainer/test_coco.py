@@ -197,3 +197,27 @@ def test_skip_bad_images_returns_none_and_counts_distinct_images(tmp_path):
     assert ds.skipped == 0
     assert ds[0] is None and ds[0] is None and ds[1] is not None and ds[2] is None
     assert ds.skipped == 2
+
+
+def test_degenerate_annotations_are_counted(tmp_path):
+    anns = [
+        {"image_id": 1, "segmentation": [square(5, 5, 10)]},
+        {"image_id": 1, "segmentation": [[1, 1, 4, 4]]},  # a polygon of 2 points: no instance
+        {
+            "image_id": 1,
+            "segmentation": [square(20, 5, 10), [1, 1, 2, 2]],
+            "bbox": [20, 5, 10, 10],
+            "area": 100,
+        },
+        {
+            "image_id": 2,
+            "segmentation": [square(50, 30, 9)],
+            "bbox": [50, 30, 20, 20],
+            "area": 81,
+        },  # box outside
+    ]
+    anns[1].update(bbox=[1, 1, 3, 3], area=4)
+    image_dir, ann_file = write_set(tmp_path, [{"id": 1}, {"id": 2}], anns)
+    ds = CocoInstances(image_dir, ann_file)
+    assert ds.annotation_counts() == {"dropped_annotations": 1, "degenerate_polygons": 2, "clamped_boxes": 1}
+    assert ds[0].masks.shape[0] == 2 and ds[1].boxes.tolist() == [[50.0, 30.0, 60.0, 40.0]]

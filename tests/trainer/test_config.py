@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
-from solov2.config import CONFIG_DIR, ConfigError, load_config, to_dict
+from solov2.cli import main
+from solov2.config import CONFIG_DIR, Config, ConfigError, load_config, to_dict
+from solov2.config_ranges import RANGES, numeric_fields
 from solov2.errors import ConfigError as BaseConfigError
 
 SHIPPED = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
@@ -138,3 +143,73 @@ def test_unknown_yaml_key_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(broken)
     assert issubclass(ConfigError, BaseConfigError)
+
+
+def test_scientific_notation_reads_as_numbers_in_opts_and_yaml(tmp_path):
+    cfg = load_config(
+        "solov2_tiny_cpu", ["train.base_lr=1e-3", "data.mean=[1E2,0,0]", "train.weight_decay=5e-5"]
+    )
+    assert (cfg.train.base_lr, cfg.data.mean, cfg.train.weight_decay) == (1e-3, (100.0, 0.0, 0.0), 5e-5)
+    path = tmp_path / "sci.yaml"
+    path.write_text("train:\n  base_lr: 2e-4\n  warmup_factor: -1e-3\n")
+    with pytest.raises(ConfigError, match=r"^train\.warmup_factor: must lie in \(0, 1\], got -0\.001$"):
+        load_config(path)
+    path.write_text("train:\n  base_lr: 2e-4\n")
+    assert load_config(path).train.base_lr == 2e-4
+    with pytest.raises(ConfigError, match=r"^model\.backbone\.weights: expected a string, got 0\.001$"):
+        load_config(None, ["model.backbone.weights=1e-3"])  # a number now, no longer the text '1e-3'
+
+
+def _bad_values(path: str, default):
+    """Values just outside ``RANGES[path]`` (both sides where bounded), shaped like the default."""
+    rng = RANGES[path]
+    is_int = isinstance(next(iter(_leaves(default)), 0), int) and not any(
+        isinstance(v, float) for v in _leaves(default)
+    )
+    step = 1 if is_int else 0.5
+    bad = []
+    if rng.lo is not None:
+        bad.append(rng.lo if rng.lo_open else rng.lo - step)
+    if rng.hi is not None:
+        bad.append(rng.hi if rng.hi_open else rng.hi + step)
+    bad.append(float("inf"))
+    return [_replace_first(default, v) for v in bad]
+
+
+def _leaves(value):
+    if isinstance(value, tuple | list):
+        for v in value:
+            yield from _leaves(v)
+    else:
+        yield value
+
+
+def _replace_first(value, new):
+    """``value`` with its first number replaced (a list field gets one element, if it was empty)."""
+    if not isinstance(value, tuple | list):
+        return new
+    if not value:
+        return [new]
+    return [_replace_first(value[0], new), *[_plain(v) for v in value[1:]]]
+
+
+def _plain(value):
+    return [_plain(v) for v in value] if isinstance(value, tuple | list) else value
+
+
+def _default(path: str):
+    node = load_config("solov2_tiny_cpu")
+    for part in path.split("."):
+        node = getattr(node, part)
+    return node
+
+
+@pytest.mark.parametrize("path", list(numeric_fields(Config)))
+def test_every_numeric_field_has_a_range_enforced_by_the_cli(path, capsys):
+    """Walks the whole config tree: a new numeric field fails here until it has a range."""
+    assert path in RANGES, f"{path} has no range in solov2.config_ranges.RANGES"
+    for value in _bad_values(path, _default(path)):
+        text = json.dumps(value).replace("Infinity", ".inf")
+        assert main(["params", "--config", "solov2_tiny_cpu", "--opts", f"{path}={text}"]) == 2, (path, text)
+        err = capsys.readouterr().err.strip()
+        assert re.match(rf"solov2 params: error: {re.escape(path)}(\[\d+\])*: ", err) and "\n" not in err, err

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from .config import CONFIG_DIR, Config, config_from_dict, load_config
+from .engine.failures import Terminated
 from .errors import ConfigError, UserError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_TERMINATED = Terminated.exit_code  # 128 + SIGTERM
 DATA_LAYOUT = "COCO layout: annotations/instances_{train,val}2017.json, train2017/, val2017/"
 
 
@@ -34,6 +37,10 @@ def _add_config_args(parser: argparse.ArgumentParser, default: str | None) -> No
         help="override config fields, e.g. --opts model.head.num_grids=[12,10,8,6,4] train.base_lr=0.02 "
         "(values are parsed as YAML)",
     )
+
+
+def _optional_path(text: str) -> Path | None:
+    return Path(text) if text else None
 
 
 def _add_device_arg(parser: argparse.ArgumentParser, default: str = "auto") -> None:
@@ -90,16 +97,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-eval", action="store_true", help="skip the COCO evaluation after training")
     p.add_argument(
         "--termination-log",
-        type=Path,
+        type=_optional_path,
         default=Path("/dev/termination-log"),
         help="file that receives the final metrics as compact JSON (< 4 KiB), for Kubernetes, or on "
-        "failure the error and whether a retry can help; '' disables. Default: %(default)s",
+        "failure the error and whether a retry can help (of several processes, the first to fail writes "
+        "it); checked before training starts; '' disables. Default: %(default)s",
+    )
+    p.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=25.0,
+        metavar="SECONDS",
+        help="on SIGTERM, training stops at the next step boundary, writes a checkpoint and the termination "
+        "message, and exits with 143; if that takes longer than this, the process exits with 143 without "
+        "the checkpoint. Default: %(default)s",
     )
     p.add_argument(
         "--metrics-port",
         type=int,
         default=None,
-        help="serve Prometheus metrics from rank 0 on this port (0 = any free port). Default: off",
+        help="serve Prometheus metrics from rank 0 on this port, 0..65535 (0 = any free port). Default: off",
     )
     p.add_argument(
         "--skip-bad-images",
@@ -144,7 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write a small COCO-layout data set of rectangles, ellipses and triangles that "
         "a tiny model learns on a CPU in minutes. Nothing is downloaded.",
     )
-    p.add_argument("out", type=Path, metavar="OUT", help="output directory (created)")
+    p.add_argument(
+        "out",
+        type=Path,
+        metavar="OUT",
+        help="output directory (created; refused if it already holds a data set)",
+    )
     p.add_argument("--train", type=int, default=200, help="training images (default: %(default)s)")
     p.add_argument("--val", type=int, default=50, help="validation images (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
@@ -201,15 +223,23 @@ def _config(args: argparse.Namespace, checkpoint: Path | None = None) -> Config:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .engine.failures import report_failure
     from .engine.train import TrainOptions, train
 
+    try:
+        if not (math.isfinite(args.stop_timeout) and args.stop_timeout > 0):
+            raise ConfigError(f"--stop-timeout {args.stop_timeout:g}: must be a positive number of seconds")
+        cfg = _config(args)
+    except UserError as exc:  # the operator reads why the run never started
+        report_failure(args.termination_log, exc)
+        raise
     opts = TrainOptions(
         data_path=args.data_path, work_dir=args.work_dir, device=args.device, resume=args.resume,
         load_from=args.load_from, compile=args.compile, evaluate=not args.no_eval,
-        termination_log=args.termination_log if str(args.termination_log) else None,
-        metrics_port=args.metrics_port, skip_bad_images=args.skip_bad_images, config_name=str(args.config),
+        termination_log=args.termination_log, metrics_port=args.metrics_port,
+        skip_bad_images=args.skip_bad_images, config_name=str(args.config), stop_timeout=args.stop_timeout,
     )  # fmt: skip
-    train(_config(args), opts)
+    train(cfg, opts)
     return EXIT_OK
 
 
@@ -234,6 +264,14 @@ def _make_synthetic(args: argparse.Namespace) -> int:
 
     if args.train < 1 or args.val < 0:
         raise ConfigError("--train must be at least 1 and --val at least 0")
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: is a file; make-synthetic writes a directory")
+    existing = [name for name in ("annotations", "train2017", "val2017") if (out / name).exists()]
+    if existing:
+        raise ConfigError(
+            f"{out}: already holds a data set ({', '.join(existing)}); remove it or choose another OUT"
+        )
     root = write_synthetic_coco(args.out, train=args.train, val=args.val, seed=args.seed)
     print(f"wrote {args.train} training and {args.val} validation images to {root}")
     return EXIT_OK
@@ -244,6 +282,10 @@ def _smoke(args: argparse.Namespace) -> int:
 
     if args.steps < 1:
         raise ConfigError("--steps: must be at least 1")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise ConfigError(f"--lr {args.lr:g}: must be a positive number")
     smoke_run(_config(args), steps=args.steps, batch_size=args.batch_size, device=args.device, lr=args.lr)
     return EXIT_OK
 
@@ -251,7 +293,14 @@ def _smoke(args: argparse.Namespace) -> int:
 def _check_static(args: argparse.Namespace) -> int:
     from .static_check import check_static
 
-    report = check_static(_config(args), batch_size=args.batch_size, instance_counts=args.instance_counts,
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size {args.batch_size}: must be at least 1")
+    cfg = _config(args)
+    limit = cfg.model.targets.max_instances
+    bad = [n for n in args.instance_counts or [] if not 0 <= n <= limit]
+    if bad:
+        raise ConfigError(f"--instance-counts {bad[0]}: must lie in 0..{limit} (model.targets.max_instances)")
+    report = check_static(cfg, batch_size=args.batch_size, instance_counts=args.instance_counts,
                           device=args.device)  # fmt: skip
     print(json.dumps(report), flush=True)
     return EXIT_OK if report["ok"] else EXIT_FAILED
@@ -277,6 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"solov2 {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Terminated as exc:
+        print(f"solov2 {args.command}: {exc}", file=sys.stderr)
+        return EXIT_TERMINATED
 
 
 if __name__ == "__main__":

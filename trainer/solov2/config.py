@@ -10,6 +10,7 @@ are the REFERENCE R50-FPN 1x recipe.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -19,9 +20,26 @@ from typing import Any, Literal
 
 import yaml
 
+from .config_ranges import check_ranges
 from .errors import ConfigError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """YAML as people write numbers: ``1e-3`` and ``1E5`` are floats (YAML 1.1 wants ``1.0e-3``)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that also reads scientific notation without a dot as numbers."""
+    return yaml.load(text, Loader=_YamlLoader)  # a SafeLoader: no arbitrary objects
 
 
 @dataclass(frozen=True)
@@ -184,6 +202,10 @@ class TrainConfig:
     """fp16 loss scale: 0 = dynamic (GradScaler); a positive value is a fixed scale (the ModelZoo used 128)."""
     checkpoint_interval: int = 0
     """Also checkpoint every this many iterations (0 = only at the end of each epoch)."""
+    keep_iter_checkpoints: int = 2
+    """Iteration checkpoints (iter_N.pth) kept: the newest this many; older ones are deleted."""
+    epoch_checkpoint_every: int = 1
+    """Epoch checkpoints (epoch_N.pth) kept: those of every this-many-th epoch, and the newest (1 = all)."""
     log_interval: int = 20
     """Iterations between progress lines."""
     max_nonfinite: int = 20
@@ -225,7 +247,7 @@ def load_config(name: str | Path | None = None, opts: Sequence[str] = ()) -> Con
     if name is not None:
         path = resolve_config_path(name)
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = parse_yaml(path.read_text())
         except yaml.YAMLError as exc:
             raise ConfigError(f"config: {path} is not valid YAML: {exc}") from exc
         if loaded is not None and not isinstance(loaded, dict):
@@ -250,7 +272,7 @@ def apply_override(raw: dict[str, Any], opt: str) -> None:
     if not sep or not key:
         raise ConfigError(f"--opts: expected key=value, got {opt!r}")
     try:
-        value = yaml.safe_load(text)
+        value = parse_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{key}: cannot parse value {text!r}: {exc}") from exc
     node = raw
@@ -341,7 +363,8 @@ def _require(ok: bool, path: str, message: str) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field and range checks; raises :class:`ConfigError` naming the first bad field."""
+    """Range and cross-field checks; raises :class:`ConfigError` naming the first bad field."""
+    check_ranges(cfg)
     m = cfg.model
     _require(m.backbone.depth in (18, 34, 50, 101), "model.backbone.depth", "must be 18, 34, 50 or 101")
     _require(-1 <= m.backbone.frozen_stages <= 4, "model.backbone.frozen_stages", "must lie in -1..4")

@@ -5,7 +5,10 @@ decodes one image and its annotations per ``__getitem__``:
 
 - every image entry of the file is a sample, also the ones without annotations (pure background);
 - ``iscrowd=1`` regions are not returned as instances (they stay in ``coco`` for evaluation), nor are
-  annotations with a zero area, a box thinner than one pixel, no segmentation or an empty mask;
+  annotations with a zero area, a box thinner than one pixel, no segmentation or an empty mask
+  (``annotation_counts`` counts them, the polygon parts of fewer than 3 points, and the boxes clamped
+  to their image);
+- repeated image or annotation ids and a ``bbox`` that is not 4 numbers are :class:`DataError`;
 - polygons (one or several parts), uncompressed and compressed RLE all decode through pycocotools;
 - COCO category ids (possibly non-contiguous) map to contiguous labels ``0..num_classes-1`` in
   increasing category id order.
@@ -97,11 +100,55 @@ def _load_coco(ann_file: Path) -> COCO:
         raise DataError(f"{ann_file}: not a COCO annotation file (no 'images' list)")
     if not isinstance(data.get("categories"), list) or not data["categories"]:
         raise DataError(f"{ann_file}: no 'categories' in the annotation file")
+    for section in ("images", "annotations"):
+        _check_unique_ids(data.get(section) or [], section, ann_file)
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco.createIndex()
     return coco
+
+
+def _check_unique_ids(entries: list[Any], section: str, ann_file: Path) -> None:
+    """Every entry of ``section`` has an ``id``, and no two the same (pycocotools would silently keep
+    the last one, and the masks of one image would be decoded at another's size)."""
+    seen: dict[Any, int] = {}
+    for entry in entries:
+        if not isinstance(entry, dict) or "id" not in entry:
+            raise DataError(f"{ann_file}: an entry of '{section}' has no 'id'")
+        seen[entry["id"]] = seen.get(entry["id"], 0) + 1
+    repeated = [k for k, n in seen.items() if n > 1]
+    if repeated:
+        raise DataError(
+            f"{ann_file}: {section[:-1]} id {repeated[0]} appears {seen[repeated[0]]} times in '{section}' "
+            f"({len(repeated)} repeated id(s) in all); ids must be unique"
+        )
+
+
+def _check_bbox(ann: dict[str, Any], ann_file: Path) -> None:
+    bbox = ann.get("bbox")
+    if bbox is None:
+        return
+    if (
+        not isinstance(bbox, list)
+        or len(bbox) != 4
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in bbox)
+    ):
+        raise DataError(
+            f"{ann_file}: annotation {ann.get('id')} has bbox {bbox!r}; expected [x, y, width, height]"
+        )
+
+
+def _degenerate_parts(ann: dict[str, Any]) -> int:
+    """Polygon parts with fewer than 3 points (they are dropped)."""
+    segm = ann.get("segmentation")
+    return sum(1 for p in segm if len(p) < 6) if isinstance(segm, list) else 0
+
+
+def _outside(ann: dict[str, Any], height: int, width: int) -> bool:
+    """A box reaching outside its image (it is clamped to the image)."""
+    x, y, w, h = ann["bbox"]
+    return x < 0 or y < 0 or x + w > width or y + h > height
 
 
 _ANN_KEYS = ("id", "category_id", "bbox", "segmentation")  # what a sample needs of an annotation
@@ -172,6 +219,8 @@ class CocoInstances(Dataset):
                     f"{self.ann_file}: annotation {ann.get('id')} has category_id {ann.get('category_id')}, "
                     "which is not in 'categories'"
                 )
+            _check_bbox(ann, self.ann_file)
+        self._annotation_counts = self._count_degenerate(coco)
         self.skip_bad_images = skip_bad_images
         # One flag per image in shared memory: data-loading workers mark the bad images they meet.
         self._bad = torch.zeros(len(self.image_ids), dtype=torch.uint8).share_memory_()
@@ -191,6 +240,29 @@ class CocoInstances(Dataset):
         self._blob = np.frombuffer(b"".join(blobs), dtype=np.uint8)
         self._ends = np.cumsum([len(b) for b in blobs], dtype=np.int64)
         self._coco: COCO | None = None  # dropped: rebuilt on demand, see ``coco``
+
+    @staticmethod
+    def _count_degenerate(coco: COCO) -> dict[str, int]:
+        dropped = degenerate = clamped = 0
+        for ann in coco.anns.values():
+            if ann.get("iscrowd", 0):
+                continue
+            degenerate += _degenerate_parts(ann)
+            usable = _usable(ann) and (_degenerate_parts(ann) < len(ann["segmentation"]) or
+                                       not isinstance(ann["segmentation"], list))  # fmt: skip
+            if not usable:
+                dropped += 1
+                continue
+            info = coco.imgs.get(ann.get("image_id"), {})
+            clamped += _outside(ann, int(info.get("height", 0)), int(info.get("width", 0)))
+        return {"dropped_annotations": dropped, "degenerate_polygons": degenerate, "clamped_boxes": clamped}
+
+    def annotation_counts(self) -> dict[str, int]:
+        """Annotations that do not train as they are written: ``dropped_annotations`` (not crowd, yet no
+        instance: zero area, a box thinner than a pixel, no segmentation, or only polygons with fewer than 3
+        points), ``degenerate_polygons`` (polygon parts with fewer than 3 points, dropped) and
+        ``clamped_boxes`` (boxes reaching outside their image, clamped to it)."""
+        return dict(self._annotation_counts)
 
     @property
     def coco(self) -> COCO:

@@ -4,13 +4,15 @@ A checkpoint holds the model, optimizer, scheduler and loss-scaler states, the p
 (epoch, global iteration, batch within the epoch), every RNG state and the config. It is written to a
 temporary file in the same directory, flushed to disk and renamed over the target, so a crash never
 leaves a truncated checkpoint; ``last_checkpoint`` (a one-line text file, replaced the same way)
-names the newest one.
+names the newest one. :func:`prune_checkpoints` keeps the disk use bounded: the newest K
+iteration checkpoints, and the epoch checkpoints of every N-th epoch.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,33 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` atomically to ``path`` and point ``last_checkpoint`` at it."""
     _atomic_write(path, lambda f: torch.save(state, f))
     _atomic_write(path.parent / LAST, lambda f: f.write(path.name.encode() + b"\n"))
+
+
+_NUMBERED = re.compile(r"^(iter|epoch)_(\d+)\.pth$")
+
+
+def prune_checkpoints(directory: Path, *, keep_iter: int, epoch_every: int) -> list[Path]:
+    """Delete old checkpoints: iteration ones (``iter_N.pth``) beyond the newest ``keep_iter``, and
+    epoch ones (``epoch_N.pth``) whose N is not a multiple of ``epoch_every``, except the newest.
+    The checkpoint ``last_checkpoint`` names is always kept, and other files are never touched.
+    Returns the deleted paths."""
+    found: dict[str, list[tuple[int, Path]]] = {"iter": [], "epoch": []}
+    for path in directory.glob("*.pth"):
+        match = _NUMBERED.match(path.name)
+        if match:
+            found[match.group(1)].append((int(match.group(2)), path))
+    marker = directory / LAST
+    last = marker.read_text().strip() if marker.is_file() else None
+    iters = sorted(found["iter"], reverse=True)
+    epochs = sorted(found["epoch"], reverse=True)
+    doomed = [p for _, p in iters[keep_iter:]]
+    doomed += [p for n, p in epochs[1:] if n % epoch_every]
+    deleted = []
+    for path in doomed:
+        if path.name != last:
+            path.unlink(missing_ok=True)
+            deleted.append(path)
+    return deleted
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
@@ -142,3 +171,55 @@ def load_model_weights(model: nn.Module, path: Path) -> dict[str, Any]:
         )
     model.load_state_dict(weights)
     return {k: v for k, v in state.items() if k not in ("model", "optimizer")} if "model" in state else {}
+
+
+def config_differences(old: Any, new: Any, prefix: str) -> list[str]:
+    """``"a.b (old in the checkpoint, new now)"`` for each field under ``prefix`` that differs
+    between two config dicts (as :func:`to_dict` writes them)."""
+
+    def walk(a: Any, b: Any, path: str) -> list[str]:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [
+                d for key in sorted(set(a) | set(b)) for d in walk(a.get(key), b.get(key), f"{path}.{key}")
+            ]
+        return [] if a == b else [f"{path} ({a} in the checkpoint, {b} now)"]
+
+    for part in prefix.split("."):
+        old = old.get(part) if isinstance(old, dict) else None
+        new = new.get(part) if isinstance(new, dict) else None
+    return walk(old, new, prefix) if isinstance(old, dict) and isinstance(new, dict) else []
+
+
+def load_training_state(
+    path: Path,
+    state: dict[str, Any],
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    config: dict[str, Any],
+) -> None:
+    """Load a training checkpoint's model, optimizer and schedule for ``--resume``. One written with
+    another config raises :class:`WeightsError` naming what differs (``config`` is the current one)."""
+    missing, unexpected, reshaped = compare_state_dicts(model.state_dict(), state["model"])
+    if missing or unexpected or reshaped:
+        changed = config_differences(state.get("config"), config, "model")
+        what = (
+            f"its config differs in {', '.join(changed[:3])}"
+            if changed
+            else f"missing {missing[:3]}, unexpected {unexpected[:3]}, other shape {reshaped[:3]}"
+        )
+        raise WeightsError(
+            f"--resume: {path} was written for another model ({what}); resume with the config it was "
+            f"trained with, or start over in another --work-dir (--load-from {path} fine-tunes from it)"
+        )
+    model.load_state_dict(state["model"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except (ValueError, KeyError, RuntimeError) as exc:
+        changed = config_differences(state.get("config"), config, "train")
+        raise WeightsError(
+            f"--resume: the optimizer state in {path} does not fit this config"
+            f"{' (' + ', '.join(changed[:3]) + ' changed)' if changed else ''}: {exc}"
+        ) from None

@@ -34,3 +34,20 @@ def lr_factor(iteration: int, *, iters_per_epoch: int, cfg: TrainConfig) -> floa
     if iteration < cfg.warmup_iters:
         factor *= cfg.warmup_factor + (1 - cfg.warmup_factor) * iteration / cfg.warmup_iters
     return factor
+
+
+def schedule_warnings(cfg: TrainConfig, total_iters: int) -> list[str]:
+    """Settings that have no effect in a run of ``total_iters`` iterations (legal, likely mistakes)."""
+    out = []
+    if cfg.warmup_iters > total_iters:
+        out.append(
+            f"train.warmup_iters ({cfg.warmup_iters}) is longer than the run ({total_iters} iterations): "
+            "the learning rate never reaches train.base_lr"
+        )
+    late = [s for s in cfg.lr_steps if s >= cfg.epochs]
+    if late:
+        out.append(
+            f"train.lr_steps {late} do not come before the end of the run (train.epochs={cfg.epochs}): "
+            "the learning rate is not decayed there"
+        )
+    return out

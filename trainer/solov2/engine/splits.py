@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ..config import Config
@@ -35,7 +36,8 @@ def evaluate_split(
     """COCO segm and bbox AP of ``model`` on ``split``, images shared across ranks.
 
     Rank 0 logs the AP table, writes ``detections_segm.json`` and ``metrics.json`` to ``out_dir`` (if
-    given) and returns the metrics; other ranks return ``{}``.
+    given) and returns the metrics (with ``skipped_eval_images``, unreadable images of all ranks, when
+    ``skip_bad_images``); other ranks return ``{}``.
     """
     image_dir, ann = coco_split(data_path, split)
     dataset = CocoInstances(
@@ -55,6 +57,18 @@ def evaluate_split(
         autocast_dtype=autocast_dtype,
         log=log,
     )
+    skipped = sum_over_ranks(dataset.skipped, runtime)
     if runtime.is_main and metrics:
         log(format_ap_table(metrics))
+        if skip_bad_images:
+            metrics["skipped_eval_images"] = skipped
     return metrics
+
+
+def sum_over_ranks(count: int, runtime: Runtime) -> int:
+    """``count`` summed over every process (each one's own when not distributed)."""
+    if not runtime.distributed:
+        return count
+    t = torch.tensor([count], dtype=torch.int64, device=runtime.device)
+    dist.all_reduce(t)
+    return int(t.item())

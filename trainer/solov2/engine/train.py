@@ -6,6 +6,7 @@ Run under torchrun for several processes; every process reads RANK / LOCAL_RANK 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import random
 import time
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -23,20 +25,25 @@ from ..config import Config, to_dict
 from ..data.coco import CocoInstances
 from ..data.loader import build_train_loader
 from ..device import Runtime, amp_dtype, autocast, make_scaler, setup_runtime, shutdown
-from ..errors import UserError
-from ..metrics import NullMetrics, TrainingMetrics, failure_message, write_termination_message
+from ..errors import ConfigError, UserError
+from ..metrics import NullMetrics, TrainingMetrics, write_termination_message
 from ..model import build_model, total_loss
 from ..progress import ProgressLogger
 from .checkpoint import (
     latest_checkpoint,
     load_checkpoint,
+    load_training_state,
     load_weights,
+    prune_checkpoints,
     restore_rng,
     rng_state,
     save_checkpoint,
 )
-from .schedule import build_optimizer, lr_factor, scaled_lr
-from .splits import coco_split, evaluate_split
+from .failures import Terminated, report_failure
+from .schedule import build_optimizer, lr_factor, scaled_lr, schedule_warnings
+from .sigterm import SigtermStop, agree, leave_process_group
+from .splits import coco_split, evaluate_split, sum_over_ranks
+from .startup import check_outputs
 
 
 class TrainingDiverged(UserError):
@@ -58,6 +65,8 @@ class TrainOptions:
     metrics_port: int | None = None
     skip_bad_images: bool = False
     config_name: str = ""
+    stop_timeout: float = 25.0
+    """Seconds from SIGTERM to the forced exit when no step boundary and checkpoint came first."""
 
 
 def _seed_everything(seed: int) -> None:
@@ -67,8 +76,15 @@ def _seed_everything(seed: int) -> None:
 
 
 class _Trainer:
-    def __init__(self, cfg: Config, opts: TrainOptions, runtime: Runtime, log: Callable[[str], None]) -> None:
-        self.cfg, self.opts, self.rt = cfg, opts, runtime
+    def __init__(
+        self,
+        cfg: Config,
+        opts: TrainOptions,
+        runtime: Runtime,
+        log: Callable[[str], None],
+        sigterm: SigtermStop | None = None,
+    ) -> None:
+        self.cfg, self.opts, self.rt, self.sigterm = cfg, opts, runtime, sigterm
         self.log = log if runtime.is_main else (lambda _msg: None)
         self.ckpt_dir = opts.work_dir / "checkpoints"
         _seed_everything(cfg.train.seed)
@@ -93,6 +109,7 @@ class _Trainer:
         self.scaler = make_scaler(runtime.kind, self.dtype, cfg.train.loss_scale)
         # One loader for the whole run (its workers persist); each epoch re-seeds its batch sampler.
         self.loader = build_train_loader(self.dataset, cfg, rank=runtime.rank, world_size=runtime.world_size)
+        self.loader.worker_init_fn = functools.partial(leave_process_group, then=self.loader.worker_init_fn)
         self.iters_per_epoch = self.loader.batch_sampler.sampler.batches_per_epoch
         self.total_iters = self.iters_per_epoch * cfg.train.epochs
         self.progress = ProgressLogger(
@@ -114,11 +131,22 @@ class _Trainer:
         self.step_fn = self.ddp
         if opts.compile:
             self.step_fn = torch.compile(self.ddp, dynamic=False, fullgraph=not runtime.distributed)
-        self.metrics = (
-            TrainingMetrics(port=opts.metrics_port)
-            if runtime.is_main and opts.metrics_port is not None
-            else NullMetrics()
+        # Every process agrees on a SIGTERM stop through a CPU all-reduce: gloo, beside nccl or hccl.
+        self.stop_group = (
+            dist.new_group(backend="gloo") if runtime.distributed and runtime.backend != "gloo" else None
         )
+        for warning in schedule_warnings(cfg.train, self.total_iters):
+            self.log(f"warning: {warning}")
+        try:
+            self.metrics = (
+                TrainingMetrics(port=opts.metrics_port)
+                if runtime.is_main and opts.metrics_port is not None
+                else NullMetrics()
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"--metrics-port {opts.metrics_port}: cannot listen ({exc.strerror or exc})"
+            ) from None
         self.metrics.set_info(
             config=opts.config_name, device=runtime.kind, world_size=str(runtime.world_size)
         )
@@ -153,9 +181,10 @@ class _Trainer:
                         f"resume: checkpoint was written by {state['world_size']} processes, now "
                         f"{self.rt.world_size}: the data order of the current epoch changes"
                     )
-                self.model.load_state_dict(state["model"])
-                self.optimizer.load_state_dict(state["optimizer"])
-                self.scheduler.load_state_dict(state["scheduler"])
+                load_training_state(
+                    path, state, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                    config=to_dict(self.cfg),
+                )  # fmt: skip
                 if self.scaler is not None and state.get("scaler"):
                     self.scaler.load_state_dict(state["scaler"])
                 self.epoch, self.iteration = state["epoch"], state["iteration"]
@@ -174,7 +203,31 @@ class _Trainer:
         path = self.ckpt_dir / name
         if self.rt.is_main:
             save_checkpoint(path, self.state())
+            t = self.cfg.train
+            prune_checkpoints(
+                self.ckpt_dir, keep_iter=t.keep_iter_checkpoints, epoch_every=t.epoch_checkpoint_every
+            )
         return path
+
+    def termination_text(self, checkpoint: Path | None = None) -> str:
+        """The ``error`` text of a SIGTERM stop: where training stood and the checkpoint to resume from."""
+        if checkpoint is None:
+            with contextlib.suppress(UserError, OSError):
+                checkpoint = latest_checkpoint(self.ckpt_dir)
+        return f"terminated by SIGTERM at iteration {self.iteration}; checkpoint {checkpoint or 'none'}"
+
+    def _stop_requested(self) -> bool:
+        """Whether any process got SIGTERM; every process asks at the same step boundary."""
+        flag = self.sigterm is not None and self.sigterm.requested
+        return agree(flag, self.stop_group) if self.rt.distributed else flag
+
+    def _terminate(self) -> Terminated:
+        """Checkpoint at this step boundary and return the :class:`Terminated` to raise."""
+        path = self.save(f"iter_{self.iteration}.pth")
+        if self.rt.distributed:
+            agree(True, self.stop_group)  # the others wait until rank 0 has written it
+        self.log(f"SIGTERM: stopped at iteration {self.iteration}, checkpoint {path}")
+        return Terminated(self.termination_text(path))
 
     # -- one step ----------------------------------------------------------------------------------
     def step(self, batch: Any) -> tuple[dict[str, torch.Tensor], bool, int]:
@@ -215,10 +268,15 @@ class _Trainer:
             f"{self.iters_per_epoch} iterations/epoch x {cfg.train.epochs} epochs, "
             f"amp {self.dtype or 'fp32'}{', compiled' if self.opts.compile else ''}"
         )
+        counts = self.dataset.annotation_counts()
+        if any(counts.values()):
+            self.log("data: " + ", ".join(f"{n} {key.replace('_', ' ')}" for key, n in counts.items()))
         self.model.train()
         consecutive = 0
         window_start, window_images, window_data, window_steps = time.perf_counter(), 0, 0.0, 0
         start_time, start_iter = time.perf_counter(), self.iteration
+        if self.sigterm is not None:
+            self.sigterm.deferred = True  # from here on SIGTERM waits for the next step boundary
         while self.epoch < cfg.train.epochs:
             self.loader.batch_sampler.set_epoch(self.epoch, self.batch_in_epoch)
             tick = time.perf_counter()
@@ -283,6 +341,8 @@ class _Trainer:
                     and self.batch_in_epoch < self.iters_per_epoch
                 ):
                     self.save(f"iter_{self.iteration}.pth")
+                if self._stop_requested():
+                    raise self._terminate()
                 tick = time.perf_counter()
             truncated = self.loader.collate_fn.stats.as_dict()["truncated_instances"]
             self.metrics.add_truncated(truncated - self.truncated)
@@ -291,6 +351,8 @@ class _Trainer:
             self.batch_in_epoch = 0
             path = self.save(f"epoch_{self.epoch}.pth")
             self.log(f"epoch {self.epoch} done: checkpoint {path}")
+        if self.sigterm is not None:
+            self.sigterm.deferred = False  # evaluation stops at once on SIGTERM
         seconds = time.perf_counter() - start_time
         results: dict[str, Any] = {
             "epochs": cfg.train.epochs,
@@ -300,6 +362,8 @@ class _Trainer:
             ),
             "nonfinite_steps": self.nonfinite,
             "checkpoint": str(self.ckpt_dir / f"epoch_{self.epoch}.pth"),
+            **self.dataset.annotation_counts(),
+            "skipped_images": sum_over_ranks(self.dataset.skipped, self.rt),
         }
         if self.opts.evaluate:
             results.update(self.evaluate())
@@ -324,13 +388,32 @@ class _Trainer:
 
 
 def train(cfg: Config, opts: TrainOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train, checkpoint, evaluate; rank 0 writes ``results.json`` and the termination message with
-    the results. A process that fails writes :func:`failure_message` there instead (every rank: each
-    worker pod has its own termination log)."""
-    runtime = setup_runtime(opts.device)
-    trainer = None
+    """Check the outputs, train, checkpoint, evaluate; rank 0 writes ``results.json`` and the
+    termination message with the results.
+
+    A process that fails writes the failure's termination message instead, unless a peer of its pod
+    failed first (see :mod:`.failures`). On SIGTERM training stops at the next step boundary, writes a
+    checkpoint and raises :class:`Terminated` (its message is retryable); ``opts.stop_timeout``
+    seconds after the signal the process exits with 143 whatever it is doing.
+    """
+    trainer: _Trainer | None = None
+    runtime: Runtime | None = None
+
+    def describe() -> str:
+        if trainer is not None:
+            return trainer.termination_text()
+        return "terminated by SIGTERM at iteration 0; checkpoint none"
+
+    sigterm = SigtermStop(
+        describe,
+        timeout_s=opts.stop_timeout,
+        on_timeout=lambda text: report_failure(opts.termination_log, Terminated(text)),
+    )
+    sigterm.install()
     try:
-        trainer = _Trainer(cfg, opts, runtime, log)
+        check_outputs(opts)
+        runtime = setup_runtime(opts.device)
+        trainer = _Trainer(cfg, opts, runtime, log, sigterm)
         results = trainer.run()
         if runtime.is_main:
             (opts.work_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -340,12 +423,12 @@ def train(cfg: Config, opts: TrainOptions, log: Callable[[str], None] = print) -
             trainer.metrics.finish()
         return results
     except Exception as exc:
-        if opts.termination_log is not None:
-            with contextlib.suppress(OSError):  # the original error matters more than this one
-                write_termination_message(opts.termination_log, failure_message(exc))
+        report_failure(opts.termination_log, exc)
         raise
     finally:
         if trainer is not None:
             trainer.progress.close()
             trainer.metrics.close()
-        shutdown(runtime)
+        if runtime is not None:
+            shutdown(runtime)
+        sigterm.uninstall()

@@ -1,0 +1,66 @@
+"""Checks of ``solov2 train``'s outputs before anything is loaded: a path that cannot be written
+should stop a run at its start, not after hours of training."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from .checkpoint import LAST
+
+CHECKPOINTS = "checkpoints"
+
+
+def check_termination_log(path: Path | None) -> None:
+    """The termination log can be written: not a directory, in an existing, writable directory."""
+    if path is None:
+        return
+    flag = f"--termination-log {path}"
+    if path.is_dir():
+        raise ConfigError(f"{flag}: is a directory (pass a file path, or '' to disable the message)")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{flag}: directory {str(path.parent)!r} does not exist")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ConfigError(f"{flag}: the file is not writable")
+    if not path.exists() and not os.access(path.parent, os.W_OK):
+        raise ConfigError(f"{flag}: cannot create files in {str(path.parent)!r}")
+
+
+def check_metrics_port(port: int | None) -> None:
+    if port is not None and not 0 <= port <= 65535:
+        raise ConfigError(f"--metrics-port {port}: must lie in 0..65535 (0 = any free port)")
+
+
+def check_work_dir(work_dir: Path, *, resume: bool) -> None:
+    """The work directory is (or can be made) a writable directory, and without ``resume`` it holds
+    no checkpoints of an earlier run (which a new run would silently mix with its own)."""
+    flag = f"--work-dir {work_dir}"
+    if work_dir.exists() and not work_dir.is_dir():
+        raise ConfigError(f"{flag}: is a file, not a directory")
+    ckpt_dir = work_dir / CHECKPOINTS
+    try:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=ckpt_dir):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{flag}: cannot write checkpoints to {ckpt_dir} ({exc.strerror or exc})") from None
+    if resume:
+        return
+    earlier = sorted(p.name for p in ckpt_dir.glob("*.pth"))
+    if earlier or (ckpt_dir / LAST).exists():
+        shown = ", ".join(earlier[:3]) + (", ..." if len(earlier) > 3 else "") or LAST
+        raise ConfigError(
+            f"{flag}: holds checkpoints of an earlier run ({shown}); pass --resume to continue it, "
+            f"or delete {ckpt_dir} (or choose another --work-dir) to start over"
+        )
+
+
+def check_outputs(opts: Any) -> None:
+    """Every output path and port of a run, checked before anything is loaded. The work dir comes
+    first: it is created, and the termination log may be inside it."""
+    check_work_dir(opts.work_dir, resume=opts.resume)
+    check_termination_log(opts.termination_log)
+    check_metrics_port(opts.metrics_port)
