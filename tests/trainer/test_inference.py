@@ -18,11 +18,12 @@ from solov2.structures import Detections
 
 
 def test_prepare_image_gives_what_the_evaluation_loader_gives(tmp_path: Path):
-    # Two canvases so that the canvas choice matters; the 256x256 images fit neither without shrinking.
-    cfg = load_config("solov2_tiny_cpu", ["data.canvases=[[128, 256], [256, 128], [256, 256]]", "data.workers=0"])
-    root = write_synthetic_coco(tmp_path, train=1, val=3, seed=0)
+    # Wide, tall and square images on two canvases: each canvas is picked, the square ones shrunk to fit.
+    cfg = load_config("solov2_tiny_cpu", ["data.canvases=[[128, 256], [256, 128]]", "data.workers=0"])
+    sizes = [(100, 200), (300, 120), (180, 180)]
+    root = write_synthetic_coco(tmp_path, train=1, val=8, seed=0, image_sizes=sizes)
     dataset = CocoInstances(root / "val2017", root / "annotations" / "instances_val2017.json", num_classes=3)
-    loaded = 0
+    canvases, originals = set(), []
     for batch in build_eval_loader(dataset, cfg):
         for b, image_id in enumerate(batch.image_ids.tolist()):
             if image_id == -1:
@@ -30,9 +31,13 @@ def test_prepare_image_gives_what_the_evaluation_loader_gives(tmp_path: Path):
             file = dataset.coco.loadImgs(image_id)[0]["file_name"]
             image, meta = prepare_image(load_image(root / "val2017" / file), cfg.data)
             assert torch.equal(image, batch.images[b])
-            assert meta == ImageMeta(tuple(batch.image_sizes[b].tolist()), tuple(batch.original_sizes[b].tolist()))
-            loaded += 1
-    assert loaded == 3
+            assert meta == ImageMeta(
+                tuple(batch.image_sizes[b].tolist()), tuple(batch.original_sizes[b].tolist())
+            )
+            canvases.add(tuple(image.shape[-2:]))
+            originals.append(meta.original_size)
+    assert canvases == {(128, 256), (256, 128)}
+    assert len(originals) == 8 and set(originals) <= set(sizes) and (180, 180) in originals
 
 
 def test_load_image_applies_exif_orientation(tmp_path: Path):
