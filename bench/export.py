@@ -7,7 +7,9 @@ Each configuration's model (random weights: the graph and its cost do not depend
 ``solov2.export.export_onnx`` (its onnxruntime check included), then the same uint8 batch runs through the
 graph in onnxruntime and through the model in eager PyTorch (no autocast, ``torch.no_grad``), both with
 ``--threads`` threads, after one warm-up run each, alternating run by run so that both see the same load;
-figures are medians. Prints one JSON object per configuration, with the
+figures are medians. One thread by default: on a machine shared with other jobs, torch's OpenMP threads
+wait on each other (a second thread made eager inference 10-20x slower on a loaded 2-core machine) while a
+single thread per engine compares the engines, not the scheduler. Prints one JSON object per configuration, with the
 machine it ran on.
 """
 
@@ -97,7 +99,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1, help="images per run (default: %(default)s)")
     parser.add_argument("--runs", type=int, default=10, help="timed runs per engine (default: %(default)s)")
     parser.add_argument(
-        "--threads", type=int, default=2, help="CPU threads per engine (default: %(default)s)"
+        "--threads", type=int, default=1, help="CPU threads per engine (default: %(default)s)"
     )
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default: %(default)s)")
     args = parser.parse_args()
