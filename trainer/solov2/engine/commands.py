@@ -9,6 +9,7 @@ from ..config import Config
 from ..device import amp_dtype, setup_runtime, shutdown
 from ..model.solov2 import SOLOv2
 from .checkpoint import load_model_weights
+from .inference import TorchRunner
 from .splits import evaluate_split
 
 
@@ -44,8 +45,10 @@ def run_predict(
     model = SOLOv2(cfg).to(runtime.device)
     extras = load_model_weights(model, checkpoint)
     names = extras.get("class_names") or [str(i) for i in range(cfg.model.head.num_classes)]
-    results = predict_images(model, images, cfg=cfg, device=runtime.device, out_dir=out, class_names=names,
-                             score_thr=score_thr)  # fmt: skip
+    runner = TorchRunner(
+        model, runtime.device, amp_dtype(runtime.kind, cfg.train.amp)
+    )  # as evaluation runs it
+    results = predict_images(runner, images, cfg=cfg, out_dir=out, class_names=names, score_thr=score_thr)
     _report_predictions(results, score_thr, out)
     return results
 

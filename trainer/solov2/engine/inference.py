@@ -9,7 +9,8 @@ Evaluation, ``solov2 predict`` and the ONNX runner all go through it:
 3. :func:`to_instances` pastes one image's valid slots back to its original size, thresholds them and
    drops empty masks; :func:`instance_records` gives each instance's box and run-length encoding.
 
-:func:`detect` chains 2 and 3 for a batch.
+:func:`detect` chains 2 and 3 for a prepared batch (evaluation, whose loader prepares the images), and
+:func:`detect_image` all three for one decoded image (``solov2 predict``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "Runner",
     "TorchRunner",
     "detect",
+    "detect_image",
     "instance_records",
     "load_image",
     "prepare_image",
@@ -179,6 +181,17 @@ def detect(
         else to_instances(det, b, meta, canvas_size=canvas, mask_thr=mask_thr, score_thr=score_thr)
         for b, meta in enumerate(metas)
     ]
+
+
+def detect_image(
+    runner: Runner, image: Tensor, data: DataConfig, *, mask_thr: float, score_thr: float | None = None
+) -> Instances:
+    """One decoded ``[3, H, W]`` uint8 image to its detections at its own size: :func:`prepare_image`, then
+    :func:`detect` as a batch of one."""
+    canvas, meta = prepare_image(image, data)
+    (found,) = detect(runner, canvas[None], [meta], mask_thr=mask_thr, score_thr=score_thr)
+    assert found is not None
+    return found
 
 
 def instance_records(instances: Instances) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..config import Config
 from ..visualize import draw_overlay
-from .inference import Runner, TorchRunner, detect, instance_records, load_image, prepare_image
+from .inference import Runner, TorchRunner, detect_image, instance_records, load_image
 
 __all__ = ["predict_images"]
 
@@ -51,11 +51,12 @@ def predict_images(
 ) -> list[dict[str, Any]]:
     """Segment image files and write overlays and ``predictions.json`` to ``out_dir``.
 
-    Each image is prepared with ``cfg.data`` (:func:`~solov2.engine.inference.prepare_image`: resized to
-    fit ``img_scale``, on the canvas evaluation would pick, zero-padded bottom-right) and run alone (batch
-    1) through ``model``: a PyTorch model (run on ``device`` in eval mode, its train/eval state restored)
-    or a runner such as ``solov2.export.OnnxRunner``. Detections scoring at least ``score_thr`` are pasted
-    back to the original size and thresholded at ``cfg.model.inference.mask_thr``.
+    Each image goes through :func:`~solov2.engine.inference.detect_image` with ``cfg.data`` (resized to fit
+    ``img_scale``, on the canvas evaluation would pick, zero-padded bottom-right, run alone) and ``model``:
+    a PyTorch model (run on ``device`` in eval mode, its train/eval state restored) or a runner such as
+    ``solov2.engine.inference.TorchRunner`` (with autocast) or ``solov2.export.OnnxRunner``. Detections
+    scoring at least ``score_thr`` are pasted back to the original size and thresholded at
+    ``cfg.model.inference.mask_thr``.
 
     Raises:
         DataError: a file cannot be read as an image.
@@ -70,11 +71,9 @@ def predict_images(
     records: list[dict[str, Any]] = []
     for path in paths:
         image = load_image(Path(path))
-        canvas, meta = prepare_image(image, cfg.data)
-        (found,) = detect(
-            runner, canvas[None], [meta], mask_thr=cfg.model.inference.mask_thr, score_thr=score_thr
+        found = detect_image(
+            runner, image, cfg.data, mask_thr=cfg.model.inference.mask_thr, score_thr=score_thr
         )
-        assert found is not None
         name = _overlay_name(str(path), used, out_dir)
         draw_overlay(image, found.masks, found.labels, found.scores, class_names).save(out_dir / name)
         instances = [
@@ -87,9 +86,15 @@ def predict_images(
             }
             for r in instance_records(found)
         ]
-        height, width = meta.original_size
+        height, width = image.shape[-2:]
         records.append(
-            {"file": str(path), "overlay": name, "width": width, "height": height, "instances": instances}
+            {
+                "file": str(path),
+                "overlay": name,
+                "width": int(width),
+                "height": int(height),
+                "instances": instances,
+            }
         )
     (out_dir / "predictions.json").write_text(json.dumps(records, indent=1) + "\n")
     return records
