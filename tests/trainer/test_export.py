@@ -163,3 +163,25 @@ def test_onnx_runner_refuses_a_file_that_is_not_a_solov2_export(tmp_path):
     bad = tmp_path / "other.onnx"
     bad.write_bytes(b"not a model")
     assert main(["predict", str(bad), "--onnx", str(bad), "--out", str(tmp_path / "out")]) == 2
+
+
+def test_eval_and_predict_take_a_checkpoint_or_an_onnx_model_and_export_a_checkpoint(tmp_path, capsys):
+    cases = [
+        (
+            ["predict", "a.png", "--out", str(tmp_path)],
+            "one of the arguments --checkpoint --onnx is required",
+        ),
+        (
+            ["eval", "--data-path", "d", "--onnx", "a", "--checkpoint", "b"],
+            "not allowed with argument --onnx",
+        ),
+        (["export", "--out", str(tmp_path / "x.onnx")], "the following arguments are required: --checkpoint"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert (
+        main(["predict", "a.png", "--onnx", "a", "--config", "solov2_tiny_cpu", "--out", str(tmp_path)]) == 2
+    )
+    assert "--config: not used with --onnx" in capsys.readouterr().err

@@ -50,6 +50,7 @@ def _add_checkpoint_arg(parser: argparse.ArgumentParser, *, onnx: bool = False) 
     group.add_argument(
         "--checkpoint",
         type=Path,
+        required=not onnx,  # with --onnx, the group requires one of the two
         help="a training checkpoint, a model state dict, or a checkpoints directory (its newest)",
     )
     if onnx:
