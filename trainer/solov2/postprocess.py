@@ -2,7 +2,9 @@
 
 :func:`predict` turns the head outputs of a batch into a fixed number of detection slots per image
 (:class:`~solov2.structures.Detections`), with no data-dependent shapes and no host synchronisation,
-so it runs inside ``torch.compile(fullgraph=True, dynamic=False)``, a CUDA graph or an Ascend graph.
+so it runs inside ``torch.compile(fullgraph=True, dynamic=False)``, a CUDA graph or an Ascend graph, and
+exports to ONNX (``solov2 export``): candidates are ranked by :func:`stable_descending_order`, not by a
+stable ``sort``, which ONNX lacks.
 Instead of removing candidates, every stage keeps fixed-size buffers and a ``valid`` mask.
 
 It follows mmdetection 3.x ``SOLOV2Head`` inference (point NMS, score threshold, dynamic convolution,

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.synthetic import draw_instances
-from .deps import require
+from .deps import ExportError, require
 
 __all__ = ["check_onnx", "compare_outputs", "session_from"]
 
@@ -61,7 +61,12 @@ def check_onnx(
         "max_mask_diff", "atol", "summary"}``: ``ok`` when no validity or label differs and no score or
         mask value differs by more than ``atol``; ``summary`` is a line for the user.
     """
-    session = session_from(model)
+    try:
+        session = session_from(model)
+    except Exception as exc:  # e.g. an opset newer than the installed onnxruntime runs
+        raise ExportError(
+            f"onnxruntime cannot load the exported graph ({type(exc).__name__}: {exc})"
+        ) from exc
     totals: dict[str, Any] = {"detections": 0, "valid_differ": 0, "labels_differ": 0}
     totals.update(max_score_diff=0.0, max_mask_diff=0.0)
     for index in range(max(1, batches)):

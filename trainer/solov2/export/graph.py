@@ -131,7 +131,8 @@ def export_onnx(
     check_batches: int = 2,
     log: Callable[[str], None] = print,
 ) -> dict[str, float | int | bool]:
-    """Export ``model`` (a SOLOv2 in eval mode on the CPU) to ``out`` after checking it in onnxruntime.
+    """Export ``model`` (a SOLOv2; moved to the CPU and put in eval mode) to ``out`` after checking it in
+    onnxruntime.
 
     The graph takes ``batch`` images on a ``canvas = (H, W)`` (sides multiples of the largest stride).
     Before anything is written, ``check_batches`` batches of generated shape images run through
