@@ -153,7 +153,8 @@ def export_onnx(
     onnx.helper.set_model_props(proto, metadata(cfg, canvas=canvas, batch=batch, class_names=class_names))
     data = proto.SerializeToString()
     seconds = time.perf_counter() - start
-    log(f"export: traced and translated in {seconds:.1f} s (opset {opset}, batch {batch}, canvas {canvas})")
+    where = f"opset {opset}, batch {batch}, canvas {canvas[0]}x{canvas[1]}"
+    log(f"export: traced and translated in {seconds:.1f} s ({where})")
     report = check_onnx(data, graph, canvas=canvas, batch=batch, batches=check_batches, atol=atol)
     log(report.pop("summary"))  # type: ignore[arg-type]
     if not report["ok"]:
