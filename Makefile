@@ -14,7 +14,7 @@ BIN := $(VENV)/bin
 $(BIN)/solov2: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[trainer,operator,dev]'
+	$(BIN)/pip install --quiet -e '.[trainer,export,operator,dev]'
 	touch $@
 
 setup: $(BIN)/solov2

@@ -18,6 +18,7 @@ from solov2.postprocess import (
     paste_masks,
     points_nms,
     predict,
+    stable_descending_order,
 )
 from tests.trainer.reference_postprocess import ref_matrix_nms, ref_points_nms, ref_predict_single
 
@@ -191,6 +192,16 @@ def test_predict_pads_when_fewer_candidates_than_slots(nms_pre: int, max_per_img
     assert not det.valid[:, keep:].any() and (det.scores[:, keep:] == 0).all()
     if nms_pre >= 8:
         _check_against_reference(cls_logits, kernels, feats, cfg, grids=grids, strides=STRIDES[:1])
+
+
+@pytest.mark.parametrize("distinct", [2, 5, 1000])
+def test_stable_descending_order_is_a_stable_sort(distinct: int) -> None:
+    # Few distinct values give many ties (as the -1 of invalid slots); the order must be torch's stable one.
+    g = torch.Generator().manual_seed(distinct)
+    keys = torch.randint(0, distinct, (3, 257), generator=g).float() / distinct - 0.5
+    keys[:, ::7] = -1.0
+    expected = torch.sort(keys, dim=1, descending=True, stable=True).indices
+    assert torch.equal(stable_descending_order(keys), expected)
 
 
 def test_predict_rejects_mismatched_grids() -> None:

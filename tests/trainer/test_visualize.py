@@ -14,9 +14,10 @@ from torch import Tensor, nn
 
 from solov2.config import load_config
 from solov2.data.transforms import fit_size
+from solov2.engine.predict import predict_images
 from solov2.model import build_model
 from solov2.structures import Detections
-from solov2.visualize import draw_overlay, predict_images
+from solov2.visualize import draw_overlay
 
 
 def test_draw_overlay_colours_masks_only():

@@ -52,13 +52,21 @@ def _add_device_arg(parser: argparse.ArgumentParser, default: str = "auto") -> N
     )
 
 
-def _add_checkpoint_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+def _add_checkpoint_arg(parser: argparse.ArgumentParser, *, onnx: bool = False) -> None:
+    group = parser.add_mutually_exclusive_group(required=True) if onnx else parser
+    group.add_argument(
         "--checkpoint",
         type=Path,
-        required=True,
+        required=not onnx,  # with --onnx, the group requires one of the two
         help="a training checkpoint, a model state dict, or a checkpoints directory (its newest)",
     )
+    if onnx:
+        group.add_argument(
+            "--onnx",
+            type=Path,
+            help="instead of --checkpoint: a model written by 'solov2 export', run in onnxruntime on the CPU "
+            "(images are prepared for its canvas; its config and class names come from the file)",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,12 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "eval",
         help="COCO mask and box AP of a checkpoint on the val split",
-        description=f"Evaluate a checkpoint ({DATA_LAYOUT}); writes detections_segm.json and "
-        "metrics.json to --work-dir. Run under torchrun to split the images across processes.",
+        description=f"Evaluate a checkpoint or an exported ONNX model ({DATA_LAYOUT}); writes "
+        "detections_segm.json and metrics.json to --work-dir. Run under torchrun to split the images across "
+        "processes.",
     )
     _add_config_args(p, None)
     p.add_argument("--data-path", type=Path, required=True, help=f"data set root ({DATA_LAYOUT})")
-    _add_checkpoint_arg(p)
+    _add_checkpoint_arg(p, onnx=True)
     p.add_argument("--work-dir", type=Path, default=None, help="where to write results (default: print only)")
     p.add_argument("--split", default="val2017", help="split to evaluate (default: %(default)s)")
     _add_device_arg(p)
@@ -140,12 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "predict",
         help="segment images and write overlay PNGs and a JSON of results",
-        description="Run a checkpoint on images; writes OUT/<image>.png overlays (coloured masks, "
-        "class and score) and OUT/predictions.json.",
+        description="Run a checkpoint (or an exported ONNX model) on images; writes OUT/<image>.png overlays "
+        "(coloured masks, class and score) and OUT/predictions.json.",
     )
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (JPEG, PNG, ...)")
     _add_config_args(p, None)
-    _add_checkpoint_arg(p)
+    _add_checkpoint_arg(p, onnx=True)
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument(
         "--score-thr",
@@ -206,6 +215,45 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_arg(p, "cpu")
 
     p = sub.add_parser(
+        "export",
+        help="write the whole model, post-processing included, as ONNX, checked in onnxruntime",
+        description="Export a checkpoint as one ONNX graph from uint8 images [N, 3, H, W] (normalised inside) to "
+        "fixed-size detections: scores [N, K], labels [N, K], soft masks [N, K, H/4, W/4] and valid [N, K] "
+        "(K = model.inference.max_per_img), with class names, canvas, mask stride and thresholds in the model's "
+        "metadata. Before writing, generated images run through onnxruntime and PyTorch and the comparison is "
+        "printed; the file is not written if they differ beyond --atol. Needs the export extra "
+        "(pip install 'solov2-operator[export]').",
+    )
+    _add_config_args(p, None)
+    _add_checkpoint_arg(p)
+    p.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
+    p.add_argument(
+        "--canvas",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="input canvas; sides must be multiples of the largest stride. Default: the config's first canvas",
+    )
+    p.add_argument(
+        "--batch", type=int, default=1, help="images per run, fixed in the graph (default: %(default)s)"
+    )
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset, 18 or newer (default: %(default)s)")
+    p.add_argument(
+        "--atol",
+        type=float,
+        default=1e-3,
+        help="largest score or soft-mask difference allowed between onnxruntime and PyTorch; validity and labels "
+        "must be equal (default: %(default)s)",
+    )
+    p.add_argument(
+        "--check-batches",
+        type=int,
+        default=2,
+        help="batches of generated images compared before writing (default: %(default)s)",
+    )
+
+    p = sub.add_parser(
         "params",
         help="print the model's parameter counts as JSON",
         description="Build the model and print parameters per part (backbone, FPN, head).",
@@ -243,9 +291,22 @@ def _train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _no_config_with_onnx(args: argparse.Namespace) -> None:
+    if args.config is not None:
+        raise ConfigError("--config: not used with --onnx (the file holds its config; --opts still apply)")
+
+
 def _eval(args: argparse.Namespace) -> int:
     from .engine.commands import run_eval
 
+    if args.onnx is not None:
+        from .engine.commands import run_eval_onnx
+
+        _no_config_with_onnx(args)
+        run_eval_onnx(
+            args.onnx, opts=args.opts, data_path=args.data_path, work_dir=args.work_dir, split=args.split
+        )
+        return EXIT_OK
     run_eval(_config(args, args.checkpoint), data_path=args.data_path, checkpoint=args.checkpoint,
              work_dir=args.work_dir, split=args.split, device=args.device)  # fmt: skip
     return EXIT_OK
@@ -254,6 +315,14 @@ def _eval(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from .engine.commands import run_predict
 
+    if args.onnx is not None:
+        from .engine.commands import run_predict_onnx
+
+        _no_config_with_onnx(args)
+        run_predict_onnx(
+            args.onnx, opts=args.opts, images=args.images, out=args.out, score_thr=args.score_thr
+        )
+        return EXIT_OK
     run_predict(_config(args, args.checkpoint), images=args.images, checkpoint=args.checkpoint, out=args.out,
                 score_thr=args.score_thr, device=args.device)  # fmt: skip
     return EXIT_OK
@@ -306,6 +375,16 @@ def _check_static(args: argparse.Namespace) -> int:
     return EXIT_OK if report["ok"] else EXIT_FAILED
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .engine.commands import run_export
+
+    if args.check_batches < 1:
+        raise ConfigError("--check-batches: must be at least 1")
+    run_export(_config(args, args.checkpoint), checkpoint=args.checkpoint, out=args.out, canvas=args.canvas,
+               batch=args.batch, opset=args.opset, atol=args.atol, check_batches=args.check_batches)  # fmt: skip
+    return EXIT_OK
+
+
 def _params(args: argparse.Namespace) -> int:
     from .model import build_model, parameter_counts
 
@@ -315,7 +394,7 @@ def _params(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "train": _train, "eval": _eval, "predict": _predict, "make-synthetic": _make_synthetic, "smoke": _smoke,
-    "check-static": _check_static, "params": _params,
+    "check-static": _check_static, "params": _params, "export": _export,
 }  # fmt: skip
 
 

@@ -2,7 +2,9 @@
 
 :func:`predict` turns the head outputs of a batch into a fixed number of detection slots per image
 (:class:`~solov2.structures.Detections`), with no data-dependent shapes and no host synchronisation,
-so it runs inside ``torch.compile(fullgraph=True, dynamic=False)``, a CUDA graph or an Ascend graph.
+so it runs inside ``torch.compile(fullgraph=True, dynamic=False)``, a CUDA graph or an Ascend graph, and
+exports to ONNX (``solov2 export``): candidates are ranked by :func:`stable_descending_order`, not by a
+stable ``sort``, which ONNX lacks.
 Instead of removing candidates, every stage keeps fixed-size buffers and a ``valid`` mask.
 
 It follows mmdetection 3.x ``SOLOV2Head`` inference (point NMS, score threshold, dynamic convolution,
@@ -37,7 +39,15 @@ from torch import Tensor
 from solov2.config import InferenceConfig
 from solov2.structures import Detections
 
-__all__ = ["encode_rle", "masks_to_boxes_xywh", "matrix_nms", "paste_masks", "points_nms", "predict"]
+__all__ = [
+    "encode_rle",
+    "masks_to_boxes_xywh",
+    "matrix_nms",
+    "paste_masks",
+    "points_nms",
+    "predict",
+    "stable_descending_order",
+]
 
 MASK_STRIDE = 4
 """Stride of the mask features (P2) relative to the canvas."""
@@ -119,6 +129,24 @@ def _take(x: Tensor, index: Tensor) -> Tensor:
     return torch.take_along_dim(x, shaped, dim=1)
 
 
+def stable_descending_order(keys: Tensor) -> Tensor:
+    """Indices that sort each row of ``keys [B, T]`` in descending order, ties kept in index order.
+
+    The result equals ``torch.sort(keys, dim=1, descending=True, stable=True).indices`` for finite keys,
+    but is computed from pairwise comparisons (a key's rank is the number of keys ahead of it) and one
+    scatter: ONNX has no stable sort, and ``topk`` does not promise an order for ties. It costs
+    ``B * T * T`` comparisons, small next to the mask product for the ``T = nms_pre`` candidates.
+    """
+    num = keys.shape[1]
+    index = torch.arange(num, device=keys.device)
+    earlier = index[:, None] < index[None, :]  # [T, T]: i comes before j
+    above = keys[:, :, None] > keys[:, None, :]
+    tied = keys[:, :, None] == keys[:, None, :]
+    ahead = above | (tied & earlier)  # [B, T, T]: i is sorted before j
+    rank = ahead.sum(dim=1)  # [B, T]: the position of each j
+    return torch.zeros_like(rank).scatter(1, rank, index.expand_as(rank).contiguous())
+
+
 def predict(
     cls_logits: Tensor,
     kernel_preds: Tensor,
@@ -187,7 +215,7 @@ def predict(
     scores = torch.where(valid, cls_scores.float() * maskness, torch.zeros_like(maskness))
 
     # 5. Sort (invalid last, ties keep top-k order) and Matrix NMS.
-    order = torch.sort(torch.where(valid, scores, -1.0), dim=1, descending=True, stable=True).indices
+    order = stable_descending_order(torch.where(valid, scores, -1.0))
     labels, scores, areas, valid = (_take(t, order) for t in (labels, scores, areas, valid))
     decayed = matrix_nms(
         _take(binary, order), labels, scores, areas, valid, kernel=cfg.kernel, sigma=cfg.sigma
@@ -196,8 +224,7 @@ def predict(
 
     # 6. Final ranking into max_per_img slots (padding with invalid slots when k is smaller).
     keep = min(cfg.max_per_img, k)
-    final = torch.sort(torch.where(valid, decayed, -1.0), dim=1, descending=True, stable=True).indices
-    final = final[:, :keep]
+    final = stable_descending_order(torch.where(valid, decayed, -1.0))[:, :keep]
     valid = _take(valid, final)
     scores = torch.where(valid, _take(decayed, final), torch.zeros_like(valid, dtype=decayed.dtype))
     labels = torch.where(valid, _take(labels, final), torch.zeros_like(final))

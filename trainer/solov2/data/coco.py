@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch import Tensor
@@ -76,11 +76,16 @@ class Sample(NamedTuple):
     image_size: tuple[int, int]
 
 
-def read_image(path: Path) -> Tensor:
+def read_image(path: Path, *, exif_transpose: bool = False) -> Tensor:
     """Decode an image file to ``[3, H, W]`` uint8 RGB (a channels-last view); grey, RGBA, CMYK and
-    palette images are converted. Raises :class:`DataError` naming the file if it is missing or corrupt."""
+    palette images are converted. Raises :class:`DataError` naming the file if it is missing or corrupt.
+
+    ``exif_transpose`` applies the file's EXIF orientation (prediction on photos); data sets are read
+    without it, as their annotations refer to the stored pixels."""
     try:
         with Image.open(path) as img:
+            if exif_transpose:
+                img = ImageOps.exif_transpose(img)
             if img.mode in ("P", "PA", "LA"):
                 img = img.convert("RGBA")  # palette transparency, then drop alpha below
             rgb = np.array(img.convert("RGB"))

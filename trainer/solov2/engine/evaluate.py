@@ -26,8 +26,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import nn
 
-from ..postprocess import encode_rle, masks_to_boxes_xywh, paste_masks
 from ..structures import Batch, Detections
+from .inference import ImageMeta, Instances, Runner, TorchRunner, detect, instance_records, to_instances
 
 __all__ = ["AP_NAMES", "IOU_TYPES", "detections_to_coco", "evaluate", "format_ap_table"]
 
@@ -59,49 +59,44 @@ def detections_to_coco(
     """
     if canvas_size is None:
         canvas_size = (int(batch.images.shape[-2]), int(batch.images.shape[-1]))
-    valid = det.valid.cpu()
-    scores = det.scores.float().cpu()
-    labels = det.labels.cpu()
-    image_ids = batch.image_ids.cpu()
-    image_sizes = batch.image_sizes.cpu()
-    original_sizes = batch.original_sizes.cpu()
     results: list[dict[str, Any]] = []
-    for b in range(valid.shape[0]):
-        image_id = int(image_ids[b])
-        if image_id == -1:
+    for b, (image_id, meta) in enumerate(_metas(batch)):
+        if meta is None:
             continue
-        slots = valid[b].nonzero().flatten()
-        if slots.numel() == 0:
-            continue
-        masks = paste_masks(
-            det.masks[b, slots.to(det.masks.device)],
-            image_size=(int(image_sizes[b, 0]), int(image_sizes[b, 1])),
-            canvas_size=canvas_size,
-            original_size=(int(original_sizes[b, 0]), int(original_sizes[b, 1])),
-            mask_thr=mask_thr,
-        )
-        nonempty = masks.flatten(1).any(dim=1).cpu()
-        if not nonempty.any():
-            continue
-        masks = masks[nonempty.to(masks.device)]
-        slots = slots[nonempty]
-        boxes = masks_to_boxes_xywh(masks).cpu().tolist()
-        for slot, rle, box in zip(slots.tolist(), encode_rle(masks), boxes, strict=True):
-            label = int(labels[b, slot])
-            if not 0 <= label < len(label_to_category):
-                raise ValueError(
-                    f"detections_to_coco: label {label} has no COCO category "
-                    f"(label_to_category has {len(label_to_category)} entries)"
-                )
-            results.append(
-                {
-                    "image_id": image_id,
-                    "category_id": int(label_to_category[label]),
-                    "segmentation": rle,
-                    "bbox": [round(v, 2) for v in box],
-                    "score": float(scores[b, slot]),
-                }
+        instances = to_instances(det, b, meta, canvas_size=canvas_size, mask_thr=mask_thr)
+        results.extend(_coco_results(instances, image_id, label_to_category))
+    return results
+
+
+def _metas(batch: Batch) -> list[tuple[int, ImageMeta | None]]:
+    """``(image_id, meta)`` of each image of a batch; ``meta`` is None for padding (``image_id == -1``)."""
+    image_sizes, original_sizes = batch.image_sizes.tolist(), batch.original_sizes.tolist()
+    return [
+        (int(i), None if int(i) == -1 else ImageMeta(tuple(image_sizes[b]), tuple(original_sizes[b])))
+        for b, i in enumerate(batch.image_ids.tolist())
+    ]
+
+
+def _coco_results(
+    instances: Instances, image_id: int, label_to_category: Sequence[int]
+) -> list[dict[str, Any]]:
+    results = []
+    for record in instance_records(instances):
+        label = record["label"]
+        if not 0 <= label < len(label_to_category):
+            raise ValueError(
+                f"detections_to_coco: label {label} has no COCO category "
+                f"(label_to_category has {len(label_to_category)} entries)"
             )
+        results.append(
+            {
+                "image_id": image_id,
+                "category_id": int(label_to_category[label]),
+                "segmentation": record["segmentation"],
+                "bbox": [round(v, 2) for v in record["bbox"]],
+                "score": record["score"],
+            }
+        )
     return results
 
 
@@ -151,9 +146,8 @@ def _num_batches(loader: Iterable[Batch]) -> int | None:
         return None
 
 
-@torch.no_grad()
 def evaluate(
-    model: nn.Module,
+    model: nn.Module | Runner,
     loader: Iterable[Batch],
     coco_gt: COCO,
     *,
@@ -175,17 +169,18 @@ def evaluate(
     occurrence. Evaluation is restricted to the image ids seen (``COCOeval.params.imgIds``).
 
     Args:
-        model: returns :class:`Detections` from ``model(images)`` in eval mode. Its train/eval state
-            is restored afterwards.
+        model: a PyTorch model returning :class:`Detections` from ``model(images)`` in eval mode (run
+            by :class:`~solov2.engine.inference.TorchRunner` on ``device``, under autocast if
+            ``autocast_dtype`` is set; its train/eval state is restored), or any runner (an ONNX one).
         loader: yields :class:`Batch`; images are moved to ``device`` here.
         coco_gt: the ground truth (pycocotools ``COCO``).
         label_to_category: COCO ``category_id`` of each contiguous label.
-        device: where the model runs.
+        device: where a PyTorch model runs.
         mask_thr: soft-mask threshold after pasting (normally ``cfg.model.inference.mask_thr``).
         out_dir: if given (rank 0), ``detections_segm.json`` (the COCO results) and ``metrics.json``
             are written there.
         rank, world_size: this process's place in the distributed run.
-        autocast_dtype: run the model under ``torch.autocast`` with this dtype (None: no autocast).
+        autocast_dtype: run a PyTorch model under ``torch.autocast`` with this dtype (None: no autocast).
         log: where progress and summary lines go (rank 0 only).
         log_interval: a progress line every this many batches.
 
@@ -195,41 +190,23 @@ def evaluate(
         truth in an area range) plus ``"images"`` and ``"detections"`` (ints, the counts scored).
         On other ranks: ``{}``.
     """
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
+    runner = TorchRunner(model, device, autocast_dtype) if isinstance(model, nn.Module) else model
     per_image: dict[int, list[dict[str, Any]]] = {}
     num_batches = _num_batches(loader)
     start = time.perf_counter()
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=autocast_dtype)
-        if autocast_dtype is not None
-        else contextlib.nullcontext()
-    )
-    try:
-        for index, batch in enumerate(loader, start=1):
-            images = batch.images.to(device, non_blocking=True)
-            with autocast:
-                det = model(images)
-            if not isinstance(det, Detections):
-                det = Detections(*det)
-            results = detections_to_coco(det, batch, label_to_category=label_to_category, mask_thr=mask_thr)
-            by_image: dict[int, list[dict[str, Any]]] = {
-                int(i): [] for i in batch.image_ids.tolist() if int(i) != -1
-            }
-            for r in results:
-                by_image[r["image_id"]].append(r)
-            for image_id, dets in by_image.items():
-                per_image.setdefault(image_id, dets)
-            if rank == 0 and log_interval > 0 and (index % log_interval == 0 or index == num_batches):
-                elapsed = time.perf_counter() - start
-                of = f"/{num_batches}" if num_batches is not None else ""
-                log(
-                    f"eval batch {index}{of}: {len(per_image)} images, "
-                    f"{len(per_image) / max(elapsed, 1e-9):.1f} img/s"
-                )
-    finally:
-        model.train(was_training)
+    for index, batch in enumerate(loader, start=1):
+        metas = _metas(batch)
+        found = detect(runner, batch.images, [meta for _, meta in metas], mask_thr=mask_thr)
+        for (image_id, _), instances in zip(metas, found, strict=True):
+            if instances is not None:
+                per_image.setdefault(image_id, _coco_results(instances, image_id, label_to_category))
+        if rank == 0 and log_interval > 0 and (index % log_interval == 0 or index == num_batches):
+            elapsed = time.perf_counter() - start
+            of = f"/{num_batches}" if num_batches is not None else ""
+            log(
+                f"eval batch {index}{of}: {len(per_image)} images, "
+                f"{len(per_image) / max(elapsed, 1e-9):.1f} img/s"
+            )
 
     gathered = _gather(per_image, rank, world_size)
     if gathered is None:

@@ -14,6 +14,7 @@ from ..data.coco import CocoInstances
 from ..data.loader import build_eval_loader
 from ..device import Runtime
 from .evaluate import evaluate, format_ap_table
+from .inference import Runner
 
 
 def coco_split(data_path: Path, split: str) -> tuple[Path, Path]:
@@ -22,7 +23,7 @@ def coco_split(data_path: Path, split: str) -> tuple[Path, Path]:
 
 
 def evaluate_split(
-    model: nn.Module,
+    model: nn.Module | Runner,
     cfg: Config,
     *,
     data_path: Path,
@@ -33,7 +34,7 @@ def evaluate_split(
     log: Callable[[str], None],
     skip_bad_images: bool = False,
 ) -> dict[str, float]:
-    """COCO segm and bbox AP of ``model`` on ``split``, images shared across ranks.
+    """COCO segm and bbox AP of ``model`` (a PyTorch model or a runner) on ``split``, images shared across ranks.
 
     Rank 0 logs the AP table, writes ``detections_segm.json`` and ``metrics.json`` to ``out_dir`` (if
     given) and returns the metrics (with ``skipped_eval_images``, unreadable images of all ranks, when
