@@ -16,7 +16,7 @@ from .spec import SpecError, TrainingSpec, read_spec
 from .status import Condition, Phase, Reason, is_true, now_iso, parse_time, set_condition
 from .trainer_output import Failure, parse_failure, parse_results, terminated_state
 
-__all__ = ["SUSPENDED_SECONDS_ANNOTATION", "Plan", "WorkerFailure", "plan"]
+__all__ = ["SUSPENDED_SECONDS_ANNOTATION", "Plan", "WorkerFailure", "invalid", "plan"]
 
 SUSPENDED_SECONDS_ANNOTATION = "solov2.io/suspended-seconds"
 """Seconds the training spent suspended so far (excluded from ``activeDeadlineSeconds``)."""
@@ -288,3 +288,15 @@ def _cond(status: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
         if cond.get("type") == type_:
             return cond
     return None
+
+
+def invalid(training: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], message: str) -> Plan:
+    """``Failed`` with ``InvalidSpec``: the API server rejected a child built from the spec. Workers
+    already created are deleted, so that no half gang is left."""
+    meta = training.get("metadata") or {}
+    w = _Writer(training.get("status") or {}, meta.get("generation"), now_iso())
+    out = Plan()
+    _fail(w, out, Reason.INVALID_SPEC, message, pods)
+    out.status = w.result()
+    out.events = w.events
+    return out

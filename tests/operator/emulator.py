@@ -1,0 +1,146 @@
+"""kmock's KubernetesEmulator with the fixes the operator's tests need, and a recorder of API requests.
+
+kmock 0.8 stamps no uid, resourceVersion, generation or creationTimestamp; answers a failed JSON-patch
+``test`` with 500 instead of 422; ignores ``labelSelector`` (the operator filters by labels itself);
+collects no garbage (tests assert owner references instead); and serves only declared resources.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import itertools
+import json
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+import kmock
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+TRAININGS = "solov2.io/v1alpha1/solov2trainings"
+PODS = "v1/pods"
+SERVICES = "v1/services"
+PODGROUPS = "scheduling.volcano.sh/v1beta1/podgroups"
+RECORDED = Path(__file__).with_name("recorded_api_requests.json")
+_VERBS = {"list": "list", "watch": "watch", "fetch": "get", "create": "create", "update": "patch", "delete": "delete"}
+
+
+class Emulator(kmock.KubernetesEmulator):
+    """Stamps metadata like an API server does and answers failed JSON-patch tests with 422."""
+
+    _counter = itertools.count(1)
+    api_requests: set[tuple[str, str, str, str, bool]]
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.api_requests = set()
+        crd = yaml.safe_load((ROOT / "crds" / "solov2trainings.yaml").read_text())
+        names = crd["spec"]["names"]
+        self.resources[TRAININGS] = kmock.ResourceInfo(
+            kind=names["kind"],
+            singular=names["singular"],
+            namespaced=True,
+            shortnames=names.get("shortNames", []),
+            categories=names.get("categories", []),
+            verbs=["get", "list", "watch", "create", "update", "patch", "delete"],
+            subresources=["status"],
+        )
+        for key, kind in ((PODS, "Pod"), (SERVICES, "Service"), ("v1/events", "Event"), (PODGROUPS, "PodGroup")):
+            self.resources[key] = kmock.ResourceInfo(
+                kind=kind, namespaced=True, verbs=["get", "list", "watch", "create", "patch", "delete"]
+            )
+        self.resources["v1/namespaces"] = kmock.ResourceInfo(kind="Namespace", namespaced=False, verbs=["get", "list"])
+
+    def _stamp(self, request: kmock.Request) -> None:
+        version = str(next(self._counter))
+        data = request.data
+        if request.action == kmock.action.CREATE and isinstance(data, dict):
+            meta = data.setdefault("metadata", {})
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta.setdefault("creationTimestamp", _now())
+            meta["resourceVersion"] = version
+            meta.setdefault("generation", 1)
+            if request.namespace and not meta.get("namespace"):
+                meta["namespace"] = request.namespace
+        elif request.action == kmock.action.UPDATE and request.name is not None:
+            key = (request.resource, request.namespace, request.name)
+            current = self.objects._objects.get(key) if hasattr(self.objects, "_objects") else None
+            generation = None
+            if current is not None and not current.deleted:
+                generation = (current.get("metadata") or {}).get("generation", 1)
+            if isinstance(data, dict):
+                meta = data.setdefault("metadata", {}) if data.get("metadata") is not None else None
+                if meta is None:
+                    data["metadata"] = meta = {}
+                meta["resourceVersion"] = version
+                if "spec" in data and not request.subresource and generation is not None:
+                    meta["generation"] = generation + 1
+            elif isinstance(data, list):
+                data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
+
+    async def _handle(self, request: kmock.Request) -> Any:
+        if request.resource is not None:
+            self._record(request)
+            self._stamp(request)
+            if request.action == kmock.action.UPDATE and isinstance(request.data, list):
+                current = self.objects.get((request.resource, request.namespace, request.name))
+                if current is not None and not current.deleted:
+                    try:
+                        jsonpatch.apply_patch(current.raw, request.data)
+                    except (jsonpatch.JsonPatchConflict, jsonpatch.JsonPatchTestFailed) as exc:
+                        return await self._render_error(
+                            kmock.KubernetesError(status=422, reason="Invalid", message=str(exc))
+                        )
+        return await super()._handle(request)
+
+    def _record(self, request: kmock.Request) -> None:
+        resource = request.resource
+        if resource is None or request.action is None:
+            return
+        verb = _VERBS.get(str(request.action.value).lower())
+        if verb is None:
+            return
+        self.api_requests.add(
+            (verb, resource.group or "", resource.plural or "", request.subresource or "", request.namespace is not None)
+        )
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@contextlib.asynccontextmanager
+async def serve() -> AsyncIterator[tuple[Emulator, str]]:
+    """A running emulator with namespace ``default`` and the CRD declared; yields it and its URL."""
+    async with Emulator() as emulator, kmock.Server(emulator) as server:
+        emulator.objects["v1/namespaces", None, "default"] = {
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"},
+        }  # fmt: skip
+        yield emulator, str(server.url).rstrip("/")
+
+
+def recorded(requests: set[tuple[str, str, str, str, bool]]) -> list[dict[str, Any]]:
+    return [
+        {"verb": v, "group": g, "resource": r, "subresource": s, "namespaced": n}
+        for v, g, r, s, n in sorted(requests)
+    ]
+
+
+def objects_of(emulator: Emulator, resource: str, namespace: str = "default") -> dict[str, Mapping[str, Any]]:
+    out = {}
+    for key, obj in list(emulator.objects.items()):
+        res, ns, name = key
+        if str(res) == str(kmock.resource(resource)) or _same(res, resource):
+            if ns == namespace and not obj.deleted:
+                out[name] = json.loads(json.dumps(obj.raw))
+    return out
+
+
+def _same(res: Any, key: str) -> bool:
+    parts = key.split("/")
+    group, version, plural = ("", *parts) if len(parts) == 2 else parts
+    return (res.group or "") == group and res.version == version and res.plural == plural
