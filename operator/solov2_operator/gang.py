@@ -267,7 +267,8 @@ def plan(
         if not status.get("startTime"):
             w.patch["startTime"] = w.now
         w.cond(Condition.CREATED, True, Reason.GANG_CREATED, f"Service and {spec.nodes} worker pods")
-        w.cond(Condition.RESTARTING, False, Reason.GANG_CREATED, "")
+        last_failure = (_cond(status, Condition.RESTARTING) or {}).get("message", "")
+        w.cond(Condition.RESTARTING, False, Reason.GANG_CREATED, last_failure)
         if missing and len(missing) == spec.nodes:
             w.events.append(("Normal", Reason.GANG_CREATED, f"created {spec.nodes} worker pods"))
     running = [p for p in by_index.values() if _phase(p) in ("Running", "Succeeded")]

@@ -15,6 +15,7 @@ from kubernetes import config
 from kubernetes.client import ApiClient, Configuration, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
+from . import __version__
 from .manifests import LABEL_NAME, LABEL_TRAINING, PODGROUP_API, selector
 
 __all__ = ["GROUP", "PLURAL", "VERSION", "Kube", "Rejected", "load_api_client"]
@@ -46,6 +47,7 @@ class Kube:
 
     def __init__(self, api_client: ApiClient) -> None:
         self.api_client = api_client
+        api_client.user_agent = f"solov2-operator/{__version__}"
         self.core = CoreV1Api(api_client)
         self.custom = CustomObjectsApi(api_client)
 

@@ -25,8 +25,17 @@ TRAININGS = "solov2.io/v1alpha1/solov2trainings"
 PODS = "v1/pods"
 SERVICES = "v1/services"
 PODGROUPS = "scheduling.volcano.sh/v1beta1/podgroups"
+OPERATOR_AGENTS = ("kopf/", "solov2-operator/")
+"""User-Agent prefixes of the operator's requests (the tests' own client sends another)."""
 RECORDED = Path(__file__).with_name("recorded_api_requests.json")
-_VERBS = {"list": "list", "watch": "watch", "fetch": "get", "create": "create", "update": "patch", "delete": "delete"}
+_VERBS = {
+    "list": "list",
+    "watch": "watch",
+    "fetch": "get",
+    "create": "create",
+    "update": "patch",
+    "delete": "delete",
+}
 
 
 class Emulator(kmock.KubernetesEmulator):
@@ -49,17 +58,26 @@ class Emulator(kmock.KubernetesEmulator):
             verbs=["get", "list", "watch", "create", "update", "patch", "delete"],
             subresources=["status"],
         )
-        for key, kind in ((PODS, "Pod"), (SERVICES, "Service"), ("v1/events", "Event"), (PODGROUPS, "PodGroup")):
+        for key, kind in (
+            (PODS, "Pod"),
+            (SERVICES, "Service"),
+            ("v1/events", "Event"),
+            (PODGROUPS, "PodGroup"),
+        ):
             self.resources[key] = kmock.ResourceInfo(
                 kind=kind, namespaced=True, verbs=["get", "list", "watch", "create", "patch", "delete"]
             )
-        self.resources["v1/namespaces"] = kmock.ResourceInfo(kind="Namespace", namespaced=False, verbs=["get", "list"])
+        self.resources["v1/namespaces"] = kmock.ResourceInfo(
+            kind="Namespace", namespaced=False, verbs=["get", "list"]
+        )
 
     def _stamp(self, request: kmock.Request) -> None:
         version = str(next(self._counter))
         data = request.data
         if request.action == kmock.action.CREATE and isinstance(data, dict):
             meta = data.setdefault("metadata", {})
+            if not meta.get("name") and meta.get("generateName"):
+                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
             meta.setdefault("uid", str(uuid.uuid4()))
             meta.setdefault("creationTimestamp", _now())
             meta["resourceVersion"] = version
@@ -67,10 +85,9 @@ class Emulator(kmock.KubernetesEmulator):
             if request.namespace and not meta.get("namespace"):
                 meta["namespace"] = request.namespace
         elif request.action == kmock.action.UPDATE and request.name is not None:
-            key = (request.resource, request.namespace, request.name)
-            current = self.objects._objects.get(key) if hasattr(self.objects, "_objects") else None
+            current = self._current(request)
             generation = None
-            if current is not None and not current.deleted:
+            if current is not None:
                 generation = (current.get("metadata") or {}).get("generation", 1)
             if isinstance(data, dict):
                 meta = data.setdefault("metadata", {}) if data.get("metadata") is not None else None
@@ -87,8 +104,8 @@ class Emulator(kmock.KubernetesEmulator):
             self._record(request)
             self._stamp(request)
             if request.action == kmock.action.UPDATE and isinstance(request.data, list):
-                current = self.objects.get((request.resource, request.namespace, request.name))
-                if current is not None and not current.deleted:
+                current = self._current(request)
+                if current is not None:
                     try:
                         jsonpatch.apply_patch(current.raw, request.data)
                     except (jsonpatch.JsonPatchConflict, jsonpatch.JsonPatchTestFailed) as exc:
@@ -97,6 +114,13 @@ class Emulator(kmock.KubernetesEmulator):
                         )
         return await super()._handle(request)
 
+    def _current(self, request: kmock.Request) -> Any:
+        try:
+            current = self.objects[request.resource, request.namespace, request.name]
+        except (KeyError, LookupError):
+            return None
+        return None if current.deleted else current
+
     def _record(self, request: kmock.Request) -> None:
         resource = request.resource
         if resource is None or request.action is None:
@@ -104,9 +128,21 @@ class Emulator(kmock.KubernetesEmulator):
         verb = _VERBS.get(str(request.action.value).lower())
         if verb is None:
             return
-        self.api_requests.add(
-            (verb, resource.group or "", resource.plural or "", request.subresource or "", request.namespace is not None)
-        )
+        agent = str(request.headers.get("User-Agent", ""))
+        if agent.startswith(OPERATOR_AGENTS):
+            self.api_requests.add(
+                (
+                    verb,
+                    resource.group or "",
+                    resource.plural or "",
+                    request.subresource or "",
+                    request.namespace is not None,
+                )
+            )
+
+    def operator_requests(self) -> set[tuple[str, str, str, str, bool]]:
+        """(verb, group, resource, subresource, namespaced) of every request kopf or the operator made."""
+        return set(self.api_requests)
 
 
 def _now() -> str:
