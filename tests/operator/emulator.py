@@ -170,9 +170,8 @@ def objects_of(emulator: Emulator, resource: str, namespace: str = "default") ->
     out = {}
     for key, obj in list(emulator.objects.items()):
         res, ns, name = key
-        if str(res) == str(kmock.resource(resource)) or _same(res, resource):
-            if ns == namespace and not obj.deleted:
-                out[name] = json.loads(json.dumps(obj.raw))
+        if _same(res, resource) and ns == namespace and not obj.deleted:
+            out[name] = json.loads(json.dumps(obj.raw))
     return out
 
 
