@@ -163,7 +163,15 @@ async def cluster() -> AsyncIterator[Cluster]:
         api = ApiClient(Configuration(host=url))
         async with run_operator(emulator, url) as config:
             yield Cluster(emulator, url, config, CoreV1Api(api), CustomObjectsApi(api))
-        ALL_REQUESTS.update(emulator.operator_requests())
+        made = emulator.operator_requests()
+        ALL_REQUESTS.update(made)
+        if os.environ.get("SOLOV2_RECORD_API_REQUESTS") != "1":
+            committed = {tuple(r.values()) for r in json.loads(RECORDED.read_text())}
+            unlisted = recorded(made - committed)
+            assert not unlisted, (
+                f"the operator made API requests missing from {RECORDED.name} (the chart's RBAC is checked "
+                f"against it; rerun with SOLOV2_RECORD_API_REQUESTS=1 to rewrite it): {unlisted}"
+            )
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

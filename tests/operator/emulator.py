@@ -126,7 +126,7 @@ class Emulator(kmock.KubernetesEmulator):
         if resource is None or request.action is None:
             return
         verb = _VERBS.get(str(request.action.value).lower())
-        if verb is None:
+        if verb is None or not resource.plural:  # discovery (/api/v1, /apis/<group>/<version>): no RBAC
             return
         agent = str(request.headers.get("User-Agent", ""))
         if agent.startswith(OPERATOR_AGENTS):

@@ -229,3 +229,17 @@ async def test_operator_metrics_count_trainings_by_phase(cluster: Cluster):
     await cluster.delete("m2")
     await cluster.wait(lambda: gauge("Suspended") == 0, message="deleted training leaves the gauge")
     assert metrics.registry.get_sample_value("solov2_operator_info", {"version": "0.1.0"}) == 1
+
+
+async def test_gang_scheduling_creates_an_owned_podgroup(cluster: Cluster):
+    spec = {**CPU_2, "schedulerName": "volcano", "gangScheduling": {"minAvailable": 2, "queue": "q"}}
+    await cluster.create("gang", spec)
+    pods = await cluster.wait(lambda: len(cluster.pods("gang")) == 2 and cluster.pods("gang"))
+    from .emulator import PODGROUPS, objects_of
+
+    group = objects_of(cluster.emulator, PODGROUPS)["gang"]
+    assert group["spec"] == {"minMember": 2, "queue": "q"}
+    assert group["metadata"]["ownerReferences"][0]["uid"] == cluster.training("gang")["metadata"]["uid"]
+    for pod in pods.values():
+        assert pod["metadata"]["annotations"]["scheduling.k8s.io/group-name"] == "gang"
+        assert pod["spec"]["schedulerName"] == "volcano"
