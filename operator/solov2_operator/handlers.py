@@ -1,7 +1,8 @@
 """Thin kopf handlers: every trigger reconciles the training it concerns (see :mod:`.reconcile`).
 
-Triggers: a SOLOv2Training created, resumed after an operator restart or changed; a worker pod's event;
-and a resync timer per training, which also reads rank 0's progress.
+Triggers (all level-based, nothing is stored by kopf): a SOLOv2Training seen for the first time (created,
+or found when the operator starts) or with a changed spec; a worker pod whose phase or state changed or
+that went away; and a resync timer per training, which also reads rank 0's progress.
 """
 
 from __future__ import annotations
@@ -69,36 +70,52 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = No
         if "reconcile" in state:
             await state["reconcile"].close()
 
-    async def changed(namespace: str, name: str, **_: Any) -> None:
-        await state["reconcile"](namespace, name)
-
     async def tick(namespace: str, name: str, **_: Any) -> None:
         await state["reconcile"](namespace, name, read_progress=True)
 
-    async def pod_event(namespace: str, labels: dict[str, str], type: str | None, **_: Any) -> None:
-        training = training_of(labels)
-        if training and type is not None:
-            await state["reconcile"](namespace, training)
-
-    async def training_event(namespace: str, name: str, type: str | None, **_: Any) -> None:
+    async def training_event(
+        namespace: str, name: str, type: str | None, body: kopf.Body, status: kopf.Status, **_: Any
+    ) -> None:
+        """Level-triggered: a new training (or one found at start-up) and a changed spec reconcile at
+        once; the operator's own status writes do not."""
         if type == "DELETED":
             metrics.observe(namespace, name, None)
+        elif type in (None, "ADDED") or body.metadata.get("generation") != status.get("observedGeneration"):
+            await state["reconcile"](namespace, name)
+
+    seen: dict[str, tuple[Any, ...]] = {}
+
+    async def pod_event(
+        namespace: str, labels: dict[str, str], type: str | None, body: kopf.Body, **_: Any
+    ) -> None:
+        """A worker that changed phase, readiness or state, or went away, reconciles its training."""
+        training = training_of(labels)
+        uid = body.metadata.uid
+        if not training or uid is None:
+            return
+        pod_status = body.get("status") or {}
+        key = (
+            pod_status.get("phase"),
+            bool(body.metadata.get("deletionTimestamp")),
+            repr(pod_status.get("conditions")),
+            repr([c.get("state", {}).keys() for c in pod_status.get("containerStatuses") or ()]),
+        )
+        if type == "DELETED":
+            seen.pop(uid, None)
+        elif seen.get(uid) == key or pod_status.get("phase") is None:
+            seen[uid] = key
+            return  # nothing the gang's state depends on changed (or the pod was just created)
+        else:
+            seen[uid] = key
+        await state["reconcile"](namespace, training)
 
     kopf.on.startup(registry=registry)(startup)
     kopf.on.cleanup(registry=registry)(cleanup)
-    for decorator, handler_id in (
-        (kopf.on.create(*resource, registry=registry, id="create"), "create"),
-        (kopf.on.resume(*resource, registry=registry, id="resume"), "resume"),
-        (kopf.on.update(*resource, field="spec", registry=registry, id="update"), "update"),
-    ):
-        decorator(_counted(metrics, handler_id, changed))
     kopf.timer(*resource, interval=config.resync_seconds, registry=registry, id="resync")(
         _counted(metrics, "resync", tick)
     )
-    kopf.on.event(*resource, registry=registry, id="training-event")(
-        _counted(metrics, "training", training_event)
-    )
-    kopf.on.event("v1", "pods", labels={LABEL_NAME: APP_NAME}, registry=registry, id="pod-event")(
+    kopf.on.event(*resource, registry=registry, id="training")(_counted(metrics, "training", training_event))
+    kopf.on.event("v1", "pods", labels={LABEL_NAME: APP_NAME}, registry=registry, id="pod")(
         _counted(metrics, "pod", pod_event)
     )
     return config

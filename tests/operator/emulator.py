@@ -1,6 +1,6 @@
 """kmock's KubernetesEmulator with the fixes the operator's tests need, and a recorder of API requests.
 
-kmock 0.8 stamps no uid, resourceVersion, generation or creationTimestamp; answers a failed JSON-patch
+kmock 0.8 keeps (and searches) every request ever served; stamps no uid, resourceVersion, generation or creationTimestamp; answers a failed JSON-patch
 ``test`` with 500 instead of 422; ignores ``labelSelector`` (the operator filters by labels itself);
 collects no garbage (tests assert owner references instead); and serves only declared resources.
 """
@@ -47,6 +47,7 @@ class Emulator(kmock.KubernetesEmulator):
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.api_requests = set()
+        self._in_flight: set[int] = set()
         crd = yaml.safe_load((ROOT / "crds" / "solov2trainings.yaml").read_text())
         names = crd["spec"]["names"]
         self.resources[TRAININGS] = kmock.ResourceInfo(
@@ -100,6 +101,16 @@ class Emulator(kmock.KubernetesEmulator):
                 data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
 
     async def _handle(self, request: kmock.Request) -> Any:
+        # kmock matches every request against its whole request history (the cost grows with each
+        # request served); nothing here reads that history, so it keeps only the requests in flight.
+        self._in_flight.add(id(request))
+        self._requests[:] = [r for r in self._requests if id(r) in self._in_flight]
+        try:
+            return await self._handle_stamped(request)
+        finally:
+            self._in_flight.discard(id(request))
+
+    async def _handle_stamped(self, request: kmock.Request) -> Any:
         if request.resource is not None:
             self._record(request)
             self._stamp(request)
@@ -150,9 +161,9 @@ def _now() -> str:
 
 
 @contextlib.asynccontextmanager
-async def serve() -> AsyncIterator[tuple[Emulator, str]]:
+async def serve(cls: type[Emulator] = Emulator) -> AsyncIterator[tuple[Emulator, str]]:
     """A running emulator with namespace ``default`` and the CRD declared; yields it and its URL."""
-    async with Emulator() as emulator, kmock.Server(emulator) as server:
+    async with cls() as emulator, kmock.Server(emulator) as server:
         emulator.objects["v1/namespaces", None, "default"] = {
             "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"},
         }  # fmt: skip
