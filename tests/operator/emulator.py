@@ -1,8 +1,10 @@
 """kmock's KubernetesEmulator with the fixes the operator's tests need, and a recorder of API requests.
 
-kmock 0.8 keeps (and searches) every request ever served; stamps no uid, resourceVersion, generation or creationTimestamp; answers a failed JSON-patch
-``test`` with 500 instead of 422; ignores ``labelSelector`` (the operator filters by labels itself);
-collects no garbage (tests assert owner references instead); and serves only declared resources.
+kmock 0.8 keeps (and searches) every request ever served; stamps no uid, resourceVersion, generation
+or creationTimestamp; answers a failed JSON-patch ``test`` with 500 instead of 422; ignores
+``labelSelector`` (the operator filters by labels itself); collects no garbage (tests assert owner
+references instead); cannot parse a cluster-wide ``GET /api/v1/namespaces`` (kopf's namespace scanning
+is switched off); and serves only declared resources.
 """
 
 from __future__ import annotations
