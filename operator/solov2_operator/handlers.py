@@ -2,11 +2,12 @@
 
 Triggers (all level-based, nothing is stored by kopf): a SOLOv2Training seen for the first time (created,
 or found when the operator starts) or with a changed spec; a worker pod whose phase or state changed or
-that went away; and a resync timer per training, which also reads rank 0's progress.
+that went away; and a resync loop over all trainings, which also reads rank 0's progress.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -59,19 +60,40 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = No
     state: dict[str, Reconciler] = {}
     resource = (GROUP, VERSION, PLURAL)
 
+    known: set[tuple[str, str]] = set()
+    tasks: list[asyncio.Task[None]] = []
+
+    async def resync() -> None:
+        """Every ``resync_seconds``: reconcile every known training and read its progress. (Not a
+        kopf timer: those put a finalizer on every training.)"""
+        limit = asyncio.Semaphore(8)
+
+        async def one(key: tuple[str, str]) -> None:
+            async with limit:
+                try:
+                    await state["reconcile"](*key, read_progress=True)
+                except Exception:
+                    metrics.handler_errors.labels(handler="resync").inc()
+                    log.exception("resync of %s/%s failed", *key)
+
+        while True:
+            await asyncio.sleep(config.resync_seconds)
+            await asyncio.gather(*(one(key) for key in sorted(known)))
+
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.level = logging.INFO
         kube = config.kube or Kube(load_api_client())
         state["reconcile"] = Reconciler(kube, metrics, config.progress_timeout)
         if config.metrics_port is not None:
             metrics.serve(config.metrics_port)
+        tasks.append(asyncio.create_task(resync(), name="solov2-resync"))
 
     async def cleanup(**_: Any) -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if "reconcile" in state:
             await state["reconcile"].close()
-
-    async def tick(namespace: str, name: str, **_: Any) -> None:
-        await state["reconcile"](namespace, name, read_progress=True)
 
     async def training_event(
         namespace: str, name: str, type: str | None, body: kopf.Body, status: kopf.Status, **_: Any
@@ -79,8 +101,11 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = No
         """Level-triggered: a new training (or one found at start-up) and a changed spec reconcile at
         once; the operator's own status writes do not."""
         if type == "DELETED":
+            known.discard((namespace, name))
             metrics.observe(namespace, name, None)
-        elif type in (None, "ADDED") or body.metadata.get("generation") != status.get("observedGeneration"):
+            return
+        known.add((namespace, name))
+        if type in (None, "ADDED") or body.metadata.get("generation") != status.get("observedGeneration"):
             await state["reconcile"](namespace, name)
 
     seen: dict[str, tuple[Any, ...]] = {}
@@ -111,9 +136,6 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = No
 
     kopf.on.startup(registry=registry)(startup)
     kopf.on.cleanup(registry=registry)(cleanup)
-    kopf.timer(*resource, interval=config.resync_seconds, registry=registry, id="resync")(
-        _counted(metrics, "resync", tick)
-    )
     kopf.on.event(*resource, registry=registry, id="training")(_counted(metrics, "training", training_event))
     kopf.on.event("v1", "pods", labels={LABEL_NAME: APP_NAME}, registry=registry, id="pod")(
         _counted(metrics, "pod", pod_event)
