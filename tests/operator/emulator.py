@@ -50,6 +50,8 @@ class Emulator(kmock.KubernetesEmulator):
         super().__attrs_post_init__()
         self.api_requests = set()
         self._in_flight: set[int] = set()
+        self.reject: dict[str, str] = {}
+        """Names whose create is refused with 422 and this message."""
         crd = yaml.safe_load((ROOT / "crds" / "solov2trainings.yaml").read_text())
         names = crd["spec"]["names"]
         self.resources[TRAININGS] = kmock.ResourceInfo(
@@ -113,6 +115,12 @@ class Emulator(kmock.KubernetesEmulator):
             self._in_flight.discard(id(request))
 
     async def _handle_stamped(self, request: kmock.Request) -> Any:
+        if request.resource is not None and request.action == kmock.action.CREATE:
+            name = ((request.data or {}).get("metadata") or {}).get("name")
+            if name in self.reject:  # as an admission webhook or a quota would
+                self._record(request)
+                error = kmock.KubernetesError(status=422, reason="Invalid", message=self.reject[name])
+                return await self._render_error(error)
         if request.resource is not None:
             self._record(request)
             self._stamp(request)

@@ -243,3 +243,14 @@ async def test_gang_scheduling_creates_an_owned_podgroup(cluster: Cluster):
     for pod in pods.values():
         assert pod["metadata"]["annotations"]["scheduling.k8s.io/group-name"] == "gang"
         assert pod["spec"]["schedulerName"] == "volcano"
+
+
+async def test_a_pod_the_api_server_rejects_fails_the_training_and_leaves_no_half_gang(cluster: Cluster):
+    cluster.emulator.reject["half-worker-1"] = 'Pod "half-worker-1" is invalid: spec.nodeSelector: bad label'
+    await cluster.create("half", CPU_2)
+    await cluster.wait(lambda: cluster.phase("half") == "Failed")
+    failed = cluster.condition("half", "Failed")
+    assert failed["reason"] == "InvalidSpec" and "spec.nodeSelector: bad label" in failed["message"]
+    await cluster.wait(lambda: not cluster.pods("half"), message="worker 0 deleted again")
+    await asyncio.sleep(0.5)
+    assert not cluster.pods("half")
