@@ -86,7 +86,6 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = No
         state["reconcile"] = Reconciler(kube, metrics, config.progress_timeout)
         if config.metrics_port is not None:
             metrics.serve(config.metrics_port)
-        tasks.append(asyncio.create_task(resync(), name="solov2-resync"))
 
     async def cleanup(**_: Any) -> None:
         for task in tasks:
@@ -105,8 +104,10 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = No
             metrics.observe(namespace, name, None)
             return
         known.add((namespace, name))
+        if not tasks:  # started from a handler: kopf's event posting needs the context handlers run in
+            tasks.append(asyncio.create_task(resync(), name="solov2-resync"))
         if type in (None, "ADDED") or body.metadata.get("generation") != status.get("observedGeneration"):
-            await state["reconcile"](namespace, name)
+            await state["reconcile"](namespace, name, new=body if type == "ADDED" else None)
 
     seen: dict[str, tuple[Any, ...]] = {}
 

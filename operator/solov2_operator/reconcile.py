@@ -50,13 +50,19 @@ class Reconciler:
         self.progress_timeout = progress_timeout
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._waiting: set[tuple[str, str]] = set()
+        self._seen: set[tuple[str, str]] = set()
         self._session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
 
-    async def __call__(self, namespace: str, name: str, *, read_progress: bool = False) -> str | None:
+    async def __call__(
+        self, namespace: str, name: str, *, read_progress: bool = False, new: Mapping[str, Any] | None = None
+    ) -> str | None:
+        """Reconcile one training. ``new``: its body as just announced by the API server, when it has no
+        status yet (nothing of it can exist but what a previous operator created, which a create then
+        finds): saves reading it and listing its pods."""
         key = (namespace, name)
         if key in self._waiting and not read_progress:
             return None
@@ -65,17 +71,22 @@ class Reconciler:
         try:
             async with lock:
                 self._waiting.discard(key)
-                return await self._reconcile(namespace, name, read_progress)
+                return await self._reconcile(namespace, name, read_progress, new)
         finally:
             self._waiting.discard(key)
 
-    async def _reconcile(self, namespace: str, name: str, want_progress: bool) -> str | None:
-        training = await self.kube.get_training(namespace, name)
+    async def _reconcile(
+        self, namespace: str, name: str, want_progress: bool, new: Mapping[str, Any] | None
+    ) -> str | None:
+        fresh = new is not None and not new.get("status") and (namespace, name) not in self._seen
+        training = dict(new) if fresh and new is not None else await self.kube.get_training(namespace, name)
+        self._seen.add((namespace, name))
         if training is None or (training.get("metadata") or {}).get("deletionTimestamp"):
             self.metrics.observe(namespace, name, None)
             self._locks.pop((namespace, name), None)
+            self._seen.discard((namespace, name))
             return None
-        pods = await self.kube.list_workers(namespace, name)
+        pods = [] if fresh else await self.kube.list_workers(namespace, name)
         decided = plan(training, pods)
         try:
             await self._create(training, decided)

@@ -163,6 +163,12 @@ async def cluster() -> AsyncIterator[Cluster]:
         api = ApiClient(Configuration(host=url))
         async with run_operator(emulator, url) as config:
             yield Cluster(emulator, url, config, CoreV1Api(api), CustomObjectsApi(api))
+            errors = {
+                s.labels["handler"]: s.value
+                for m in config.metrics.registry.collect() if m.name == "solov2_operator_handler_errors"
+                for s in m.samples if s.name.endswith("_total") and s.value
+            }  # fmt: skip
+            assert not errors, f"operator handlers raised: {errors}"
         made = emulator.operator_requests()
         ALL_REQUESTS.update(made)
         if os.environ.get("SOLOV2_RECORD_API_REQUESTS") != "1":
