@@ -4,7 +4,7 @@
     python bench/operator_scale.py --counts 100 300
 
 Runs kmock's Kubernetes emulator in this process and the operator as a real ``kopf run`` process
-against it (watching namespace ``default``, default settings). For each count, that many two-worker
+against it (cluster-wide, default settings). For each count, that many two-worker
 CPU trainings are created at once; the emulator timestamps each request as it arrives, so a training's
 latency is (arrival of its last worker pod's create) - (arrival of the training's create). Prints one
 JSON object: p50/p99/max latency per count, and the operator process's resident memory (VmRSS, and the
@@ -116,7 +116,7 @@ async def main(counts: list[int]) -> dict:
             }))  # fmt: skip
             env = {**os.environ, "KUBECONFIG": str(kubeconfig), "SOLOV2_TEST_API_URL": url}
             process = await asyncio.create_subprocess_exec(
-                KOPF, "run", "--standalone", "--namespace", "default", "--quiet", str(LOGIN),
+                KOPF, "run", "--standalone", "--all-namespaces", "--quiet", str(LOGIN),
                 "-m", "solov2_operator.kopf_app", env=env,
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
             )  # fmt: skip

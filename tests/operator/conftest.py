@@ -138,7 +138,7 @@ async def run_operator(emulator: Emulator, url: str, resync: float = 0.2) -> Asy
         try:
             asyncio.run(
                 kopf.operator(
-                    registry=registry, settings=settings, namespaces=["default"], standalone=True,
+                    registry=registry, settings=settings, clusterwide=True, standalone=True,
                     stop_flag=stop, ready_flag=ready,
                 )
             )  # fmt: skip

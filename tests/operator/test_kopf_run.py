@@ -32,7 +32,7 @@ async def test_kopf_run_process_creates_the_gang_and_writes_status(tmp_path, unu
         env = {**os.environ, "KUBECONFIG": str(kubeconfig), "SOLOV2_TEST_API_URL": url}
         login = Path(__file__).with_name("kopf_run_login.py")
         process = await asyncio.create_subprocess_exec(
-            str(KOPF), "run", "--standalone", "--namespace", "default",
+            str(KOPF), "run", "--standalone", "--all-namespaces",
             "--liveness", f"http://127.0.0.1:{unused_tcp_port}/healthz",
             str(login), "-m", "solov2_operator.kopf_app",
             env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
