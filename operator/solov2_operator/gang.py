@@ -28,6 +28,7 @@ class WorkerFailure:
     exit_code: int | None
     reason: str
     failure: Failure | None
+    finished_at: str | None = None
 
     def describe(self) -> str:
         text = f"pod {self.pod}"
@@ -89,6 +90,7 @@ def _failure(pod: Mapping[str, Any]) -> WorkerFailure | None:
             exit_code=terminated.get("exitCode"),
             reason=terminated.get("reason") or "",
             failure=parse_failure(terminated.get("message")),
+            finished_at=terminated.get("finishedAt"),
         )
     if _phase(pod) == "Failed":
         return WorkerFailure(name, None, (pod.get("status") or {}).get("reason") or "Failed", None)
@@ -230,7 +232,7 @@ def plan(
         ]
     failures = [f for f in failures if not (f.failure and f.failure.terminated and phase == Phase.SUSPENDED)]
     if failures:
-        first = failures[0]
+        first = min(failures, key=lambda f: f.finished_at or "~")  # the root cause: the first to stop
         fatal = next((f for f in failures if f.failure is not None and not f.failure.retryable), None)
         if fatal is not None:
             _fail(w, out, Reason.NOT_RETRYABLE, fatal.describe(), pods)
