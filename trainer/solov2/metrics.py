@@ -48,6 +48,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info, start_http_server
 
+from solov2_contract import ERROR, ERROR_CHARS, ERROR_TYPE, RETRYABLE, TERMINATION_MESSAGE_LIMIT, Metrics
+
 from .errors import UserError
 
 __all__ = [
@@ -61,7 +63,6 @@ __all__ = [
 _EVAL_IOU_TYPES = ("segm", "bbox")
 _EVAL_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-_ERROR_CHARS = 1000  # of an error's text in a failure's termination message
 
 
 class TrainingMetrics:
@@ -76,17 +77,17 @@ class TrainingMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.images_per_second = Gauge(
-            "solov2_train_images_per_second", "Training images per second over all ranks", registry=r
+            Metrics.IMAGES_PER_SECOND, "Training images per second over all ranks", registry=r
         )
-        self.loss = Gauge("solov2_train_loss", "Last logged training loss", ["component"], registry=r)
-        self.learning_rate = Gauge("solov2_train_learning_rate", "Current learning rate", registry=r)
-        self.epoch = Gauge("solov2_train_epoch", "Current epoch (1-based)", registry=r)
-        self.total_epochs = Gauge("solov2_train_total_epochs", "Epochs of the whole run", registry=r)
-        self.iteration = Gauge("solov2_train_iteration", "Global iterations done", registry=r)
+        self.loss = Gauge(Metrics.LOSS, "Last logged training loss", [Metrics.LOSS_LABEL], registry=r)
+        self.learning_rate = Gauge(Metrics.LEARNING_RATE, "Current learning rate", registry=r)
+        self.epoch = Gauge(Metrics.EPOCH, "Current epoch (1-based)", registry=r)
+        self.total_epochs = Gauge(Metrics.TOTAL_EPOCHS, "Epochs of the whole run", registry=r)
+        self.iteration = Gauge(Metrics.ITERATION, "Global iterations done", registry=r)
         self.total_iterations = Gauge(
-            "solov2_train_total_iterations", "Global iterations of the whole run", registry=r
+            Metrics.TOTAL_ITERATIONS, "Global iterations of the whole run", registry=r
         )
-        self.eta_seconds = Gauge("solov2_train_eta_seconds", "Estimated seconds left", registry=r)
+        self.eta_seconds = Gauge(Metrics.ETA_SECONDS, "Estimated seconds left", registry=r)
         self.data_wait = Gauge(
             "solov2_train_data_wait_seconds", "Seconds a step waited for data (smoothed)", registry=r
         )
@@ -222,8 +223,6 @@ class NullMetrics:
 # ---------------------------------------------------------------------------------------------
 # Termination message
 
-TERMINATION_MESSAGE_LIMIT = 4096
-"""Kubernetes keeps at most this many bytes of a container's termination message."""
 _ESSENTIAL_KEYS = (
     *(f"{t}_{m}" for t in _EVAL_IOU_TYPES for m in _EVAL_METRICS),
     "epochs",
@@ -266,9 +265,9 @@ def failure_message(exc: Exception) -> dict[str, Any]:
     (``retryable`` is false for errors of the user's making: config, data, weights, divergence)."""
     text = str(exc) or type(exc).__name__
     return {
-        "error": text if len(text) <= _ERROR_CHARS else text[: _ERROR_CHARS - 3] + "...",
-        "error_type": type(exc).__name__,
-        "retryable": not isinstance(exc, UserError),
+        ERROR: text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 3] + "...",
+        ERROR_TYPE: type(exc).__name__,
+        RETRYABLE: not isinstance(exc, UserError),
     }
 
 

@@ -50,7 +50,7 @@ cluster-scoped rules always go into a ClusterRole.
 {{- define "solov2-operator.namespacedRules" -}}
 - apiGroups: [solov2.io]
   resources: [solov2trainings]
-  verbs: [list, watch, patch]
+  verbs: [get, list, watch, patch, delete]
 - apiGroups: [solov2.io]
   resources: [solov2trainings/status]
   verbs: [patch]
@@ -59,17 +59,12 @@ cluster-scoped rules always go into a ClusterRole.
   verbs: [list, watch, create, delete]
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, create]
+  verbs: [create]
 - apiGroups: [scheduling.volcano.sh]
   resources: [podgroups]
-  verbs: [get, create]
+  verbs: [create]
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
 {{- end -}}
 
-{{- define "solov2-operator.clusterRules" -}}
-- apiGroups: [apiextensions.k8s.io]
-  resources: [customresourcedefinitions]
-  verbs: [list, watch]
-{{- end -}}

@@ -1,0 +1,151 @@
+"""The few API calls the operator makes itself, with the official client (run in threads).
+
+kopf watches and patches SOLOv2Trainings and posts events; everything else goes through here.
+Bodies are plain dicts in the API's own (camelCase) shape, as the builders return them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes import config
+from kubernetes.client import ApiClient, Configuration, CoreV1Api, CustomObjectsApi
+from kubernetes.client.exceptions import ApiException
+
+from . import __version__
+from .manifests import LABEL_NAME, LABEL_TRAINING, PODGROUP_API, selector
+
+__all__ = ["GROUP", "PLURAL", "VERSION", "Kube", "Rejected", "load_api_client"]
+
+GROUP, VERSION, PLURAL = "solov2.io", "v1alpha1", "solov2trainings"
+_MERGE_PATCH = "application/merge-patch+json"
+
+
+class Rejected(Exception):
+    """The API server refused to create a child built from the spec (HTTP 400 or 422)."""
+
+
+def load_api_client() -> ApiClient:
+    """An API client for the cluster the operator runs in, else the current kubeconfig context."""
+    configuration = Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException:
+        config.load_kube_config(client_configuration=configuration)
+    return ApiClient(configuration)
+
+
+def _loads(response: Any) -> Any:
+    return json.loads(response.data)
+
+
+class Kube:
+    """Async wrappers over :class:`CoreV1Api` and :class:`CustomObjectsApi`."""
+
+    def __init__(self, api_client: ApiClient) -> None:
+        self.api_client = api_client
+        api_client.user_agent = f"solov2-operator/{__version__}"
+        self.core = CoreV1Api(api_client)
+        self.custom = CustomObjectsApi(api_client)
+
+    async def get_training(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            response = await asyncio.to_thread(
+                self.custom.get_namespaced_custom_object,
+                GROUP, VERSION, namespace, PLURAL, name, _preload_content=False,
+            )  # fmt: skip
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return _loads(response)
+
+    async def list_workers(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        """The pods of training ``name`` (filtered here too, in case a server ignores the selector)."""
+        wanted = selector(name)
+        label_selector = ",".join(f"{k}={v}" for k, v in wanted.items())
+        response = await asyncio.to_thread(
+            self.core.list_namespaced_pod, namespace, label_selector=label_selector, _preload_content=False
+        )
+        pods = _loads(response).get("items") or []
+        return [
+            p
+            for p in pods
+            if all(((p.get("metadata") or {}).get("labels") or {}).get(k) == v for k, v in wanted.items())
+        ]
+
+    async def create(self, body: Mapping[str, Any]) -> bool:
+        """Create a child; False if it exists already. Raises :class:`Rejected` on 400/422."""
+        namespace = body["metadata"]["namespace"]
+        kind = body["kind"]
+        try:
+            if kind == "Pod":
+                await asyncio.to_thread(
+                    self.core.create_namespaced_pod, namespace, body, _preload_content=False
+                )
+            elif kind == "Service":
+                await asyncio.to_thread(
+                    self.core.create_namespaced_service, namespace, body, _preload_content=False
+                )
+            elif kind == "PodGroup":
+                group, version, plural = PODGROUP_API
+                await asyncio.to_thread(
+                    self.custom.create_namespaced_custom_object,
+                    group, version, namespace, plural, body, _preload_content=False,
+                )  # fmt: skip
+            else:
+                raise ValueError(f"cannot create a {kind}")
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            if exc.status in (400, 422):
+                raise Rejected(f"{kind} {body['metadata']['name']}: {_reason(exc)}") from exc
+            raise
+        return True
+
+    async def delete_pod(self, namespace: str, name: str) -> None:
+        try:
+            await asyncio.to_thread(self.core.delete_namespaced_pod, name, namespace, _preload_content=False)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        await asyncio.to_thread(
+            self.custom.patch_namespaced_custom_object_status,
+            GROUP, VERSION, namespace, PLURAL, name, {"status": dict(status)},
+            _content_type=_MERGE_PATCH, _preload_content=False,
+        )  # fmt: skip
+
+    async def patch_annotations(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
+        await asyncio.to_thread(
+            self.custom.patch_namespaced_custom_object,
+            GROUP, VERSION, namespace, PLURAL, name, {"metadata": {"annotations": dict(annotations)}},
+            _content_type=_MERGE_PATCH, _preload_content=False,
+        )  # fmt: skip
+
+    async def delete_training(self, namespace: str, name: str) -> None:
+        try:
+            await asyncio.to_thread(
+                self.custom.delete_namespaced_custom_object,
+                GROUP, VERSION, namespace, PLURAL, name, _preload_content=False,
+            )  # fmt: skip
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+def _reason(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except ValueError:
+        return str(exc.reason)
+
+
+def training_of(pod_labels: Mapping[str, str] | None) -> str | None:
+    """The training a worker pod belongs to, from its labels."""
+    labels = pod_labels or {}
+    return labels.get(LABEL_TRAINING) if labels.get(LABEL_NAME) else None

@@ -1,0 +1,307 @@
+"""Pure builders: a SOLOv2Training (name, namespace, spec) in, its children out as plain dicts.
+
+The Service and the pods are built with the official client's typed models (``V1Pod``, ...) and
+serialised as the API server expects them; the Volcano PodGroup has no typed model and is a dict.
+Nothing here talks to a cluster: owner references are added by the handlers (``kopf.adopt``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes.client import (
+    ApiClient,
+    V1Container,
+    V1ContainerPort,
+    V1EmptyDirVolumeSource,
+    V1EnvVar,
+    V1EnvVarSource,
+    V1ObjectFieldSelector,
+    V1ObjectMeta,
+    V1PersistentVolumeClaimVolumeSource,
+    V1Pod,
+    V1PodSpec,
+    V1ResourceRequirements,
+    V1Service,
+    V1ServicePort,
+    V1ServiceSpec,
+    V1Toleration,
+    V1Volume,
+    V1VolumeMount,
+)
+
+from solov2_contract import TERMINATION_LOG, TrainFlags
+
+from .spec import TrainingSpec
+
+__all__ = [
+    "DNS_WAIT_SECONDS",
+    "GRACE_PERIOD_SECONDS",
+    "GROUP_NAME_ANNOTATION",
+    "LABEL_INDEX",
+    "LABEL_METRICS",
+    "LABEL_NAME",
+    "LABEL_TRAINING",
+    "build_pod",
+    "build_podgroup",
+    "build_pods",
+    "build_service",
+    "master_addr",
+    "pod_labels",
+    "selector",
+    "work_dir",
+    "worker_name",
+]
+
+APP_NAME = "solov2-training"
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_TRAINING = "solov2.io/training"
+LABEL_INDEX = "solov2.io/worker-index"
+LABEL_METRICS = "solov2.io/metrics"
+GROUP_NAME_ANNOTATION = "scheduling.k8s.io/group-name"
+PODGROUP_API = ("scheduling.volcano.sh", "v1beta1", "podgroups")
+GRACE_PERIOD_SECONDS = 180
+"""Time between SIGTERM and SIGKILL: the trainer saves a checkpoint on SIGTERM before it exits."""
+DNS_WAIT_SECONDS = 600
+"""How long a worker waits for worker 0's name to resolve (env ``SOLOV2_DNS_WAIT_SECONDS`` overrides)."""
+HCCL_CONNECT_TIMEOUT = "600"
+CONTAINER = "trainer"
+
+# Waits (bounded) until worker 0's DNS name resolves, then runs the command given as arguments. On
+# timeout it writes a retryable failure termination message that names the Service to check.
+_WAIT_FOR_MASTER = """\
+limit="${SOLOV2_DNS_WAIT_SECONDS:-%(wait)d}"; waited=0
+until python3 -c 'import socket, sys; socket.getaddrinfo(sys.argv[1], None)' "$MASTER_ADDR" 2>/dev/null; do
+  if [ "$waited" -ge "$limit" ]; then
+    msg="worker 0's name $MASTER_ADDR did not resolve within ${limit}s: check the headless Service $SOLOV2_SERVICE"
+    echo "solov2: $msg" >&2
+    printf '{"error": "%%s", "error_type": "RendezvousTimeout", "retryable": true}' "$msg" \
+      > "${SOLOV2_TERMINATION_LOG:-%(log)s}"
+    exit 1
+  fi
+  sleep 2; waited=$((waited + 2))
+done
+exec "$@"
+"""
+
+_API = ApiClient()
+
+
+def _plain(model: Any) -> dict[str, Any]:
+    return _API.sanitize_for_serialization(model)
+
+
+def worker_name(name: str, index: int) -> str:
+    """Pod name (and hostname) of worker ``index``."""
+    return f"{name}-worker-{index}"
+
+
+def master_addr(name: str, namespace: str) -> str:
+    """Worker 0's DNS name through the headless Service."""
+    return f"{worker_name(name, 0)}.{name}.{namespace}.svc"
+
+
+def work_dir(name: str, spec: TrainingSpec) -> str:
+    """The trainer's ``--work-dir``: ``<checkpointVolume.mountPath>/<name>``, else ``/output/<name>``."""
+    mount = (spec.checkpoint_volume or {}).get("mountPath", "/output")
+    return f"{mount.rstrip('/')}/{name}"
+
+
+def selector(name: str) -> dict[str, str]:
+    """Labels every worker of training ``name`` carries."""
+    return {LABEL_NAME: APP_NAME, LABEL_TRAINING: name}
+
+
+def pod_labels(name: str, index: int) -> dict[str, str]:
+    labels = {**selector(name), LABEL_INDEX: str(index)}
+    if index == 0:
+        labels[LABEL_METRICS] = "true"
+    return labels
+
+
+def build_service(name: str, namespace: str, spec: TrainingSpec) -> dict[str, Any]:
+    """The headless Service that gives every worker a DNS name, ready or not."""
+    service = V1Service(
+        api_version="v1",
+        kind="Service",
+        metadata=V1ObjectMeta(name=name, namespace=namespace, labels=selector(name)),
+        spec=V1ServiceSpec(
+            cluster_ip="None",
+            publish_not_ready_addresses=True,
+            selector=selector(name),
+            ports=[
+                V1ServicePort(name="rendezvous", port=spec.master_port, target_port=spec.master_port),
+                V1ServicePort(name="metrics", port=spec.metrics_port, target_port=spec.metrics_port),
+            ],
+        ),
+    )
+    return _plain(service)
+
+
+def trainer_args(name: str, namespace: str, spec: TrainingSpec, index: int) -> list[str]:
+    """``torchrun ... -m solov2.cli train ...`` for worker ``index``."""
+    args = [
+        "torchrun",
+        "--nnodes", str(spec.nodes),
+        "--node-rank", str(index),
+        "--nproc-per-node", str(spec.devices_per_node),
+        "--master-addr", master_addr(name, namespace),
+        "--master-port", str(spec.master_port),
+        "-m", TrainFlags.MODULE, TrainFlags.COMMAND,
+        TrainFlags.CONFIG, spec.config,
+        TrainFlags.DATA_PATH, spec.data_path,
+        TrainFlags.WORK_DIR, work_dir(name, spec),
+        TrainFlags.DEVICE, spec.trainer_device,
+        TrainFlags.RESUME,
+        TrainFlags.METRICS_PORT, str(spec.metrics_port),
+        TrainFlags.TERMINATION_LOG, TERMINATION_LOG,
+    ]  # fmt: skip
+    if spec.compile:
+        args.append(TrainFlags.COMPILE)
+    if not spec.evaluate:
+        args.append(TrainFlags.NO_EVAL)
+    if spec.load_from:
+        args += [TrainFlags.LOAD_FROM, spec.load_from]
+    if spec.opts:
+        args += [TrainFlags.OPTS, *spec.opts]
+    return args
+
+
+def _env(name: str, namespace: str, spec: TrainingSpec) -> list[dict[str, Any]]:
+    """Defaults first; a user's entry of the same name replaces the default in place."""
+    defaults: list[V1EnvVar] = [
+        V1EnvVar(name="MASTER_ADDR", value=master_addr(name, namespace)),
+        V1EnvVar(name="SOLOV2_SERVICE", value=f"{name}.{namespace}"),
+    ]
+    if spec.device == "npu":
+        pod_ip = V1EnvVarSource(field_ref=V1ObjectFieldSelector(field_path="status.podIP"))
+        defaults += [
+            V1EnvVar(name="HCCL_IF_IP", value_from=pod_ip),
+            V1EnvVar(name="HCCL_CONNECT_TIMEOUT", value=HCCL_CONNECT_TIMEOUT),
+            V1EnvVar(name="HCCL_WHITELIST_DISABLE", value="1"),
+        ]
+    merged: dict[str, dict[str, Any]] = {e.name: _plain(e) for e in defaults}
+    for entry in spec.env:
+        merged[entry["name"]] = dict(entry)
+    return list(merged.values())
+
+
+def _volumes(spec: TrainingSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    if spec.data_volume is not None:
+        data = dict(spec.data_volume)
+        if "claimName" in data:
+            source = V1PersistentVolumeClaimVolumeSource(
+                claim_name=data["claimName"], read_only=data.get("readOnly", True)
+            )
+            volumes.append(_plain(V1Volume(name="data", persistent_volume_claim=source)))
+        else:
+            volumes.append({"name": "data", **dict(data["volume"])})
+        mount = V1VolumeMount(
+            name="data", mount_path=data.get("mountPath", "/data"), read_only=data.get("readOnly", True)
+        )
+        mounts.append(_plain(mount))
+    checkpoints = spec.checkpoint_volume or {}
+    if checkpoints:
+        claim = V1PersistentVolumeClaimVolumeSource(claim_name=checkpoints["claimName"])
+        volumes.append(_plain(V1Volume(name="output", persistent_volume_claim=claim)))
+    else:
+        volumes.append(_plain(V1Volume(name="output", empty_dir=V1EmptyDirVolumeSource())))
+    mounts.append(_plain(V1VolumeMount(name="output", mount_path=checkpoints.get("mountPath", "/output"))))
+    shm = V1EmptyDirVolumeSource(medium="Memory", size_limit=spec.shm_size)
+    volumes.append(_plain(V1Volume(name="dshm", empty_dir=shm)))
+    mounts.append(_plain(V1VolumeMount(name="dshm", mount_path="/dev/shm")))
+    return volumes, mounts
+
+
+def _resources(spec: TrainingSpec) -> V1ResourceRequirements:
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if spec.cpu is not None:
+        requests["cpu"] = spec.cpu
+    if spec.memory is not None:
+        requests["memory"] = spec.memory
+    if spec.device_resource is not None:
+        requests[spec.device_resource] = limits[spec.device_resource] = str(spec.devices_per_node)
+    return V1ResourceRequirements(requests=requests or None, limits=limits or None)
+
+
+def build_pod(name: str, namespace: str, spec: TrainingSpec, index: int) -> dict[str, Any]:
+    """Worker ``index``: one container that waits for worker 0's name, then runs torchrun."""
+    volumes, mounts = _volumes(spec)
+    script = _WAIT_FOR_MASTER % {"wait": DNS_WAIT_SECONDS, "log": TERMINATION_LOG}
+    container = V1Container(
+        name=CONTAINER,
+        image=spec.image,
+        image_pull_policy=spec.image_pull_policy,
+        command=["sh", "-c", script, "solov2-worker"],
+        args=trainer_args(name, namespace, spec, index),
+        ports=[
+            V1ContainerPort(name="rendezvous", container_port=spec.master_port),
+            V1ContainerPort(name="metrics", container_port=spec.metrics_port),
+        ],
+        resources=_resources(spec),
+        termination_message_path=TERMINATION_LOG,
+        termination_message_policy="FallbackToLogsOnError",
+    )
+    annotations = {GROUP_NAME_ANNOTATION: name} if spec.gang is not None else None
+    pod_spec = V1PodSpec(
+        containers=[container],
+        restart_policy="Never",
+        hostname=worker_name(name, index),
+        subdomain=name,
+        termination_grace_period_seconds=GRACE_PERIOD_SECONDS,
+        scheduler_name=spec.scheduler_name,
+        priority_class_name=(spec.gang or {}).get("priorityClassName"),
+        node_selector=dict(spec.node_selector) or None,
+        tolerations=[V1Toleration(**_snake(t)) for t in spec.tolerations] or None,
+    )
+    pod = V1Pod(
+        api_version="v1",
+        kind="Pod",
+        metadata=V1ObjectMeta(
+            name=worker_name(name, index),
+            namespace=namespace,
+            labels=pod_labels(name, index),
+            annotations=annotations,
+        ),
+        spec=pod_spec,
+    )
+    body = _plain(pod)
+    body["spec"]["volumes"] = volumes
+    body["spec"]["containers"][0]["volumeMounts"] = mounts
+    body["spec"]["containers"][0]["env"] = _env(name, namespace, spec)
+    return body
+
+
+def build_pods(name: str, namespace: str, spec: TrainingSpec) -> list[dict[str, Any]]:
+    """All workers of the gang, worker 0 first."""
+    return [build_pod(name, namespace, spec, i) for i in range(spec.nodes)]
+
+
+def build_podgroup(name: str, namespace: str, spec: TrainingSpec) -> dict[str, Any] | None:
+    """Volcano's PodGroup for gang scheduling, or None without ``gangScheduling``."""
+    if spec.gang is None:
+        return None
+    group, version, _ = PODGROUP_API
+    podgroup_spec: dict[str, Any] = {"minMember": spec.min_available}
+    if spec.gang.get("queue"):
+        podgroup_spec["queue"] = spec.gang["queue"]
+    if spec.gang.get("priorityClassName"):
+        podgroup_spec["priorityClassName"] = spec.gang["priorityClassName"]
+    return {
+        "apiVersion": f"{group}/{version}",
+        "kind": "PodGroup",
+        "metadata": {"name": name, "namespace": namespace, "labels": selector(name)},
+        "spec": podgroup_spec,
+    }
+
+
+def _snake(camel: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"tolerationSeconds": 1}`` -> ``{"toleration_seconds": 1}`` for the typed models."""
+    out = {}
+    for key, value in camel.items():
+        out["".join("_" + c.lower() if c.isupper() else c for c in key)] = value
+    return out

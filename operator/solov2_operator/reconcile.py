@@ -1,0 +1,129 @@
+"""One reconciliation of a SOLOv2Training: read it and its pods, :func:`~.gang.plan`, carry it out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import kopf
+
+from .gang import Plan, invalid, plan
+from .kube import Kube, Rejected
+from .metrics import OperatorMetrics
+from .status import now_iso
+from .trainer_output import parse_progress
+
+__all__ = ["Reconciler", "read_progress"]
+
+log = logging.getLogger(__name__)
+
+
+async def read_progress(session: aiohttp.ClientSession, host: str, port: int, timeout: float) -> dict | None:
+    """``status.progress`` from rank 0's metrics endpoint, or None if it has nothing (yet)."""
+    host = f"[{host}]" if ":" in host else host
+    try:
+        async with session.get(
+            f"http://{host}:{port}/metrics", timeout=aiohttp.ClientTimeout(total=timeout)
+        ) as response:
+            if response.status != 200:
+                return None
+            text = await response.text()
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        return None
+    try:
+        progress = parse_progress(text)
+    except ValueError:
+        return None
+    return progress or None
+
+
+class Reconciler:
+    """Reconciles trainings one at a time each (a lock per training); requests for a training that is
+    already waiting for its turn are merged."""
+
+    def __init__(self, kube: Kube, metrics: OperatorMetrics, progress_timeout: float = 2.0) -> None:
+        self.kube = kube
+        self.metrics = metrics
+        self.progress_timeout = progress_timeout
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._waiting: set[tuple[str, str]] = set()
+        self._seen: set[tuple[str, str]] = set()
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def __call__(
+        self, namespace: str, name: str, *, read_progress: bool = False, new: Mapping[str, Any] | None = None
+    ) -> str | None:
+        """Reconcile one training. ``new``: its body as just announced by the API server, when it has no
+        status yet (nothing of it can exist but what a previous operator created, which a create then
+        finds): saves reading it and listing its pods."""
+        key = (namespace, name)
+        if key in self._waiting and not read_progress:
+            return None
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        self._waiting.add(key)
+        try:
+            async with lock:
+                self._waiting.discard(key)
+                return await self._reconcile(namespace, name, read_progress, new)
+        finally:
+            self._waiting.discard(key)
+
+    async def _reconcile(
+        self, namespace: str, name: str, want_progress: bool, new: Mapping[str, Any] | None
+    ) -> str | None:
+        fresh = new is not None and not new.get("status") and (namespace, name) not in self._seen
+        training = dict(new) if fresh and new is not None else await self.kube.get_training(namespace, name)
+        self._seen.add((namespace, name))
+        if training is None or (training.get("metadata") or {}).get("deletionTimestamp"):
+            self.metrics.observe(namespace, name, None)
+            self._locks.pop((namespace, name), None)
+            self._seen.discard((namespace, name))
+            return None
+        pods = [] if fresh else await self.kube.list_workers(namespace, name)
+        decided = plan(training, pods)
+        try:
+            await self._create(training, decided)
+        except Rejected as exc:
+            pods = await self.kube.list_workers(namespace, name)
+            decided = invalid(training, pods, str(exc))
+        for pod in decided.delete_pods:
+            await self.kube.delete_pod(namespace, pod)
+        if decided.read_progress_from and want_progress:
+            await self._progress(decided, decided.read_progress_from)
+        if decided.annotations:
+            await self.kube.patch_annotations(namespace, name, decided.annotations)
+        if decided.status:
+            await self.kube.patch_status(namespace, name, decided.status)
+        old_restarts = int((training.get("status") or {}).get("restarts", 0))
+        if int(decided.status.get("restarts", old_restarts)) > old_restarts:
+            self.metrics.gang_restarts.labels(namespace=namespace).inc()
+        for type_, reason, message in decided.events:
+            kopf.event(training, type=type_, reason=reason, message=message[:1024])
+        if decided.delete_training:
+            await self.kube.delete_training(namespace, name)
+        phase = decided.status.get("phase", (training.get("status") or {}).get("phase"))
+        self.metrics.observe(namespace, name, phase)
+        return phase
+
+    async def _create(self, training: Mapping[str, Any], decided: Plan) -> None:
+        for body in decided.create:
+            body = dict(body)
+            kopf.adopt(body, owner=training)  # type: ignore[arg-type]
+            await self.kube.create(body)
+
+    async def _progress(self, decided: Plan, host: str) -> None:
+        assert decided.spec is not None
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        progress = await read_progress(self._session, host, decided.spec.metrics_port, self.progress_timeout)
+        if progress is None:
+            self.metrics.progress_read_failures.inc()
+            return
+        decided.status["progress"] = {**progress, "updatedAt": now_iso()}

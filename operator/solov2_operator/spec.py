@@ -1,0 +1,149 @@
+"""A SOLOv2Training's spec, read into a typed value with docs/api.md's defaults.
+
+The API server has already checked types and the CRD's CEL rules; :func:`read_spec` checks what a
+schema cannot (a name that is too long for the pods, duplicate env names, ...) and raises
+:class:`SpecError`, which ends the training ``Failed`` with reason ``InvalidSpec``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from solov2_contract import DEFAULT_MASTER_PORT, DEFAULT_METRICS_PORT
+
+__all__ = ["DEFAULT_RESOURCE_NAMES", "MAX_NAME_LENGTH", "SpecError", "TrainingSpec", "read_spec"]
+
+MAX_NAME_LENGTH = 50
+"""Longest resource name: ``<name>-worker-<i>`` must stay a 63-character DNS label."""
+DEFAULT_RESOURCE_NAMES = {"npu": "huawei.com/Ascend910", "gpu": "nvidia.com/gpu"}
+TRAINER_DEVICES = {"npu": "npu", "gpu": "cuda", "cpu": "cpu"}
+_DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+class SpecError(ValueError):
+    """The spec passed the API server's validation but no pod can be built from it."""
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """``spec`` of a SOLOv2Training with every default applied (field names as in docs/api.md)."""
+
+    image: str
+    image_pull_policy: str | None = None
+    config: str = "solov2_r50_fpn_1x_coco"
+    opts: tuple[str, ...] = ()
+    load_from: str | None = None
+    data_path: str = "/data"
+    data_volume: Mapping[str, Any] | None = None
+    checkpoint_volume: Mapping[str, Any] | None = None
+    device: str = "npu"
+    resource_name: str | None = None
+    nodes: int = 1
+    devices_per_node: int = 8
+    cpu: str | None = None
+    memory: str | None = None
+    shm_size: str = "8Gi"
+    compile: bool = False
+    evaluate: bool = True
+    backoff_limit: int = 3
+    active_deadline_seconds: int | None = None
+    ttl_seconds_after_finished: int | None = None
+    suspend: bool = False
+    scheduler_name: str | None = None
+    gang: Mapping[str, Any] | None = None
+    master_port: int = DEFAULT_MASTER_PORT
+    metrics_port: int = DEFAULT_METRICS_PORT
+    env: tuple[Mapping[str, Any], ...] = ()
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+
+    @property
+    def trainer_device(self) -> str:
+        """The trainer's ``--device``: ``npu``, ``cuda`` or ``cpu``."""
+        return TRAINER_DEVICES[self.device]
+
+    @property
+    def device_resource(self) -> str | None:
+        """The device plugin's resource each worker requests (None on CPUs)."""
+        if self.device == "cpu":
+            return None
+        return self.resource_name or DEFAULT_RESOURCE_NAMES[self.device]
+
+    @property
+    def min_available(self) -> int:
+        """PodGroup ``minMember``."""
+        return int((self.gang or {}).get("minAvailable", self.nodes))
+
+
+def _quantity(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def read_spec(name: str, spec: Mapping[str, Any]) -> TrainingSpec:
+    """Read and check a resource's ``spec`` (``name`` is ``metadata.name``).
+
+    Raises:
+        SpecError: the spec cannot be run; the message says which field and why.
+    """
+    if len(name) > MAX_NAME_LENGTH or not _DNS_1035.match(name):
+        raise SpecError(
+            f"metadata.name {name!r} must be a DNS-1035 label of at most {MAX_NAME_LENGTH} characters "
+            "(it names the Service and the pods <name>-worker-<i>)"
+        )
+    if not spec.get("image"):
+        raise SpecError("spec.image is required")
+    device = spec.get("device", "npu")
+    if device not in TRAINER_DEVICES:
+        raise SpecError(f"spec.device {device!r} must be one of npu, gpu, cpu")
+    if device == "cpu" and spec.get("resourceName"):
+        raise SpecError("spec.resourceName is not allowed with device cpu")
+    nodes = int(spec.get("nodes", 1))
+    devices = int(spec.get("devicesPerNode", 8))
+    if nodes < 1 or not 1 <= devices <= 16:
+        raise SpecError("spec.nodes must be >= 1 and spec.devicesPerNode in 1..16")
+    gang = spec.get("gangScheduling")
+    if gang is not None and not 1 <= int(gang.get("minAvailable", nodes)) <= nodes:
+        raise SpecError(f"spec.gangScheduling.minAvailable must be in 1..nodes ({nodes})")
+    data_volume = spec.get("dataVolume")
+    if data_volume is not None and ("claimName" in data_volume) == ("volume" in data_volume):
+        raise SpecError("spec.dataVolume must set exactly one of claimName and volume")
+    env = tuple(spec.get("env") or ())
+    names = [e.get("name") for e in env]
+    if len(set(names)) != len(names) or not all(names):
+        raise SpecError("spec.env entries need unique, non-empty names")
+    if spec.get("checkpointVolume") is not None and not spec["checkpointVolume"].get("claimName"):
+        raise SpecError("spec.checkpointVolume.claimName is required in the block")
+    resources = spec.get("resources") or {}
+    return TrainingSpec(
+        image=spec["image"],
+        image_pull_policy=spec.get("imagePullPolicy"),
+        config=spec.get("config", TrainingSpec.config),
+        opts=tuple(str(o) for o in spec.get("opts") or ()),
+        load_from=spec.get("loadFrom"),
+        data_path=spec.get("dataPath", "/data"),
+        data_volume=data_volume,
+        checkpoint_volume=spec.get("checkpointVolume"),
+        device=device,
+        resource_name=spec.get("resourceName"),
+        nodes=nodes,
+        devices_per_node=devices,
+        cpu=_quantity(resources.get("cpu")),
+        memory=_quantity(resources.get("memory")),
+        shm_size=str(spec.get("shmSize", "8Gi")),
+        compile=bool(spec.get("compile", False)),
+        evaluate=bool(spec.get("evaluate", True)),
+        backoff_limit=int(spec.get("backoffLimit", 3)),
+        active_deadline_seconds=spec.get("activeDeadlineSeconds"),
+        ttl_seconds_after_finished=spec.get("ttlSecondsAfterFinished"),
+        suspend=bool(spec.get("suspend", False)),
+        scheduler_name=spec.get("schedulerName"),
+        gang=gang,
+        master_port=int(spec.get("masterPort", DEFAULT_MASTER_PORT)),
+        metrics_port=int(spec.get("metricsPort", DEFAULT_METRICS_PORT)),
+        env=env,
+        node_selector=dict(spec.get("nodeSelector") or {}),
+        tolerations=tuple(spec.get("tolerations") or ()),
+    )

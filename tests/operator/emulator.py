@@ -1,0 +1,202 @@
+"""kmock's KubernetesEmulator with the fixes the operator's tests need, and a recorder of API requests.
+
+kmock 0.8 keeps (and searches) every request ever served; stamps no uid, resourceVersion, generation
+or creationTimestamp; answers a failed JSON-patch ``test`` with 500 instead of 422; ignores
+``labelSelector`` (the operator filters by labels itself); collects no garbage (tests assert owner
+references instead); cannot parse a cluster-wide ``GET /api/v1/namespaces`` (kopf's namespace scanning
+is switched off); and serves only declared resources.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import itertools
+import json
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+import kmock
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+TRAININGS = "solov2.io/v1alpha1/solov2trainings"
+PODS = "v1/pods"
+SERVICES = "v1/services"
+PODGROUPS = "scheduling.volcano.sh/v1beta1/podgroups"
+OPERATOR_AGENTS = ("kopf/", "solov2-operator/")
+"""User-Agent prefixes of the operator's requests (the tests' own client sends another)."""
+RECORDED = Path(__file__).with_name("recorded_api_requests.json")
+_VERBS = {
+    "list": "list",
+    "watch": "watch",
+    "fetch": "get",
+    "create": "create",
+    "update": "patch",
+    "delete": "delete",
+}
+
+
+class Emulator(kmock.KubernetesEmulator):
+    """Stamps metadata like an API server does and answers failed JSON-patch tests with 422."""
+
+    _counter = itertools.count(1)
+    api_requests: set[tuple[str, str, str, str, bool]]
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.api_requests = set()
+        self._in_flight: set[int] = set()
+        self.reject: dict[str, str] = {}
+        """Names whose create is refused with 422 and this message."""
+        crd = yaml.safe_load((ROOT / "crds" / "solov2trainings.yaml").read_text())
+        names = crd["spec"]["names"]
+        self.resources[TRAININGS] = kmock.ResourceInfo(
+            kind=names["kind"],
+            singular=names["singular"],
+            namespaced=True,
+            shortnames=names.get("shortNames", []),
+            categories=names.get("categories", []),
+            verbs=["get", "list", "watch", "create", "update", "patch", "delete"],
+            subresources=["status"],
+        )
+        for key, kind in (
+            (PODS, "Pod"),
+            (SERVICES, "Service"),
+            ("v1/events", "Event"),
+            (PODGROUPS, "PodGroup"),
+        ):
+            self.resources[key] = kmock.ResourceInfo(
+                kind=kind, namespaced=True, verbs=["get", "list", "watch", "create", "patch", "delete"]
+            )
+        self.resources["v1/namespaces"] = kmock.ResourceInfo(
+            kind="Namespace", namespaced=False, verbs=["get", "list"]
+        )
+
+    def _stamp(self, request: kmock.Request) -> None:
+        version = str(next(self._counter))
+        data = request.data
+        if request.action == kmock.action.CREATE and isinstance(data, dict):
+            meta = data.setdefault("metadata", {})
+            if not meta.get("name") and meta.get("generateName"):
+                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta.setdefault("creationTimestamp", _now())
+            meta["resourceVersion"] = version
+            meta.setdefault("generation", 1)
+            if request.namespace and not meta.get("namespace"):
+                meta["namespace"] = request.namespace
+        elif request.action == kmock.action.UPDATE and request.name is not None:
+            current = self._current(request)
+            generation = None
+            if current is not None:
+                generation = (current.get("metadata") or {}).get("generation", 1)
+            if isinstance(data, dict):
+                meta = data.setdefault("metadata", {}) if data.get("metadata") is not None else None
+                if meta is None:
+                    data["metadata"] = meta = {}
+                meta["resourceVersion"] = version
+                if "spec" in data and not request.subresource and generation is not None:
+                    meta["generation"] = generation + 1
+            elif isinstance(data, list):
+                data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
+
+    async def _handle(self, request: kmock.Request) -> Any:
+        # kmock matches every request against its whole request history (the cost grows with each
+        # request served); nothing here reads that history, so it keeps only the requests in flight.
+        self._in_flight.add(id(request))
+        self._requests[:] = [r for r in self._requests if id(r) in self._in_flight]
+        try:
+            return await self._handle_stamped(request)
+        finally:
+            self._in_flight.discard(id(request))
+
+    async def _handle_stamped(self, request: kmock.Request) -> Any:
+        if request.resource is not None and request.action == kmock.action.CREATE:
+            name = ((request.data or {}).get("metadata") or {}).get("name")
+            if name in self.reject:  # as an admission webhook or a quota would
+                self._record(request)
+                error = kmock.KubernetesError(status=422, reason="Invalid", message=self.reject[name])
+                return await self._render_error(error)
+        if request.resource is not None:
+            self._record(request)
+            self._stamp(request)
+            if request.action == kmock.action.UPDATE and isinstance(request.data, list):
+                current = self._current(request)
+                if current is not None:
+                    try:
+                        jsonpatch.apply_patch(current.raw, request.data)
+                    except (jsonpatch.JsonPatchConflict, jsonpatch.JsonPatchTestFailed) as exc:
+                        return await self._render_error(
+                            kmock.KubernetesError(status=422, reason="Invalid", message=str(exc))
+                        )
+        return await super()._handle(request)
+
+    def _current(self, request: kmock.Request) -> Any:
+        try:
+            current = self.objects[request.resource, request.namespace, request.name]
+        except (KeyError, LookupError):
+            return None
+        return None if current.deleted else current
+
+    def _record(self, request: kmock.Request) -> None:
+        resource = request.resource
+        if resource is None or request.action is None:
+            return
+        verb = _VERBS.get(str(request.action.value).lower())
+        if verb is None or not resource.plural:  # discovery (/api/v1, /apis/<group>/<version>): no RBAC
+            return
+        agent = str(request.headers.get("User-Agent", ""))
+        if agent.startswith(OPERATOR_AGENTS):
+            self.api_requests.add(
+                (
+                    verb,
+                    resource.group or "",
+                    resource.plural or "",
+                    request.subresource or "",
+                    request.namespace is not None,
+                )
+            )
+
+    def operator_requests(self) -> set[tuple[str, str, str, str, bool]]:
+        """(verb, group, resource, subresource, namespaced) of every request kopf or the operator made."""
+        return set(self.api_requests)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@contextlib.asynccontextmanager
+async def serve(cls: type[Emulator] = Emulator) -> AsyncIterator[tuple[Emulator, str]]:
+    """A running emulator with namespace ``default`` and the CRD declared; yields it and its URL."""
+    async with cls() as emulator, kmock.Server(emulator) as server:
+        emulator.objects["v1/namespaces", None, "default"] = {
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"},
+        }  # fmt: skip
+        yield emulator, str(server.url).rstrip("/")
+
+
+def recorded(requests: set[tuple[str, str, str, str, bool]]) -> list[dict[str, Any]]:
+    return [
+        {"verb": v, "group": g, "resource": r, "subresource": s, "namespaced": n}
+        for v, g, r, s, n in sorted(requests)
+    ]
+
+
+def objects_of(emulator: Emulator, resource: str, namespace: str = "default") -> dict[str, Mapping[str, Any]]:
+    out = {}
+    for key, obj in list(emulator.objects.items()):
+        res, ns, name = key
+        if _same(res, resource) and ns == namespace and not obj.deleted:
+            out[name] = json.loads(json.dumps(obj.raw))
+    return out
+
+
+def _same(res: Any, key: str) -> bool:
+    parts = key.split("/")
+    group, version, plural = ("", *parts) if len(parts) == 2 else parts
+    return (res.group or "") == group and res.version == version and res.plural == plural

@@ -1,0 +1,254 @@
+"""The operator in-process against the emulated API server: children, status, failures, suspend,
+deadlines, TTL, restarts of the operator itself. The tests play the kubelet by patching pod status."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from .conftest import Cluster, run_operator
+
+CPU_2 = {"image": "solov2:cpu", "device": "cpu", "nodes": 2, "devicesPerNode": 1, "backoffLimit": 2}
+RESULTS = {
+    "segm_AP": 0.41,
+    "segm_AP50": 0.62,
+    "bbox_AP": None,
+    "epochs": 3,
+    "iterations": 120,
+    "checkpoint": "/o/x",
+}
+pytestmark = pytest.mark.asyncio
+
+
+async def all_running(cluster: Cluster, name: str, n: int = 2) -> None:
+    await cluster.wait(lambda: len(cluster.pods(name)) == n, message=f"{n} pods")
+    for pod in sorted(cluster.pods(name)):
+        await cluster.set_pod(pod, "Running")
+    await cluster.wait(lambda: cluster.phase(name) == "Running", message="Running")
+
+
+async def test_a_training_gets_a_service_and_owned_worker_pods(cluster: Cluster):
+    await cluster.create("tiny", CPU_2)
+    pods = await cluster.wait(lambda: len(cluster.pods("tiny")) == 2 and cluster.pods("tiny"))
+    training = cluster.training("tiny")
+    uid = training["metadata"]["uid"]
+    for pod in pods.values():
+        (owner,) = pod["metadata"]["ownerReferences"]
+        assert owner["uid"] == uid and owner["kind"] == "SOLOv2Training" and owner["controller"] is True
+    from .emulator import SERVICES, objects_of
+
+    service = objects_of(cluster.emulator, SERVICES)["tiny"]
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["metadata"]["ownerReferences"][0]["uid"] == uid
+    await cluster.wait(lambda: cluster.phase("tiny") == "Pending")
+    status = cluster.training("tiny")["status"]
+    assert status["workers"]["total"] == 2 and status["startTime"]
+    assert cluster.condition("tiny", "Created")["reason"] == "GangCreated"
+    await all_running(cluster, "tiny")
+    assert cluster.condition("tiny", "Running")["status"] == "True"
+    await cluster.wait(lambda: cluster.training("tiny")["status"]["workers"]["ready"] == 2)
+
+
+async def test_success_copies_worker_0s_results_into_status(cluster: Cluster):
+    await cluster.create("ok", CPU_2)
+    await all_running(cluster, "ok")
+    message = json.dumps(RESULTS)
+    await cluster.set_pod("ok-worker-1", "Succeeded", exitCode=0, reason="Completed")
+    await cluster.set_pod("ok-worker-0", "Succeeded", exitCode=0, reason="Completed", message=message)
+    await cluster.wait(lambda: cluster.phase("ok") == "Succeeded")
+    results = cluster.training("ok")["status"]["results"]
+    assert results["segmAP"] == 0.41 and results["segmAP50"] == 0.62 and results["epochs"] == 3
+    assert "bboxAP" not in results and results["raw"] == message
+    assert cluster.condition("ok", "Succeeded")["reason"] == "TrainingSucceeded"
+    assert cluster.training("ok")["status"]["completionTime"]
+    await cluster.wait(lambda: "TrainingSucceeded" in cluster.events("ok"), message="event")
+
+
+async def test_a_failed_worker_restarts_the_whole_gang(cluster: Cluster):
+    await cluster.create("flaky", CPU_2)
+    await all_running(cluster, "flaky")
+    old = {n: p["metadata"]["uid"] for n, p in cluster.pods("flaky").items()}
+    failure = {"error": "connection reset by peer", "error_type": "RuntimeError", "retryable": True}
+    await cluster.set_pod("flaky-worker-1", "Failed", exitCode=1, reason="Error", message=json.dumps(failure))
+    await cluster.wait(lambda: cluster.training("flaky")["status"].get("restarts") == 1)
+    new = await cluster.wait(
+        lambda: (
+            len(cluster.pods("flaky")) == 2
+            and all(p["metadata"]["uid"] not in old.values() for p in cluster.pods("flaky").values())
+            and cluster.pods("flaky")
+        ),
+        message="a new gang",
+    )
+    assert set(new) == set(old)
+    restarting = cluster.condition("flaky", "Restarting")
+    assert "flaky-worker-1" in restarting["message"] and "connection reset" in restarting["message"]
+    assert "WorkerFailed" in cluster.events("flaky")
+    await all_running(cluster, "flaky")
+    assert cluster.training("flaky")["status"]["restarts"] == 1
+
+
+async def test_a_users_mistake_fails_at_once_without_restarts(cluster: Cluster):
+    await cluster.create("badcfg", CPU_2)
+    await all_running(cluster, "badcfg")
+    failure = {"error": "train.epochs: must be >= 1", "error_type": "ConfigError", "retryable": False}
+    await cluster.set_pod(
+        "badcfg-worker-0", "Failed", exitCode=1, reason="Error", message=json.dumps(failure)
+    )
+    await cluster.wait(lambda: cluster.phase("badcfg") == "Failed")
+    failed = cluster.condition("badcfg", "Failed")
+    assert (
+        failed["reason"] == "NotRetryable" and "ConfigError: train.epochs: must be >= 1" in failed["message"]
+    )
+    await asyncio.sleep(0.6)  # a few resyncs: nothing is re-created
+    assert cluster.training("badcfg")["status"].get("restarts", 0) == 0
+    assert "badcfg-worker-1" not in cluster.pods("badcfg")  # the running worker was stopped
+
+
+async def test_backoff_limit_zero_fails_on_the_first_failure(cluster: Cluster):
+    await cluster.create("once", {**CPU_2, "backoffLimit": 0})
+    await all_running(cluster, "once")
+    await cluster.set_pod("once-worker-0", "Failed", exitCode=137, reason="OOMKilled")
+    await cluster.wait(lambda: cluster.phase("once") == "Failed")
+    failed = cluster.condition("once", "Failed")
+    assert failed["reason"] == "BackoffLimitExceeded" and "OOMKilled" in failed["message"]
+    assert cluster.training("once")["status"].get("restarts", 0) == 0
+
+
+async def test_a_deleted_worker_fails_the_gang(cluster: Cluster):
+    await cluster.create("evict", CPU_2)
+    await all_running(cluster, "evict")
+    await asyncio.to_thread(
+        cluster.core.delete_namespaced_pod, "evict-worker-1", "default", _preload_content=False
+    )
+    await cluster.wait(lambda: cluster.training("evict")["status"].get("restarts") == 1)
+    assert "pod deleted" in cluster.condition("evict", "Restarting")["message"]
+
+
+async def test_suspend_deletes_the_workers_and_resume_recreates_them(cluster: Cluster):
+    await cluster.create("pause", CPU_2)
+    await all_running(cluster, "pause")
+    await cluster.patch_spec("pause", {"suspend": True})
+    await cluster.wait(lambda: cluster.phase("pause") == "Suspended" and not cluster.pods("pause"))
+    assert cluster.condition("pause", "Suspended")["status"] == "True"
+    await asyncio.sleep(0.5)
+    assert not cluster.pods("pause")  # stays suspended
+    await cluster.patch_spec("pause", {"suspend": False})
+    await cluster.wait(lambda: len(cluster.pods("pause")) == 2, message="re-created gang")
+    await cluster.wait(lambda: cluster.condition("pause", "Suspended")["reason"] == "Resumed")
+    assert cluster.training("pause")["status"].get("restarts", 0) == 0
+    assert "solov2.io/suspended-seconds" in cluster.training("pause")["metadata"]["annotations"]
+
+
+async def test_an_unbuildable_spec_fails_with_invalid_spec_and_creates_nothing(cluster: Cluster):
+    await cluster.create("bad", {**CPU_2, "dataVolume": {"mountPath": "/data"}})
+    await cluster.wait(lambda: cluster.phase("bad") == "Failed")
+    failed = cluster.condition("bad", "Failed")
+    assert failed["reason"] == "InvalidSpec" and "dataVolume" in failed["message"]
+    assert not cluster.pods("bad")
+
+
+async def test_the_deadline_ends_an_active_training(cluster: Cluster):
+    await cluster.create("late", {**CPU_2, "activeDeadlineSeconds": 1})
+    # The workers are created and stay pending: that counts as active time.
+    await cluster.wait(lambda: cluster.phase("late") == "Failed", timeout=10)
+    assert cluster.condition("late", "Failed")["reason"] == "DeadlineExceeded"
+    await cluster.wait(lambda: not cluster.pods("late"), message="workers stopped")
+
+
+async def test_a_finished_training_is_deleted_after_its_ttl(cluster: Cluster):
+    await cluster.create("ttl", {**CPU_2, "nodes": 1, "ttlSecondsAfterFinished": 0})
+    await cluster.wait(lambda: cluster.pods("ttl"))
+    await cluster.set_pod("ttl-worker-0", "Succeeded", exitCode=0, message=json.dumps(RESULTS))
+    from .emulator import TRAININGS, objects_of
+
+    await cluster.wait(lambda: "ttl" not in objects_of(cluster.emulator, TRAININGS), message="deleted")
+
+
+async def test_progress_is_read_from_rank_0_and_a_silent_endpoint_is_no_error(
+    cluster: Cluster, unused_tcp_port
+):
+    # Nothing listens on the port yet: the training runs on, without progress.
+    await cluster.create("prog", {**CPU_2, "nodes": 1, "metricsPort": unused_tcp_port})
+    await all_running(cluster, "prog", n=1)
+    await asyncio.sleep(0.5)
+    assert "progress" not in cluster.training("prog")["status"] and cluster.phase("prog") == "Running"
+    assert cluster.config.metrics.progress_read_failures._value.get() >= 1
+    body = (
+        b"solov2_train_epoch 2\nsolov2_train_total_epochs 3\nsolov2_train_iteration 50\n"
+        b"solov2_train_total_iterations 200\nsolov2_train_images_per_second 12.5\n"
+        b'solov2_train_loss{component="total"} 1.25\nsolov2_train_loss{component="mask"} 0.75\n'
+        b"solov2_train_eta_seconds 30\n"
+    )
+
+    async def serve_metrics(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n\r\n"
+        writer.write(head.encode() + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve_metrics, "127.0.0.1", unused_tcp_port)
+    async with server:
+        progress = await cluster.wait(
+            lambda: cluster.training("prog")["status"]["progress"], message="progress"
+        )
+    assert progress["epoch"] == 2 and progress["iteration"] == 50 and progress["percent"] == 25.0
+    assert progress["loss"] == 1.25 and progress["lossMask"] == 0.75 and progress["imagesPerSecond"] == 12.5
+    assert progress["updatedAt"]
+
+
+async def test_operator_restart_creates_no_duplicates_and_keeps_status(cluster: Cluster):
+    await cluster.create("durable", CPU_2)
+    await all_running(cluster, "durable")
+    await cluster.set_pod("durable-worker-0", "Failed", exitCode=1, reason="Error")
+    await cluster.wait(lambda: len(cluster.pods("durable")) == 2 and cluster.phase("durable") == "Pending")
+    before = {n: p["metadata"]["uid"] for n, p in cluster.pods("durable").items()}
+    async with run_operator(
+        cluster.emulator, cluster.url
+    ):  # a second operator process: the old one's successor
+        await asyncio.sleep(1.0)
+        assert {n: p["metadata"]["uid"] for n, p in cluster.pods("durable").items()} == before
+        assert cluster.training("durable")["status"]["restarts"] == 1
+
+
+async def test_operator_metrics_count_trainings_by_phase(cluster: Cluster):
+    await cluster.create("m1", {**CPU_2, "nodes": 1})
+    await cluster.create("m2", {**CPU_2, "nodes": 1, "suspend": True})
+    metrics = cluster.config.metrics
+
+    def gauge(phase):
+        return metrics.registry.get_sample_value(
+            "solov2_operator_trainings", {"namespace": "default", "phase": phase}
+        )
+
+    await cluster.wait(lambda: gauge("Pending") == 1 and gauge("Suspended") == 1, message="gauges")
+    await cluster.delete("m2")
+    await cluster.wait(lambda: gauge("Suspended") == 0, message="deleted training leaves the gauge")
+    assert metrics.registry.get_sample_value("solov2_operator_info", {"version": "0.1.0"}) == 1
+
+
+async def test_gang_scheduling_creates_an_owned_podgroup(cluster: Cluster):
+    spec = {**CPU_2, "schedulerName": "volcano", "gangScheduling": {"minAvailable": 2, "queue": "q"}}
+    await cluster.create("gang", spec)
+    pods = await cluster.wait(lambda: len(cluster.pods("gang")) == 2 and cluster.pods("gang"))
+    from .emulator import PODGROUPS, objects_of
+
+    group = objects_of(cluster.emulator, PODGROUPS)["gang"]
+    assert group["spec"] == {"minMember": 2, "queue": "q"}
+    assert group["metadata"]["ownerReferences"][0]["uid"] == cluster.training("gang")["metadata"]["uid"]
+    for pod in pods.values():
+        assert pod["metadata"]["annotations"]["scheduling.k8s.io/group-name"] == "gang"
+        assert pod["spec"]["schedulerName"] == "volcano"
+
+
+async def test_a_pod_the_api_server_rejects_fails_the_training_and_leaves_no_half_gang(cluster: Cluster):
+    cluster.emulator.reject["half-worker-1"] = 'Pod "half-worker-1" is invalid: spec.nodeSelector: bad label'
+    await cluster.create("half", CPU_2)
+    await cluster.wait(lambda: cluster.phase("half") == "Failed")
+    failed = cluster.condition("half", "Failed")
+    assert failed["reason"] == "InvalidSpec" and "spec.nodeSelector: bad label" in failed["message"]
+    await cluster.wait(lambda: not cluster.pods("half"), message="worker 0 deleted again")
+    await asyncio.sleep(0.5)
+    assert not cluster.pods("half")

@@ -1,0 +1,193 @@
+"""The pure builders: a spec in, the Service, pods and PodGroup out as the API server takes them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from solov2_operator.manifests import (
+    GROUP_NAME_ANNOTATION,
+    build_pod,
+    build_podgroup,
+    build_pods,
+    build_service,
+    master_addr,
+)
+from solov2_operator.spec import SpecError, read_spec
+
+NPU_2x8 = {
+    "image": "registry.example/solov2:npu",
+    "nodes": 2,
+    "devicesPerNode": 8,
+    "schedulerName": "volcano",
+    "gangScheduling": {"queue": "research", "priorityClassName": "high"},
+    "dataVolume": {"claimName": "coco", "mountPath": "/data"},
+    "checkpointVolume": {"claimName": "ckpt"},
+    "opts": ["train.epochs=24"],
+}
+
+
+def container(pod):
+    (c,) = pod["spec"]["containers"]
+    return c
+
+
+def env_of(pod):
+    return {e["name"]: e for e in container(pod)["env"]}
+
+
+def flag(args, name):
+    return args[args.index(name) + 1]
+
+
+def test_multi_node_npu_gang_runs_torchrun_with_its_rank_and_worker_0_as_master():
+    spec = read_spec("coco", NPU_2x8)
+    pods = build_pods("coco", "ml", spec)
+    assert [p["metadata"]["name"] for p in pods] == ["coco-worker-0", "coco-worker-1"]
+    for i, pod in enumerate(pods):
+        args = container(pod)["args"]
+        assert args[0] == "torchrun"
+        assert flag(args, "--nnodes") == "2" and flag(args, "--node-rank") == str(i)
+        assert flag(args, "--nproc-per-node") == "8"
+        assert flag(args, "--master-addr") == "coco-worker-0.coco.ml.svc" == master_addr("coco", "ml")
+        assert flag(args, "--master-port") == "29500"
+        assert flag(args, "--device") == "npu" and "--resume" in args
+        assert flag(args, "--work-dir") == "/output/coco"
+        assert args[-2:] == ["--opts", "train.epochs=24"]
+        assert pod["spec"]["hostname"] == f"coco-worker-{i}" and pod["spec"]["subdomain"] == "coco"
+        assert pod["spec"]["restartPolicy"] == "Never"
+        res = container(pod)["resources"]
+        assert res["requests"]["huawei.com/Ascend910"] == res["limits"]["huawei.com/Ascend910"] == "8"
+        env = env_of(pod)
+        assert env["HCCL_IF_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+        assert env["HCCL_WHITELIST_DISABLE"]["value"] == "1"
+        assert int(env["HCCL_CONNECT_TIMEOUT"]["value"]) >= 120
+        assert pod["spec"]["schedulerName"] == "volcano"
+        assert pod["metadata"]["annotations"][GROUP_NAME_ANNOTATION] == "coco"
+        assert pod["spec"]["priorityClassName"] == "high"
+        assert pod["spec"]["terminationGracePeriodSeconds"] >= 60
+    assert pods[0]["metadata"]["labels"]["solov2.io/metrics"] == "true"
+    assert "solov2.io/metrics" not in pods[1]["metadata"]["labels"]
+    assert pods[1]["metadata"]["labels"]["solov2.io/worker-index"] == "1"
+    group = build_podgroup("coco", "ml", spec)
+    assert group["apiVersion"] == "scheduling.volcano.sh/v1beta1" and group["kind"] == "PodGroup"
+    assert group["spec"] == {"minMember": 2, "queue": "research", "priorityClassName": "high"}
+
+
+def test_volumes_and_shared_memory():
+    pod = build_pod("coco", "ml", read_spec("coco", {**NPU_2x8, "shmSize": "16Gi"}), 0)
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["data"]["persistentVolumeClaim"] == {"claimName": "coco", "readOnly": True}
+    assert volumes["output"]["persistentVolumeClaim"] == {"claimName": "ckpt"}
+    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
+    mounts = {m["name"]: m for m in container(pod)["volumeMounts"]}
+    assert mounts["dshm"]["mountPath"] == "/dev/shm"
+    assert mounts["data"] == {"name": "data", "mountPath": "/data", "readOnly": True}
+    assert mounts["output"]["mountPath"] == "/output"
+    free = {"image": "x", "dataVolume": {"volume": {"nfs": {"server": "nfs", "path": "/coco"}}}}
+    pod = build_pod("coco", "ml", read_spec("coco", free), 0)
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["data"] == {"name": "data", "nfs": {"server": "nfs", "path": "/coco"}}
+    assert volumes["output"]["emptyDir"] == {}
+
+
+def test_gpu_workers_request_nvidia_gpus_without_hccl():
+    spec = read_spec("det", {"image": "x", "device": "gpu", "devicesPerNode": 4, "resources": {"cpu": 16}})
+    (pod,) = build_pods("det", "ml", spec)
+    assert flag(container(pod)["args"], "--device") == "cuda"
+    res = container(pod)["resources"]
+    assert res["limits"] == {"nvidia.com/gpu": "4"}
+    assert res["requests"] == {"cpu": "16", "nvidia.com/gpu": "4"}
+    assert not any(name.startswith("HCCL_") for name in env_of(pod))
+    assert "annotations" not in pod["metadata"] and build_podgroup("det", "ml", spec) is None
+
+
+def test_cpu_workers_request_only_cpu_and_memory():
+    spec = read_spec(
+        "tiny",
+        {"image": "x", "device": "cpu", "nodes": 2, "devicesPerNode": 1, "evaluate": False,
+         "resources": {"cpu": 2, "memory": "4Gi"}, "loadFrom": "/w/r50.pth", "compile": True},
+    )  # fmt: skip
+    pods = build_pods("tiny", "default", spec)
+    args = container(pods[1])["args"]
+    assert flag(args, "--device") == "cpu" and "--no-eval" in args and "--compile" in args
+    assert flag(args, "--load-from") == "/w/r50.pth"
+    assert container(pods[1])["resources"] == {"requests": {"cpu": "2", "memory": "4Gi"}}
+
+
+def test_a_users_env_entry_wins_over_a_default():
+    spec = read_spec(
+        "coco",
+        {**NPU_2x8, "env": [{"name": "HCCL_CONNECT_TIMEOUT", "value": "1800"}, {"name": "X", "value": "1"}]},
+    )
+    env = container(build_pod("coco", "ml", spec, 1))["env"]
+    timeouts = [e for e in env if e["name"] == "HCCL_CONNECT_TIMEOUT"]
+    assert timeouts == [{"name": "HCCL_CONNECT_TIMEOUT", "value": "1800"}]
+    assert {"name": "X", "value": "1"} in env
+
+
+def test_names_at_the_length_limit_and_beyond():
+    name = "a" * 49 + "z"  # 50 characters: the longest allowed
+    pods = build_pods(name, "ns", read_spec(name, {"image": "x", "nodes": 10}))
+    assert max(len(p["metadata"]["name"]) for p in pods) == len(name + "-worker-9") <= 63
+    with pytest.raises(SpecError, match="at most 50"):
+        read_spec(name + "b", {"image": "x"})
+    with pytest.raises(SpecError, match="DNS-1035"):
+        read_spec("9lives", {"image": "x"})
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ({"image": "x", "device": "cpu", "resourceName": "huawei.com/Ascend310P"}, "resourceName"),
+        ({"image": "x", "nodes": 2, "gangScheduling": {"minAvailable": 3}}, "minAvailable"),
+        ({"image": "x", "env": [{"name": "A"}, {"name": "A"}]}, "unique"),
+        ({"image": "x", "dataVolume": {"mountPath": "/d"}}, "exactly one"),
+    ],
+)
+def test_specs_the_pods_cannot_be_built_from_say_why(spec, match):
+    with pytest.raises(SpecError, match=match):
+        read_spec("t", spec)
+
+
+def test_headless_service_resolves_workers_before_they_are_ready():
+    service = build_service("coco", "ml", read_spec("coco", {**NPU_2x8, "metricsPort": 9100}))
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["selector"] == {
+        "app.kubernetes.io/name": "solov2-training",
+        "solov2.io/training": "coco",
+    }
+    assert sorted(p["port"] for p in service["spec"]["ports"]) == [9100, 29500]
+
+
+def _run_entry(tmp_path, master: str, wait: str):
+    pod = build_pod("coco", "ml", read_spec("coco", {"image": "x", "device": "cpu"}), 1)
+    command = container(pod)["command"]
+    log = tmp_path / "termination-log"
+    env = {
+        **os.environ,
+        "MASTER_ADDR": master,
+        "SOLOV2_DNS_WAIT_SECONDS": wait,
+        "SOLOV2_TERMINATION_LOG": str(log),
+        "SOLOV2_SERVICE": "coco.ml",
+    }
+    proc = subprocess.run([*command, "echo", "started"], env=env, capture_output=True, text=True, timeout=30)
+    return proc, log
+
+
+def test_worker_waits_for_worker_0s_name_then_starts(tmp_path):
+    proc, _ = _run_entry(tmp_path, "localhost", "4")
+    assert proc.returncode == 0 and proc.stdout.strip() == "started"
+
+
+def test_worker_gives_up_on_an_unresolvable_master_with_a_clear_message(tmp_path):
+    proc, log = _run_entry(tmp_path, "coco-worker-0.coco.ml.svc.invalid", "2")
+    assert proc.returncode == 1 and "started" not in proc.stdout
+    assert "did not resolve within 2s" in proc.stderr and "coco.ml" in proc.stderr
+    import json
+
+    message = json.loads(log.read_text())
+    assert message["error_type"] == "RendezvousTimeout" and message["retryable"] is True
