@@ -1,5 +1,5 @@
 """Every dashboard panel returns data from a real Prometheus server scraping a real CPU training of the
-tiny config (and the operator's metric names), with the dashboard's template variables substituted."""
+tiny config (and the operator's own metrics class), with the dashboard's template variables substituted."""
 
 from __future__ import annotations
 
@@ -106,8 +106,8 @@ def test_every_panel_returns_data(tool, tmp_path):
                 [tool("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                  f"--web.listen-address=127.0.0.1:{prom_port}"], stdout=log, stderr=subprocess.STDOUT,
             ))  # fmt: skip
-        standin = Path(__file__).with_name("operator_metrics_standin.py")
-        procs.append(subprocess.Popen([sys.executable, str(standin), str(operator_port)]))
+        server = Path(__file__).with_name("operator_metrics_server.py")
+        procs.append(subprocess.Popen([sys.executable, str(server), str(operator_port)]))
         _wait(lambda: urllib.request.urlopen(f"{prom}/-/ready", timeout=2).status == 200, 30, "prometheus")
         start = time.time()
         train = subprocess.run(
