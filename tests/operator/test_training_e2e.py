@@ -95,14 +95,23 @@ async def test_a_killed_worker_restarts_the_gang_which_resumes_and_succeeds(clus
         assert resumed(worker_log(claims, "e2e-kill-worker-0"))
 
 
-async def test_a_users_mistake_fails_without_restarts(cluster: Cluster, claims: Path):
-    """A data path without a data set: the trainer's DataError says ``retryable: false``."""
+@pytest.mark.parametrize(
+    ("name", "fields", "error_type"),
+    [
+        ("e2e-badcfg", {"opts": ["train.epochs=2", "train.base_lr=-1"]}, "ConfigError"),
+        ("e2e-nodata", {"dataPath": "/data/no-such-set"}, "DataError"),
+    ],
+)
+async def test_a_users_mistake_fails_without_restarts(
+    cluster: Cluster, claims: Path, name: str, fields: dict, error_type: str
+):
+    """A bad config value or a data path without a data set: the trainer says ``retryable: false``."""
     async with Kubelet(cluster.emulator, cluster.core, claims):
-        await cluster.create("e2e-badcfg", training_spec(dataPath="/data/no-such-set"))
-        await cluster.wait(lambda: cluster.phase("e2e-badcfg") == "Failed", timeout=90)
-        failed = cluster.condition("e2e-badcfg", "Failed")
-        assert failed["reason"] == "NotRetryable" and "DataError" in failed["message"], failed
-        assert cluster.training("e2e-badcfg")["status"].get("restarts", 0) == 0
+        await cluster.create(name, training_spec(**fields))
+        await cluster.wait(lambda: cluster.phase(name) == "Failed", timeout=90)
+        failed = cluster.condition(name, "Failed")
+        assert failed["reason"] == "NotRetryable" and error_type in failed["message"], failed
+        assert cluster.training(name)["status"].get("restarts", 0) == 0
 
 
 async def test_backoff_limit_zero_and_a_failing_worker_fails(cluster: Cluster, claims: Path):
