@@ -24,7 +24,7 @@ import torch
 
 from solov2.config import load_config
 from solov2.data.synthetic import synthetic_batch
-from solov2.engine.schedule import build_optimizer
+from solov2.engine.optim import build_optimizer
 from solov2.model import build_model, total_loss
 
 
@@ -47,7 +47,8 @@ def measure(
     torch.manual_seed(0)
     model = build_model(cfg).to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, cfg.train, 1e-3)  # the config's own optimiser (sgd or adamw)
+    # The config's own optimiser (sgd or adamw), in the implementation training picks for the device.
+    optimizer = build_optimizer(params, cfg.train, 1e-3, device_kind=device.split(":")[0])
     images, gt = synthetic_batch(batch, canvas, max_instances=cfg.model.targets.max_instances, seed=0)
     images, gt = images.to(device), gt.to(device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp or "")
