@@ -91,7 +91,8 @@ def main() -> None:
                 fn(f)
         ms = 1000 * (time.perf_counter() - start) / (2 * len(files))
         diff = max(
-            int(np.abs(fn(f).astype(np.int16) - r.astype(np.int16)).max()) for f, r in zip(files, reference)
+            int(np.abs(fn(f).astype(np.int16) - r.astype(np.int16)).max())
+            for f, r in zip(files[:4], reference, strict=True)
         )
         results[name] = {"ms_per_image": round(ms, 2), "max_abs_diff_vs_torch": diff}
     timed = {k: v["ms_per_image"] for k, v in results.items() if "ms_per_image" in v}

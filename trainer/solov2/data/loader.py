@@ -31,9 +31,17 @@ from ..structures import MASK_STRIDE, Batch, CompactGroundTruth
 from ..targets import mask_statistics
 from .buckets import BucketBatchSampler, EvalBatchSampler, mix_seed
 from .coco import CocoInstances, Sample
+from .cpus import default_workers
 from .transforms import EvalTransform, TrainTransform
 
-__all__ = ["BatchCollator", "LoaderStats", "build_eval_loader", "build_train_loader", "collate"]
+__all__ = [
+    "BatchCollator",
+    "LoaderStats",
+    "build_eval_loader",
+    "build_train_loader",
+    "collate",
+    "resolve_workers",
+]
 
 _log = logging.getLogger(__name__)
 _REPLACEMENT_TRIES = 8
@@ -245,15 +253,31 @@ def _check_classes(dataset: CocoInstances, cfg: Config) -> None:
         )
 
 
-def _loader(ds: Dataset, batches: _KeyedBatches, collator: BatchCollator, cfg: Config, seed: int, pin):
-    workers = cfg.data.workers
+def resolve_workers(cfg: Config) -> int:
+    """``data.workers``, with -1 resolved by :func:`~.cpus.default_workers`."""
+    return default_workers() if cfg.data.workers < 0 else cfg.data.workers
+
+
+def _loader(
+    ds: Dataset,
+    batches: _KeyedBatches,
+    collator: BatchCollator,
+    cfg: Config,
+    seed: int,
+    pin: bool | None,
+    device: str,
+):
+    workers = resolve_workers(cfg)
+    pin = torch.cuda.is_available() if pin is None else pin
     return DataLoader(
         ds,
         batch_sampler=batches,
         collate_fn=collator,
         num_workers=workers,
-        pin_memory=torch.cuda.is_available() if pin is None else pin,
+        pin_memory=pin,  # page-locked batches: the step's non-blocking copies overlap with compute
+        pin_memory_device=device if pin and device not in ("", "cuda") else "",
         persistent_workers=workers > 0,
+        prefetch_factor=cfg.data.prefetch_factor if workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),  # worker base seeds; leaves the global RNG alone
     )
 
@@ -268,11 +292,13 @@ def build_train_loader(
     start_batch: int = 0,
     seed: int | None = None,
     pin_memory: bool | None = None,
+    pin_memory_device: str = "",
 ) -> DataLoader:
     """Shuffled, augmented training batches of ``cfg.data.samples_per_device`` images for one rank.
 
     ``seed`` defaults to ``cfg.train.seed``; ``(seed, epoch)`` fix the epoch's batches and augmentation.
-    ``len(loader)`` is the same on every rank. ``pin_memory`` defaults to "CUDA is available".
+    ``len(loader)`` is the same on every rank. ``pin_memory`` defaults to "CUDA is available";
+    ``pin_memory_device`` names another device type to pin for (``npu``).
     """
     _check_classes(dataset, cfg)
     seed = cfg.train.seed if seed is None else seed
@@ -304,10 +330,10 @@ def build_train_loader(
             max_instances,
             sum(over),
         )
-    stats = LoaderStats(cfg.data.workers)
+    stats = LoaderStats(resolve_workers(cfg))
     ds = _TrainSamples(dataset, cfg, sampler.buckets, seed, stats)
     collator = BatchCollator(cfg.data.canvases, max_instances=max_instances, with_gt=True, stats=stats)
-    return _loader(ds, _KeyedBatches(sampler), collator, cfg, seed, pin_memory)
+    return _loader(ds, _KeyedBatches(sampler), collator, cfg, seed, pin_memory, pin_memory_device)
 
 
 def build_eval_loader(
@@ -332,8 +358,9 @@ def build_eval_loader(
         rank=rank,
         world_size=world_size,
     )
-    stats = LoaderStats(cfg.data.workers)
+    stats = LoaderStats(resolve_workers(cfg))
     collator = BatchCollator(
         cfg.data.canvases, max_instances=cfg.model.targets.max_instances, with_gt=with_gt, stats=stats
     )
-    return _loader(_EvalSamples(dataset, cfg, with_gt), _KeyedBatches(sampler), collator, cfg, 0, pin_memory)
+    ds = _EvalSamples(dataset, cfg, with_gt)
+    return _loader(ds, _KeyedBatches(sampler), collator, cfg, 0, pin_memory, "")

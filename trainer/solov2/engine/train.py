@@ -101,7 +101,18 @@ class _Trainer:
         self.dtype = amp_dtype(runtime.kind, cfg.train.amp)
         self.scaler = make_scaler(runtime.kind, self.dtype, cfg.train.loss_scale)
         # One loader for the whole run (its workers persist); each epoch re-seeds its batch sampler.
-        self.loader = build_train_loader(self.dataset, cfg, rank=runtime.rank, world_size=runtime.world_size)
+        self.loader = build_train_loader(
+            self.dataset,
+            cfg,
+            rank=runtime.rank,
+            world_size=runtime.world_size,
+            pin_memory=runtime.kind != "cpu",
+            pin_memory_device=runtime.kind if runtime.kind == "npu" else "",
+        )
+        self.log(
+            f"data: {self.loader.num_workers} loader worker(s) per process, prefetch {cfg.data.prefetch_factor}"
+            f"{', pinned memory' if self.loader.pin_memory else ''}"
+        )
         self.iters_per_epoch = self.loader.batch_sampler.sampler.batches_per_epoch
         self.total_iters = self.iters_per_epoch * cfg.train.epochs
         self.progress = ProgressLogger(
