@@ -116,6 +116,9 @@ def mask_statistics(masks: Tensor, stride: int = MASK_STRIDE) -> tuple[Tensor, T
     padding changes neither the centre of mass, nor the count, nor the downsampled content).
     """
     lead = masks.shape[:-2]
+    if masks.numel() == 0:
+        small = downsample_masks(masks, stride)
+        return small, torch.zeros(*lead, 2, device=masks.device), torch.zeros(lead, dtype=torch.int64)
     flat = masks.reshape(1, -1, *masks.shape[-2:])
     center_h, center_w, count = _centre_of_mass(flat)
     centres = torch.stack([center_h, center_w], dim=-1).reshape(*lead, 2)

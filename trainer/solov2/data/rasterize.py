@@ -5,8 +5,9 @@
   at 3.6 ms against 10 ms for torch's uint8 ``interpolate`` and 24 ms for PIL for 640x480 -> 1067x800.
 - Polygons are scaled (and mirrored) first and rasterised at the training size with pycocotools, as
   mmdetection 3.x does for polygon masks: no full-resolution bitmap is decoded and resized.
-- RLE masks (and uncompressed RLE) are decoded at the stored size and resized as bitmaps: bilinear,
-  then ``>= 0.5`` (see :mod:`.transforms`), then mirrored.
+- RLE masks (and uncompressed RLE) are decoded at the stored size and resized as bitmaps with OpenCV's
+  bilinear resize of the 0/1 values, which rounds to the nearest: ``>= 0.5`` as in :mod:`.transforms`
+  up to its fixed-point weights (0.2% of the pixels differ, at exact ties), 8x faster than torch's.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 from torch import Tensor
 
@@ -56,8 +56,7 @@ def _scaled_polygons(
 def _resize_bitmap(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if mask.shape == size:
         return mask
-    x = torch.from_numpy(mask)[None, None].float()
-    return (F.interpolate(x, size=size, mode="bilinear", align_corners=False)[0, 0] >= 0.5).numpy()
+    return cv2.resize(np.ascontiguousarray(mask), (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
 
 
 def instance_masks(
