@@ -1,5 +1,6 @@
 """Accelerator report: training and inference throughput of the real training step on synthetic,
-device-resident batches (no data set, no data loading), one JSON line per measurement as it goes.
+device-resident batches (no data set, no data loading; compact ground truth as the loaders give it),
+one JSON line per measurement as it goes.
 
     python bench/gpu_report.py                 # CUDA: R50 1x at 800x1344, about 5 minutes on an H100
     python bench/gpu_report.py --quick         # tiny config at 128x128 on any device (checks the script)
@@ -58,6 +59,7 @@ from solov2.engine.optim import build_optimizer, describe_optimizer, init_state
 from solov2.engine.step import TrainStep
 from solov2.model import build_model
 from solov2.postprocess import paste_masks
+from solov2.targets import compact_ground_truth
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 ORIGINAL_SIZE = (480, 640)  # a typical COCO image, for pasting masks back
@@ -83,6 +85,7 @@ class Setup:
         images, gt = synthetic_batch(
             2, tuple(args.canvas), max_instances=self.cfg.model.targets.max_instances, instance_counts=[7, 7]
         )
+        gt = compact_ground_truth(gt)  # what the loaders hand over
         reps = -(-largest // 2)
         self.images = images.repeat(reps, 1, 1, 1)[:largest].to(device)
         self.gt = type(gt)(*(t.repeat(reps, *[1] * (t.dim() - 1))[:largest].to(device) for t in gt))
