@@ -97,6 +97,14 @@ class Setup:
         torch.manual_seed(0)
         return build_model(self.cfg).to(self.device)
 
+    def compile(self, model: torch.nn.Module, compile_mode: str) -> Any:
+        """``torch.compile`` with ``--compile-backend`` (a mode is an inductor option)."""
+        backend = self.args.compile_backend
+        if backend != "inductor":
+            return torch.compile(model, dynamic=False, fullgraph=True, backend=backend)
+        mode = None if compile_mode == "default" else compile_mode
+        return torch.compile(model, dynamic=False, fullgraph=True, mode=mode)
+
     def train_step(self, amp: str, compile_mode: str | None) -> tuple[TrainStep, str]:
         model = self.model().train()
         params = [p for p in model.parameters() if p.requires_grad]
@@ -108,8 +116,7 @@ class Setup:
         dtype = DTYPES[amp]
         forward = model
         if compile_mode:
-            mode = None if compile_mode == "default" else compile_mode
-            forward = torch.compile(model, dynamic=False, fullgraph=True, mode=mode)
+            forward = self.compile(model, compile_mode)
         step = TrainStep(
             forward,
             optimizer,
@@ -247,7 +254,7 @@ def inference_case(setup: Setup, amp: str, batch: int, compile_mode: str | None)
     args, device = setup.args, setup.device
     reset_memory(device)
     model = setup.model().eval()
-    forward = model if not compile_mode else torch.compile(model, dynamic=False, fullgraph=True)
+    forward = model if not compile_mode else setup.compile(model, compile_mode)
     images, _ = setup.batch(batch)
     canvas = tuple(args.canvas)
     scale = min(canvas[0] / ORIGINAL_SIZE[0], canvas[1] / ORIGINAL_SIZE[1])
@@ -295,6 +302,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--budget-s", type=float, default=320.0, help="skip cases that would end later")
     parser.add_argument("--no-compile", action="store_true", help="eager cases only")
+    parser.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend; aot_eager checks the compiled path quickly on a CPU (no code generation)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny config, 128x128, batches 2 4, 2 steps")
     args = parser.parse_args()
     if args.quick:
