@@ -109,9 +109,11 @@ class _Trainer:
             pin_memory=runtime.kind != "cpu",
             pin_memory_device=runtime.kind if runtime.kind == "npu" else "",
         )
+        workers = self.loader.num_workers
         self.log(
-            f"data: {self.loader.num_workers} loader worker(s) per process, prefetch {cfg.data.prefetch_factor}"
-            f"{', pinned memory' if self.loader.pin_memory else ''}"
+            f"data: {workers} loader worker(s) per process"
+            + (f", {cfg.data.prefetch_factor} batches ahead each" if workers else "")
+            + (", pinned memory" if self.loader.pin_memory else "")
         )
         self.iters_per_epoch = self.loader.batch_sampler.sampler.batches_per_epoch
         self.total_iters = self.iters_per_epoch * cfg.train.epochs
