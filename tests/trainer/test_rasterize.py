@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from solov2.data.coco import CocoInstances
+from solov2.data.coco import CocoInstances, read_rgb
 from solov2.data.transforms import hflip_sample, resize_sample
 from tests.trainer.test_coco import H, W, square, write_set
 
@@ -83,3 +83,14 @@ def test_shrinking_averages_instead_of_dropping_pixels(dataset):
     stored = dataset[0].image.float()
     # Area averaging of 2x2 blocks: the mean colour is kept.
     assert (small.mean((1, 2)) - stored.mean((1, 2))).abs().max() < 1.0
+
+
+def test_decoding_keeps_the_stored_orientation_that_annotations_refer_to(tmp_path):
+    pixels = np.zeros((H, W, 3), np.uint8)
+    pixels[:5, :10] = (250, 10, 10)  # a red mark at the stored top-left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees to display"
+    Image.fromarray(pixels).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    rgb = read_rgb(tmp_path / "rotated.jpg")
+    assert rgb.shape == (H, W, 3)
+    assert rgb[2, 5, 0] > 200 and rgb[2, 5, 1] < 60

@@ -36,6 +36,7 @@ import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -76,7 +77,24 @@ class Sample(NamedTuple):
 
 def read_rgb(path: Path) -> np.ndarray:
     """Decode an image file to ``[H, W, 3]`` uint8 RGB; grey, RGBA, CMYK and palette images are
-    converted. Raises :class:`DataError` naming the file if it is missing or corrupt."""
+    converted. Raises :class:`DataError` naming the file if it is missing or corrupt.
+
+    OpenCV decodes (a third faster than PIL on COCO's JPEGs, ``bench/decode_resize.py``), keeping the
+    stored pixel orientation (annotations refer to it, so EXIF rotation is ignored); what it cannot
+    decode goes to PIL, which either reads it or says what is wrong with the file."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read image ({exc})") from exc
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
+    if bgr is not None and bgr.dtype == np.uint8 and bgr.ndim == 3:
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return _read_rgb_pil(path)
+
+
+def _read_rgb_pil(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             if img.mode in ("P", "PA", "LA"):

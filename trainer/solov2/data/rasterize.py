@@ -1,8 +1,9 @@
 """Images and instance masks produced directly at the training size (resize and flip folded in).
 
-- Images: decoded with PIL (it rejects truncated files and converts every mode), resized with OpenCV
-  (bilinear when enlarging, area averaging when shrinking), which ``bench/decode_resize.py`` measures
-  at 3.6 ms against 10 ms for torch's uint8 ``interpolate`` and 24 ms for PIL for 640x480 -> 1067x800.
+- Images: decoded by :func:`~.coco.read_rgb` (OpenCV, PIL for what OpenCV cannot read), resized with
+  OpenCV (bilinear when enlarging, area averaging when shrinking), which ``bench/decode_resize.py``
+  measures at 3.6 ms against 10 ms for torch's uint8 ``interpolate`` and 24 ms for PIL for
+  640x480 -> 1067x800.
 - Polygons are scaled (and mirrored) first and rasterised at the training size with pycocotools, as
   mmdetection 3.x does for polygon masks: no full-resolution bitmap is decoded and resized.
 - RLE masks (and uncompressed RLE) are decoded at the stored size and resized as bitmaps with OpenCV's
