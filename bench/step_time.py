@@ -1,4 +1,5 @@
-"""Seconds per training step (forward, targets, losses, backward, the config's optimiser), eager and compiled.
+"""Seconds per training step (forward, targets, losses, backward, the config's optimiser), eager and compiled,
+on the compact ground truth the loaders hand over (stride-4 masks, centres and counts).
 
     python bench/step_time.py                       # tiny config and R50 1x at 256x256, on CPU
     python bench/step_time.py --configs solov2_r50_fpn_1x_coco --canvas 800 1344 --device cuda --amp bf16
@@ -24,8 +25,9 @@ import torch
 
 from solov2.config import load_config
 from solov2.data.synthetic import synthetic_batch
-from solov2.engine.schedule import build_optimizer
+from solov2.engine.optim import build_optimizer
 from solov2.model import build_model, total_loss
+from solov2.targets import compact_ground_truth
 
 
 def _sync(device: str) -> None:
@@ -47,9 +49,10 @@ def measure(
     torch.manual_seed(0)
     model = build_model(cfg).to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, cfg.train, 1e-3)  # the config's own optimiser (sgd or adamw)
+    # The config's own optimiser (sgd or adamw), in the implementation training picks for the device.
+    optimizer = build_optimizer(params, cfg.train, 1e-3, device_kind=device.split(":")[0])
     images, gt = synthetic_batch(batch, canvas, max_instances=cfg.model.targets.max_instances, seed=0)
-    images, gt = images.to(device), gt.to(device)
+    images, gt = images.to(device), compact_ground_truth(gt).to(device)  # what the loaders hand over
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp or "")
 
     def forward():

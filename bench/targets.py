@@ -4,10 +4,15 @@
 canvas, R50 1x head geometry (num_grids 40/36/24/16/12, scale ranges (1, 96) ... (384, 2048), pos_scale
 0.2, 80 classes, max_positives 256), COCO-like instance sizes (bench/positives.py) drawn as ellipses.
 
-- ``targets_ms``: vectorised ``build_targets`` + ``downsample_masks`` vs the reference loop
+- ``targets_ms``: vectorised ``build_targets`` + ``downsample_masks`` on full-resolution ground truth
+  (``vectorised``), on the loaders' compact ground truth (``compact``: stride-4 masks, centres and
+  counts computed by the loader, so nothing of it is left for the step), and the reference loop
   (``tests/trainer/reference_targets.py``, with its mask targets), median of several runs;
-- ``loss_forward_ms`` / ``loss_forward_backward_ms``: targets + ``solov2_losses`` with E = 256 mask
-  features at 200 x 336, random category logits and kernels (the dynamic convolution included).
+  ``compact_same_targets`` checks both forms give identical targets;
+- ``loss_forward_ms`` / ``loss_forward_backward_ms``: targets + ``solov2_losses`` from the compact
+  ground truth (what a training step does) with E = 256 mask features at 200 x 336, random category
+  logits and kernels (the dynamic convolution included); ``..._full_ground_truth`` the same from
+  full-resolution masks.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from positives import NUM_GRIDS, POS_SCALE, SCALE_RANGES, synthetic_instances  #
 from solov2.config import LossConfig  # noqa: E402
 from solov2.losses import solov2_losses  # noqa: E402
 from solov2.structures import GroundTruth  # noqa: E402
-from solov2.targets import build_targets, downsample_masks  # noqa: E402
+from solov2.targets import build_targets, compact_ground_truth, downsample_masks  # noqa: E402
 
 CANVAS = (800, 1344)
 NUM_CLASSES = 80
@@ -93,6 +98,11 @@ def main() -> None:
     def vectorised() -> tuple[object, torch.Tensor]:
         return build_targets(gt, **kw, max_positives=MAX_POSITIVES), downsample_masks(gt.masks)
 
+    compact_gt = compact_ground_truth(gt)
+
+    def compact() -> tuple[object, torch.Tensor]:
+        return build_targets(compact_gt, **kw, max_positives=MAX_POSITIVES), compact_gt.masks
+
     def reference() -> object:
         return reference_targets(*gt, **kw, with_masks=True)
 
@@ -106,18 +116,21 @@ def main() -> None:
     mask_feats = torch.randn(2, EMBED, h, w, generator=gen)
     cfg = LossConfig()
 
-    def forward(grad: bool) -> dict[str, torch.Tensor]:
+    def forward(grad: bool, targets_fn=compact) -> dict[str, torch.Tensor]:
         preds = [t.detach().requires_grad_(grad) for t in (cls_logits, kernel_preds, mask_feats)]
-        t, small = vectorised()
+        t, small = targets_fn()
         return solov2_losses(*preds, small, t, cfg=cfg)
 
-    def forward_backward() -> None:
-        out = forward(True)
+    def forward_backward(targets_fn=compact) -> None:
+        out = forward(True, targets_fn)
         (out["loss_cls"] + out["loss_mask"]).backward()
 
     with torch.no_grad():
         loss_fwd = median_ms(lambda: forward(False), args.repeats)
+        loss_fwd_full = median_ms(lambda: forward(False, vectorised), args.repeats)
     t_vec = median_ms(vectorised, args.repeats)
+    t_compact = median_ms(compact, args.repeats)
+    same = all(torch.equal(a, b) for a, b in zip(targets, compact()[0], strict=True))
     t_ref = median_ms(reference, args.reference_repeats, warmup=0)
     losses = forward(False)
     result = {
@@ -140,9 +153,19 @@ def main() -> None:
         "pairs_reference": pairs_ref,
         "positive_cells": int(targets.pos_cells.sum()),
         "dropped": int(targets.num_dropped.sum()),
-        "targets_ms": {"vectorised": t_vec, "reference": t_ref, "speedup": round(t_ref / t_vec, 1)},
+        "targets_ms": {
+            "vectorised": t_vec,
+            "compact": t_compact,
+            "reference": t_ref,
+            "speedup": round(t_ref / t_vec, 1),
+        },
+        "compact_same_targets": same,
         "loss_forward_ms": loss_fwd,
         "loss_forward_backward_ms": median_ms(forward_backward, args.repeats),
+        "loss_forward_ms_full_ground_truth": loss_fwd_full,
+        "loss_forward_backward_ms_full_ground_truth": median_ms(
+            lambda: forward_backward(vectorised), args.repeats
+        ),
         "losses": {k: round(float(v), 4) for k, v in losses.items()},
     }
     print(json.dumps(result, indent=2))

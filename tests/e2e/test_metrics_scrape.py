@@ -69,4 +69,5 @@ def test_metrics_move_during_training(small_coco, tmp_path):
     assert last["solov2_train_loss{component=total}"] > 0
     assert {last["solov2_train_loss{component=cls}"], last["solov2_train_loss{component=mask}"]} != {0.0}
     assert last["solov2_train_epoch"] >= first["solov2_train_epoch"] >= 1
-    assert "solov2_train_info{config=solov2_tiny_cpu,device=cpu,world_size=1}" in last
+    info = "solov2_train_info{config=solov2_tiny_cpu,device=cpu,optimizer=torch.optim.AdamW (fused),world_size=1}"
+    assert info in last

@@ -15,7 +15,8 @@ from solov2.engine.checkpoint import (
     read_config,
     save_checkpoint,
 )
-from solov2.engine.schedule import build_optimizer, lr_factor, scaled_lr
+from solov2.engine.optim import build_optimizer
+from solov2.engine.schedule import lr_factor, scaled_lr
 from solov2.errors import WeightsError
 from solov2.model.solov2 import SOLOv2
 

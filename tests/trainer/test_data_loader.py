@@ -15,7 +15,8 @@ from solov2.data.coco import CocoInstances, Sample
 from solov2.data.loader import LoaderStats, build_eval_loader, build_train_loader, collate
 from solov2.data.synthetic import write_synthetic_coco
 from solov2.errors import DataError
-from solov2.structures import Batch
+from solov2.structures import Batch, GroundTruth
+from solov2.targets import compact_ground_truth
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 CANVASES = [(192, 256), (256, 192), (224, 224)]
@@ -54,7 +55,9 @@ def test_collate_pads_instances_and_images_and_counts_truncation():
     )
     assert isinstance(batch, Batch)
     gt = batch.gt
-    assert batch.images.shape == (3, 3, 32, 32) and gt.masks.shape == (3, 4, 32, 32)
+    # Masks at stride 4, with centres and pixel counts from the canvas-size masks.
+    assert batch.images.shape == (3, 3, 32, 32) and gt.masks.shape == (3, 4, 8, 8)
+    assert gt.centers.shape == (3, 4, 2) and gt.counts.shape == (3, 4)
     assert gt.boxes.shape == (3, 4, 4) and gt.labels.shape == gt.valid.shape == (3, 4)
     assert batch.image_ids.tolist() == [5, -1, 9]
     assert batch.image_sizes.tolist() == [[20, 30], [0, 0], [20, 30]]
@@ -68,6 +71,13 @@ def test_collate_pads_instances_and_images_and_counts_truncation():
     assert gt.labels[2].tolist() == [2, 0, 1, 2]  # the 4 largest of 6 (indices 2..5), in order
     assert not gt.masks[0, 3:].any() and not gt.masks[1].any()
     gt.validate(num_classes=3, image_size=(32, 32))
+    # Exactly what the full-resolution ground truth padded to the canvas gives.
+    full = torch.zeros(3, 4, 32, 32, dtype=torch.uint8)
+    full[0, :3, :20, :30] = square_sample(3).masks
+    full[2, :, :20, :30] = square_sample(6).masks[2:]
+    expected = compact_ground_truth(GroundTruth(gt.boxes, gt.labels, full, gt.valid))
+    assert all(torch.equal(a, b) for a, b in zip(gt, expected, strict=True))
+    assert gt.counts[2].tolist() == [int(m.sum()) for m in square_sample(6).masks[2:]]
     assert stats.as_dict() == {
         "images": 2,
         "padding_images": 1,
@@ -88,13 +98,14 @@ def test_train_loader_yields_valid_static_batches(root):
     assert len(batches) == len(loader) > 0
     for batch in batches:
         canvas = tuple(batch.images.shape[-2:])
-        assert batch.images.shape == (2, 3, *canvas) and batch.gt.masks.shape == (2, 16, *canvas)
+        small = (canvas[0] // 4, canvas[1] // 4)
+        assert batch.images.shape == (2, 3, *canvas) and batch.gt.masks.shape == (2, 16, *small)
         assert {CANVASES[canvas_of[id_to_index[int(i)]]] for i in batch.image_ids} == {canvas}
         batch.gt.validate(num_classes=3, image_size=canvas)
         for b in range(2):
             h, w = batch.image_sizes[b].tolist()
-            assert not batch.images[b, :, h:].any() and not batch.gt.masks[b, :, :, w:].any()
-            assert batch.gt.masks[b][batch.gt.valid[b]].flatten(1).any(1).all()
+            assert not batch.images[b, :, h:].any() and not batch.gt.masks[b, :, :, (w + 3) // 4 :].any()
+            assert (batch.gt.counts[b][batch.gt.valid[b]] > 0).all()
     assert loader.collate_fn.stats.as_dict()["images"] == 2 * len(batches)
 
 

@@ -101,7 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="initialise the model from these weights only (fine-tuning); layers whose shape changed, "
         "like a new class count's category branch, stay initialised",
     )
-    p.add_argument("--compile", action="store_true", help="torch.compile the static training step")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the static training step: forward, targets and losses as one graph with its "
+        "backward (AOTAutograd), and the optimiser update unless the optimiser is already fused",
+    )
+    p.add_argument(
+        "--compile-mode",
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        default="default",
+        help="torch.compile mode with --compile; reduce-overhead replays the step's graphs as CUDA graphs "
+        "(CUDA only)",
+    )
     p.add_argument("--no-eval", action="store_true", help="skip the COCO evaluation after training")
     p.add_argument(
         "--termination-log",
@@ -283,7 +295,7 @@ def _train(args: argparse.Namespace) -> int:
         raise
     opts = TrainOptions(
         data_path=args.data_path, work_dir=args.work_dir, device=args.device, resume=args.resume,
-        load_from=args.load_from, compile=args.compile, evaluate=not args.no_eval,
+        load_from=args.load_from, compile=args.compile, compile_mode=args.compile_mode, evaluate=not args.no_eval,
         termination_log=args.termination_log, metrics_port=args.metrics_port,
         skip_bad_images=args.skip_bad_images, config_name=str(args.config), stop_timeout=args.stop_timeout,
     )  # fmt: skip

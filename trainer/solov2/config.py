@@ -166,8 +166,12 @@ class DataConfig:
     batch never mixes canvases. The default wastes ~7% of pixels on COCO-like sizes (bench/padding_waste.py)."""
     samples_per_device: int = 2
     """Images per device per step."""
-    workers: int = 2
-    """Data-loading worker processes per device."""
+    workers: int = -1
+    """Data-loading worker processes per device; -1 derives them from the CPUs this process may use (cgroup
+    quota and CPU affinity) shared among the node's processes (LOCAL_WORLD_SIZE), one left for the main
+    process, at most 8."""
+    prefetch_factor: int = 4
+    """Batches each data-loading worker prepares ahead."""
 
 
 @dataclass(frozen=True)
@@ -462,7 +466,6 @@ def validate(cfg: Config) -> None:
     _require(0 <= d.flip_prob <= 1, "data.flip_prob", "must lie in [0, 1]")
     _require(all(s > 0 for s in d.std), "data.std", "must be positive")
     _require(d.samples_per_device >= 1, "data.samples_per_device", "must be at least 1")
-    _require(d.workers >= 0, "data.workers", "must be non-negative")
 
     t = cfg.train
     _require(t.epochs >= 1, "train.epochs", "must be at least 1")

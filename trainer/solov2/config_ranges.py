@@ -89,7 +89,8 @@ RANGES: dict[str, Range] = {
     "data.size_divisor": AT_LEAST_1,
     "data.canvases": AT_LEAST_1,
     "data.samples_per_device": AT_LEAST_1,
-    "data.workers": NON_NEGATIVE,
+    "data.workers": Range(-1),  # -1: derived from the CPUs the process may use
+    "data.prefetch_factor": AT_LEAST_1,
     "train.epochs": AT_LEAST_1,
     "train.base_lr": POSITIVE,
     "train.base_batch_size": AT_LEAST_1,

@@ -25,7 +25,8 @@ name                                              type     meaning
 ``solov2_eval_ap{iou_type, metric}``              gauge    final COCO results: ``iou_type`` ``segm`` or
                                                            ``bbox``; ``metric`` ``AP``, ``AP50``, ``AP75``,
                                                            ``APs``, ``APm``, ``APl``; values in 0..1
-``solov2_train_info{config, device, world_size}`` gauge    always 1; labels describe the run
+``solov2_train_info{config, device, world_size,  gauge    always 1; labels describe the run (``optimizer``:
+ optimizer}``                                              the implementation, e.g. ``torch.optim.SGD (fused)``)
 ``solov2_train_finished``                         gauge    1 once training (and evaluation) has finished
 ================================================  =======  ==================================================
 

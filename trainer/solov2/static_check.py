@@ -23,7 +23,8 @@ from .config import Config
 from .data.synthetic import synthetic_batch
 from .model import build_model, total_loss
 from .model.solov2 import SOLOv2
-from .structures import GroundTruth
+from .structures import CompactGroundTruth, GroundTruth
+from .targets import compact_ground_truth
 
 # ATen operators whose output size or control flow depends on tensor values, or that sync with the host.
 DATA_DEPENDENT_OPS = (
@@ -117,7 +118,7 @@ class _InspectingBackend:
 
 
 def _run_path(
-    fn: Callable[..., Any], batches: Sequence[tuple[Tensor, GroundTruth]], backward: bool
+    fn: Callable[..., Any], batches: Sequence[tuple[Tensor, GroundTruth | CompactGroundTruth]], backward: bool
 ) -> PathReport:
     report = PathReport(batches=len(batches))
     torch._dynamo.reset()
@@ -160,15 +161,15 @@ def check_static(
             batch_size, canvas, max_instances=n, instance_counts=[count] * batch_size, seed=seed + i
         )
         gt.validate(cfg.model.head.num_classes, canvas)
-        batches.append((images.to(device), gt.to(device)))
+        batches.append((images.to(device), compact_ground_truth(gt).to(device)))  # as the loaders give it
 
     torch.manual_seed(seed)
     model: SOLOv2 = build_model(cfg).to(device)
 
-    def train_step(images: Tensor, gt: GroundTruth) -> Tensor:
+    def train_step(images: Tensor, gt: CompactGroundTruth) -> Tensor:
         return total_loss(model(images, gt))
 
-    def infer(images: Tensor, gt: GroundTruth) -> Tensor:
+    def infer(images: Tensor, gt: CompactGroundTruth) -> Tensor:
         det = model(images)
         return det.scores.sum() + det.masks.sum()
 

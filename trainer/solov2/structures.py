@@ -13,6 +13,9 @@ from torch import Tensor
 
 from .errors import GroundTruthError
 
+MASK_STRIDE = 4
+"""Stride of the mask features (P2), where mask targets live; :class:`CompactGroundTruth` masks use it."""
+
 
 class GroundTruth(NamedTuple):
     """Ground truth of a batch, padded to ``max_instances`` (N) per image.
@@ -37,6 +40,9 @@ class GroundTruth(NamedTuple):
         This synchronises with the tensors' device, so it belongs to data loading, never to the
         compiled training step.
         """
+        self._validate(num_classes, image_size, mask_stride=1)
+
+    def _validate(self, num_classes: int, image_size: tuple[int, int] | None, *, mask_stride: int) -> None:
         boxes, labels, masks, valid = self
         if boxes.dim() != 3 or boxes.shape[-1] != 4:
             raise GroundTruthError(f"gt.boxes: expected shape [B, N, 4], got {list(boxes.shape)}")
@@ -54,10 +60,15 @@ class GroundTruth(NamedTuple):
             raise GroundTruthError(f"gt.valid: expected bool, got {valid.dtype}")
         if masks.dtype not in (torch.uint8, torch.bool):
             raise GroundTruthError(f"gt.masks: expected uint8 or bool, got {masks.dtype}")
-        height, width = masks.shape[-2:]
+        height, width = masks.shape[-2] * mask_stride, masks.shape[-1] * mask_stride
         if image_size is not None and (height, width) != tuple(image_size):
             raise GroundTruthError(
                 f"gt.masks: expected the canvas size {tuple(image_size)}, got {(height, width)}"
+                + (
+                    f" (masks of {tuple(masks.shape[-2:])} at stride {mask_stride})"
+                    if mask_stride > 1
+                    else ""
+                )
             )
         if masks.numel() and masks.dtype == torch.uint8 and int(masks.max()) > 1:
             raise GroundTruthError(f"gt.masks: values must be 0 or 1, found {int(masks.max())}")
@@ -81,6 +92,51 @@ class GroundTruth(NamedTuple):
             )
 
 
+class CompactGroundTruth(NamedTuple):
+    """What the data loaders hand over: :class:`GroundTruth` with masks at the stride they are used at.
+
+    - ``boxes``, ``labels``, ``valid``: as in :class:`GroundTruth`.
+    - ``masks``:   ``[B, N, H/4, W/4]`` uint8 (0/1): the canvas-size masks through
+      :func:`~solov2.targets.downsample_masks`.
+    - ``centers``: ``[B, N, 2]`` float32 centre of mass ``(h, w)`` of each canvas-size mask, in canvas pixels.
+    - ``counts``:  ``[B, N]`` int64 pixels of each canvas-size mask.
+
+    :func:`~solov2.targets.compact_ground_truth` makes it from a :class:`GroundTruth`, and
+    :func:`~solov2.targets.build_targets` gives the same targets for both; the compact form carries
+    16 times fewer mask bytes between processes and to the device.
+    """
+
+    boxes: Tensor
+    labels: Tensor
+    masks: Tensor
+    valid: Tensor
+    centers: Tensor
+    counts: Tensor
+
+    @property
+    def canvas_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the padded canvas."""
+        return int(self.masks.shape[-2]) * MASK_STRIDE, int(self.masks.shape[-1]) * MASK_STRIDE
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> CompactGroundTruth:
+        return CompactGroundTruth(*(t.to(device, non_blocking=non_blocking) for t in self))
+
+    def validate(self, num_classes: int, image_size: tuple[int, int] | None = None) -> None:
+        """Check shapes, dtypes and ranges (see :meth:`GroundTruth.validate`); ``image_size`` is the canvas."""
+        b, n = self.boxes.shape[:2] if self.boxes.dim() == 3 else (-1, -1)
+        if tuple(self.centers.shape) != (b, n, 2) or self.centers.dtype != torch.float32:
+            raise GroundTruthError(
+                f"gt.centers: expected float32 [B={b}, N={n}, 2], got {self.centers.dtype} {list(self.centers.shape)}"
+            )
+        if tuple(self.counts.shape) != (b, n) or self.counts.dtype != torch.int64:
+            raise GroundTruthError(
+                f"gt.counts: expected int64 [B={b}, N={n}], got {self.counts.dtype} {list(self.counts.shape)}"
+            )
+        GroundTruth(*self[:4])._validate(num_classes, image_size, mask_stride=MASK_STRIDE)
+        if (self.counts[self.valid] < 1).any():
+            raise GroundTruthError("gt.counts: a valid instance has an empty mask")
+
+
 class Detections(NamedTuple):
     """Fixed-size inference output per image: ``K = max_per_img`` slots, padding marked invalid.
 
@@ -100,7 +156,8 @@ class Batch(NamedTuple):
     """What a data loader yields: images padded to one canvas, their ground truth and metadata.
 
     - ``images``:         ``[B, 3, H, W]`` uint8 RGB (normalised inside the model, on the device).
-    - ``gt``:             :class:`GroundTruth` (``None`` for inference-only loaders).
+    - ``gt``:             :class:`CompactGroundTruth` from the loaders (``None`` for inference-only
+      loaders); the model also takes a full-resolution :class:`GroundTruth`.
     - ``image_ids``:      ``[B]`` int64 COCO image ids; ``-1`` marks a padding image that fills a short
       last batch (its detections are ignored).
     - ``image_sizes``:    ``[B, 2]`` int64 ``(h, w)`` of the resized image at the canvas's top-left.
@@ -108,7 +165,7 @@ class Batch(NamedTuple):
     """
 
     images: Tensor
-    gt: GroundTruth | None
+    gt: CompactGroundTruth | GroundTruth | None
     image_ids: Tensor
     image_sizes: Tensor
     original_sizes: Tensor

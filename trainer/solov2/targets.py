@@ -30,9 +30,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .structures import GroundTruth
+from .structures import MASK_STRIDE, CompactGroundTruth, GroundTruth
 
-__all__ = ["Targets", "build_targets", "downsample_masks"]
+__all__ = ["Targets", "build_targets", "compact_ground_truth", "downsample_masks", "mask_statistics"]
 
 
 class Targets(NamedTuple):
@@ -108,8 +108,32 @@ def _centre_of_mass(masks: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return center_h, center_w, count
 
 
+def mask_statistics(masks: Tensor, stride: int = MASK_STRIDE) -> tuple[Tensor, Tensor, Tensor]:
+    """What target assignment needs of 0/1 masks ``[..., H, W]``, computed at their resolution.
+
+    Returns ``(masks at stride [..., H/s, W/s], centres [..., 2] float32 (h, w), counts [...] int64)``.
+    ``H`` and ``W`` must be multiples of ``stride`` (pad with zeros at the bottom and right first:
+    padding changes neither the centre of mass, nor the count, nor the downsampled content).
+    """
+    lead = masks.shape[:-2]
+    if masks.numel() == 0:
+        small = downsample_masks(masks, stride)
+        return small, torch.zeros(*lead, 2, device=masks.device), torch.zeros(lead, dtype=torch.int64)
+    flat = masks.reshape(1, -1, *masks.shape[-2:])
+    center_h, center_w, count = _centre_of_mass(flat)
+    centres = torch.stack([center_h, center_w], dim=-1).reshape(*lead, 2)
+    return downsample_masks(masks, stride), centres, count.reshape(lead)
+
+
+def compact_ground_truth(gt: GroundTruth) -> CompactGroundTruth:
+    """The compact form of full-resolution ground truth: masks at stride 4 plus each instance's centre
+    of mass and pixel count at the canvas resolution. :func:`build_targets` gives the same targets for both."""
+    small, centres, counts = mask_statistics(gt.masks)
+    return CompactGroundTruth(gt.boxes, gt.labels, small, gt.valid, centres, counts)
+
+
 def build_targets(
-    gt: GroundTruth,
+    gt: GroundTruth | CompactGroundTruth,
     *,
     num_grids: Sequence[int],
     scale_ranges: Sequence[tuple[float, float]],
@@ -120,8 +144,9 @@ def build_targets(
     """Assign SOLOv2 category and mask targets with static shapes.
 
     Args:
-        gt: padded ground truth; ``gt.masks`` ``[B, N, H, W]`` uint8/bool at the canvas size, boxes
-            ``[B, N, 4]`` ``x1, y1, x2, y2`` in canvas pixels.
+        gt: padded ground truth, full form (``gt.masks`` ``[B, N, H, W]`` uint8/bool at the canvas
+            size) or compact form (masks at stride 4 with centres and counts, see
+            :class:`~solov2.structures.GroundTruth`); boxes ``[B, N, 4]`` ``x1, y1, x2, y2`` in canvas pixels.
         num_grids: ``S_l`` per level.
         scale_ranges: ``(lower, upper)`` of ``sqrt(box area)`` per level (inclusive, may overlap).
         pos_scale: fraction of the box size that defines the centre box.
@@ -135,12 +160,15 @@ def build_targets(
         raise ValueError(f"num_grids has {len(num_grids)} levels but scale_ranges has {len(scale_ranges)}")
     if max_positives < 1:
         raise ValueError(f"max_positives must be at least 1, got {max_positives}")
-    boxes, gt_labels, masks, valid = gt
+    boxes, gt_labels, masks, valid = gt[:4]
     batch, num_inst = gt_labels.shape
-    height, width = masks.shape[-2:]
     device = masks.device
-
-    center_h, center_w, count = _centre_of_mass(masks)
+    if isinstance(gt, CompactGroundTruth):
+        height, width = gt.canvas_size
+        center_h, center_w, count = gt.centers[..., 0], gt.centers[..., 1], gt.counts
+    else:
+        height, width = masks.shape[-2:]
+        center_h, center_w, count = _centre_of_mass(masks)
     usable = valid & (count > 0)  # [B, N]
     boxes = boxes.float()
     box_w = boxes[..., 2] - boxes[..., 0]

@@ -39,6 +39,7 @@ import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageOps
@@ -48,8 +49,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from .rasterize import instance_masks, resize_image
 
-__all__ = ["CocoInstances", "Sample", "read_image"]
+__all__ = ["CocoInstances", "Sample", "read_image", "read_rgb"]
 
 _log = logging.getLogger(__name__)
 
@@ -76,24 +78,45 @@ class Sample(NamedTuple):
     image_size: tuple[int, int]
 
 
-def read_image(path: Path, *, exif_transpose: bool = False) -> Tensor:
-    """Decode an image file to ``[3, H, W]`` uint8 RGB (a channels-last view); grey, RGBA, CMYK and
-    palette images are converted. Raises :class:`DataError` naming the file if it is missing or corrupt.
+def read_rgb(path: Path, *, exif_transpose: bool = False) -> np.ndarray:
+    """Decode an image file to ``[H, W, 3]`` uint8 RGB; grey, RGBA, CMYK and palette images are
+    converted. Raises :class:`DataError` naming the file if it is missing or corrupt.
 
-    ``exif_transpose`` applies the file's EXIF orientation (prediction on photos); data sets are read
-    without it, as their annotations refer to the stored pixels."""
+    OpenCV decodes (a third faster than PIL on COCO's JPEGs, ``bench/decode_resize.py``), keeping the
+    stored pixel orientation (data sets' annotations refer to it, so EXIF rotation is ignored); what it
+    cannot decode goes to PIL, which either reads it or says what is wrong with the file.
+    ``exif_transpose`` applies the file's EXIF orientation instead (prediction on photos; PIL decodes)."""
+    if exif_transpose:
+        return _read_rgb_pil(path, exif_transpose=True)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read image ({exc})") from exc
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
+    if bgr is not None and bgr.dtype == np.uint8 and bgr.ndim == 3:
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return _read_rgb_pil(path)
+
+
+def _read_rgb_pil(path: Path, *, exif_transpose: bool = False) -> np.ndarray:
     try:
         with Image.open(path) as img:
             if exif_transpose:
                 img = ImageOps.exif_transpose(img)
             if img.mode in ("P", "PA", "LA"):
                 img = img.convert("RGBA")  # palette transparency, then drop alpha below
-            rgb = np.array(img.convert("RGB"))
+            return np.array(img.convert("RGB"))
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: cannot decode image ({exc})") from exc
-    return torch.from_numpy(rgb).permute(2, 0, 1)
+
+
+def read_image(path: Path, *, exif_transpose: bool = False) -> Tensor:
+    """:func:`read_rgb` as ``[3, H, W]`` uint8 (a channels-last view)."""
+    return torch.from_numpy(read_rgb(path, exif_transpose=exif_transpose)).permute(2, 0, 1)
 
 
 def _load_coco(ann_file: Path) -> COCO:
@@ -169,10 +192,20 @@ def _usable(ann: dict[str, Any]) -> bool:
 
 def _to_rle(ann: dict[str, Any], height: int, width: int, ann_file: Path) -> dict[str, Any] | None:
     """A compressed RLE of the annotation's segmentation at ``height x width``; None if it has no area."""
+    segm = _segmentation(ann, height, width, ann_file)
+    if isinstance(segm, list):
+        return mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
+    return segm
+
+
+def _segmentation(
+    ann: dict[str, Any], height: int, width: int, ann_file: Path
+) -> list[list[float]] | dict[str, Any] | None:
+    """The annotation's polygon parts (those with at least 3 points), or its RLE (compressed), checked
+    against the image size ``height x width``; None if no polygon part is usable."""
     segm = ann["segmentation"]
     if isinstance(segm, list):  # polygons: one or more parts of one object
-        parts = [p for p in segm if len(p) >= 6]
-        return mask_utils.merge(mask_utils.frPyObjects(parts, height, width)) if parts else None
+        return [p for p in segm if len(p) >= 6] or None
     if isinstance(segm, dict) and "counts" in segm and "size" in segm:
         if [int(v) for v in segm["size"]] != [height, width]:
             raise DataError(
@@ -183,6 +216,15 @@ def _to_rle(ann: dict[str, Any], height: int, width: int, ann_file: Path) -> dic
             return mask_utils.frPyObjects(segm, height, width)
         return segm
     raise DataError(f"{ann_file}: annotation {ann.get('id')} has an unknown segmentation format")
+
+
+def _xyxy(bboxes: list[list[float]], height: int, width: int) -> Tensor:
+    """COCO ``x, y, w, h`` boxes -> ``[n, 4]`` float32 ``x1, y1, x2, y2`` clipped to the image."""
+    boxes = torch.tensor(bboxes, dtype=torch.float32).reshape(-1, 4)
+    boxes[:, 2:] += boxes[:, :2]
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+    return boxes
 
 
 class CocoInstances(Dataset):
@@ -300,17 +342,20 @@ class CocoInstances(Dataset):
     def __getitem__(self, index: int) -> Sample | None:
         return self.load(index)
 
-    def load(self, index: int, *, annotations: bool = True) -> Sample | None:
-        """Decode image ``index``; with ``annotations=False`` the instance fields are empty (n = 0)."""
-        image_id = self.image_ids[index]
-        file_name, usable = self._record(index)
+    def original_size(self, index: int) -> tuple[int, int]:
+        """``(h, w)`` of image ``index`` as stored, from the annotation file."""
+        return int(self._sizes[index, 0]), int(self._sizes[index, 1])
+
+    def _read(self, index: int, file_name: str) -> np.ndarray | None:
+        """The image's ``[H, W, 3]`` pixels, checked against the annotated size; None for a bad image
+        with ``skip_bad_images`` (else :class:`DataError`)."""
         path = self.image_dir / file_name
-        expected = (int(self._sizes[index, 0]), int(self._sizes[index, 1]))
+        expected = self.original_size(index)
         try:
-            image = read_image(path)
-            if tuple(image.shape[-2:]) != expected:
+            rgb = read_rgb(path)
+            if tuple(rgb.shape[:2]) != expected:
                 raise DataError(
-                    f"{path}: image is {image.shape[-2]}x{image.shape[-1]} but {self.ann_file} says "
+                    f"{path}: image is {rgb.shape[0]}x{rgb.shape[1]} but {self.ann_file} says "
                     f"{expected[0]}x{expected[1]}"
                 )
         except DataError as exc:
@@ -320,6 +365,46 @@ class CocoInstances(Dataset):
                 self._bad[index] = 1
                 _log.warning("skipping bad image: %s", exc)
             return None
+        return rgb
+
+    def load_resized(self, index: int, size: tuple[int, int], *, flip: bool = False) -> Sample | None:
+        """Image ``index`` and its instances directly at ``size = (h, w)``, mirrored if ``flip``: what
+        :func:`~.transforms.resize_sample` and :func:`~.transforms.hflip_sample` make of :meth:`load`,
+        with polygons rasterised at ``size`` (:mod:`.rasterize`). Unpadded; None like :meth:`load`."""
+        file_name, usable = self._record(index)
+        rgb = self._read(index, file_name)
+        if rgb is None:
+            return None
+        (h0, w0), (height, width) = self.original_size(index), size
+        segms, kept = [], []
+        for ann in usable:
+            segm = _segmentation(ann, h0, w0, self.ann_file)
+            if segm is not None:
+                segms.append(segm)
+                kept.append(ann)
+        masks = instance_masks(segms, (h0, w0), size, flip=flip)
+        boxes = _xyxy([a["bbox"] for a in kept], h0, w0)
+        boxes = boxes * torch.tensor([width / w0, height / h0, width / w0, height / h0])
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        if flip:
+            boxes = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+        labels = torch.tensor([self.category_to_label[a["category_id"]] for a in kept], dtype=torch.int64)
+        nonempty = masks.flatten(1).any(1).bool()
+        if not bool(nonempty.all()):
+            masks, boxes, labels = masks[nonempty], boxes[nonempty], labels[nonempty]
+        image = resize_image(rgb, size, flip=flip)
+        return Sample(image, masks, boxes, labels, int(self.image_ids[index]), (h0, w0), (height, width))
+
+    def load(self, index: int, *, annotations: bool = True) -> Sample | None:
+        """Decode image ``index``; with ``annotations=False`` the instance fields are empty (n = 0)."""
+        image_id = self.image_ids[index]
+        file_name, usable = self._record(index)
+        expected = self.original_size(index)
+        rgb = self._read(index, file_name)
+        if rgb is None:
+            return None
+        image = torch.from_numpy(rgb).permute(2, 0, 1)
         height, width = expected
         anns = usable if annotations else []
         rles, kept = [], []
@@ -335,10 +420,7 @@ class CocoInstances(Dataset):
             masks = torch.from_numpy(np.ascontiguousarray(decoded.transpose(2, 0, 1)))
         else:
             masks = torch.zeros(0, height, width, dtype=torch.uint8)
-        boxes = torch.tensor([a["bbox"] for a in kept], dtype=torch.float32).reshape(-1, 4)
-        boxes[:, 2:] += boxes[:, :2]
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        boxes = _xyxy([a["bbox"] for a in kept], height, width)
         labels = torch.tensor([self.category_to_label[a["category_id"]] for a in kept], dtype=torch.int64)
         nonempty = masks.flatten(1).any(1).bool()
         if not bool(nonempty.all()):

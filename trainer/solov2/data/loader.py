@@ -21,17 +21,27 @@ import random
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from ..config import Config
 from ..errors import DataError
-from ..structures import Batch, GroundTruth
+from ..structures import MASK_STRIDE, Batch, CompactGroundTruth
+from ..targets import mask_statistics
 from .buckets import BucketBatchSampler, EvalBatchSampler, mix_seed
 from .coco import CocoInstances, Sample
+from .cpus import default_workers
 from .transforms import EvalTransform, TrainTransform
 
-__all__ = ["BatchCollator", "LoaderStats", "build_eval_loader", "build_train_loader", "collate"]
+__all__ = [
+    "BatchCollator",
+    "LoaderStats",
+    "build_eval_loader",
+    "build_train_loader",
+    "collate",
+    "resolve_workers",
+]
 
 _log = logging.getLogger(__name__)
 _REPLACEMENT_TRIES = 8
@@ -81,10 +91,14 @@ def collate(
 ) -> Batch:
     """Stack samples (each padded to ``canvas`` or smaller, content at the top-left) into a Batch.
 
+    The ground truth is a :class:`~solov2.structures.CompactGroundTruth`: masks at stride 4, and each
+    instance's centre of mass and pixel count, computed here at the canvas resolution.
     ``None`` entries become padding images (zeros, ``image_id == -1``, sizes ``(0, 0)``, no instances).
     Instances are padded to ``max_instances`` with ``valid = False``; beyond it the largest are kept.
     """
     b, (ch, cw), n_max = len(samples), canvas, max_instances
+    if ch % MASK_STRIDE or cw % MASK_STRIDE:
+        raise ValueError(f"collate: the {ch}x{cw} canvas is not a multiple of the mask stride {MASK_STRIDE}")
     images = _zeros((b, 3, ch, cw), torch.uint8)
     image_ids = torch.full((b,), -1, dtype=torch.int64)
     image_sizes = torch.zeros(b, 2, dtype=torch.int64)
@@ -92,8 +106,10 @@ def collate(
     if with_gt:
         boxes = torch.zeros(b, n_max, 4)
         labels = torch.zeros(b, n_max, dtype=torch.int64)
-        masks = _zeros((b, n_max, ch, cw), torch.uint8)
+        masks = _zeros((b, n_max, ch // MASK_STRIDE, cw // MASK_STRIDE), torch.uint8)
         valid = torch.zeros(b, n_max, dtype=torch.bool)
+        centers = torch.zeros(b, n_max, 2)
+        pixels = torch.zeros(b, n_max, dtype=torch.int64)
     counts = dict.fromkeys(LoaderStats.FIELDS[:5], 0)
     for i, s in enumerate(samples):
         if s is None:
@@ -110,22 +126,36 @@ def collate(
         if not with_gt:
             continue
         n = s.labels.shape[0]
+        if n == 0:
+            continue
+        small, centre, area = _instance_statistics(s.masks)
         keep = torch.arange(n)
         if n > n_max:
-            area = s.masks.flatten(1).sum(1, dtype=torch.int64)
             keep = torch.sort(torch.argsort(area, descending=True, stable=True)[:n_max]).values
             counts["truncated_images"] += 1
             counts["truncated_instances"] += n - n_max
         k = keep.shape[0]
-        masks[i, :k, :h, :w] = s.masks[keep]
+        masks[i, :k, : small.shape[-2], : small.shape[-1]] = small[keep]
+        centers[i, :k] = centre[keep]
+        pixels[i, :k] = area[keep]
         boxes[i, :k] = s.boxes[keep]
         labels[i, :k] = s.labels[keep]
         valid[i, :k] = True
         counts["instances"] += k
     if stats is not None:
         stats.add(**counts)
-    gt = GroundTruth(boxes=boxes, labels=labels, masks=masks, valid=valid) if with_gt else None
+    gt = CompactGroundTruth(boxes, labels, masks, valid, centers, pixels) if with_gt else None
     return Batch(images, gt, image_ids, image_sizes, original_sizes)
+
+
+def _instance_statistics(masks: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Masks ``[n, h, w]`` (content at the canvas's top-left) -> stride-4 masks, centres of mass and
+    pixel counts, as :func:`~solov2.targets.compact_ground_truth` computes them on the padded canvas.
+    The masks are zero-padded to multiples of 8 first (the canvas's sides are multiples of 32, so this
+    stays inside it; zeros change no sum, and 8 lets the row and column counts read 8 pixels at once)."""
+    h, w = masks.shape[-2:]
+    padded = F.pad(masks, (0, -w % 8, 0, -h % 8))
+    return mask_statistics(padded, MASK_STRIDE)
 
 
 class BatchCollator:
@@ -176,20 +206,26 @@ class _TrainSamples(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def _load(self, index: int, seed: int, canvas: int) -> Sample | None:
+        """Image ``index`` decoded straight to its training size and flip, drawn from ``seed``; unpadded
+        (collate places it on the canvas)."""
+        size, flip = self.transform.plan(
+            self.dataset.original_size(index), canvas=self.canvases[canvas], rng=random.Random(seed)
+        )
+        return self.dataset.load_resized(index, size, flip=flip)
+
     def __getitem__(self, key: tuple[int, int, int]) -> tuple[int, Sample | None]:
         index, epoch, canvas = key
-        sample = self.dataset[index]
+        seed = mix_seed(self.seed, epoch, index)
+        sample = self._load(index, seed, canvas)
         if sample is None:
             bucket, pos = self.buckets[canvas], self.position[index]
             for step in range(1, min(_REPLACEMENT_TRIES, len(bucket) - 1) + 1):
-                sample = self.dataset[bucket[(pos + step) % len(bucket)]]
+                sample = self._load(bucket[(pos + step) % len(bucket)], seed, canvas)
                 if sample is not None:
                     self.stats.add(replaced=1)
                     break
-            else:
-                return canvas, None
-        rng = random.Random(mix_seed(self.seed, epoch, index))
-        return canvas, self.transform(sample, canvas=self.canvases[canvas], rng=rng)
+        return canvas, sample
 
 
 class _EvalSamples(Dataset):
@@ -217,15 +253,31 @@ def _check_classes(dataset: CocoInstances, cfg: Config) -> None:
         )
 
 
-def _loader(ds: Dataset, batches: _KeyedBatches, collator: BatchCollator, cfg: Config, seed: int, pin):
-    workers = cfg.data.workers
+def resolve_workers(cfg: Config) -> int:
+    """``data.workers``, with -1 resolved by :func:`~.cpus.default_workers`."""
+    return default_workers() if cfg.data.workers < 0 else cfg.data.workers
+
+
+def _loader(
+    ds: Dataset,
+    batches: _KeyedBatches,
+    collator: BatchCollator,
+    cfg: Config,
+    seed: int,
+    pin: bool | None,
+    device: str,
+):
+    workers = resolve_workers(cfg)
+    pin = torch.cuda.is_available() if pin is None else pin
     return DataLoader(
         ds,
         batch_sampler=batches,
         collate_fn=collator,
         num_workers=workers,
-        pin_memory=torch.cuda.is_available() if pin is None else pin,
+        pin_memory=pin,  # page-locked batches: the step's non-blocking copies overlap with compute
+        pin_memory_device=device if pin and device not in ("", "cuda") else "",
         persistent_workers=workers > 0,
+        prefetch_factor=cfg.data.prefetch_factor if workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),  # worker base seeds; leaves the global RNG alone
     )
 
@@ -240,11 +292,13 @@ def build_train_loader(
     start_batch: int = 0,
     seed: int | None = None,
     pin_memory: bool | None = None,
+    pin_memory_device: str = "",
 ) -> DataLoader:
     """Shuffled, augmented training batches of ``cfg.data.samples_per_device`` images for one rank.
 
     ``seed`` defaults to ``cfg.train.seed``; ``(seed, epoch)`` fix the epoch's batches and augmentation.
-    ``len(loader)`` is the same on every rank. ``pin_memory`` defaults to "CUDA is available".
+    ``len(loader)`` is the same on every rank. ``pin_memory`` defaults to "CUDA is available";
+    ``pin_memory_device`` names another device type to pin for (``npu``).
     """
     _check_classes(dataset, cfg)
     seed = cfg.train.seed if seed is None else seed
@@ -276,10 +330,10 @@ def build_train_loader(
             max_instances,
             sum(over),
         )
-    stats = LoaderStats(cfg.data.workers)
+    stats = LoaderStats(resolve_workers(cfg))
     ds = _TrainSamples(dataset, cfg, sampler.buckets, seed, stats)
     collator = BatchCollator(cfg.data.canvases, max_instances=max_instances, with_gt=True, stats=stats)
-    return _loader(ds, _KeyedBatches(sampler), collator, cfg, seed, pin_memory)
+    return _loader(ds, _KeyedBatches(sampler), collator, cfg, seed, pin_memory, pin_memory_device)
 
 
 def build_eval_loader(
@@ -304,8 +358,9 @@ def build_eval_loader(
         rank=rank,
         world_size=world_size,
     )
-    stats = LoaderStats(cfg.data.workers)
+    stats = LoaderStats(resolve_workers(cfg))
     collator = BatchCollator(
         cfg.data.canvases, max_instances=cfg.model.targets.max_instances, with_gt=with_gt, stats=stats
     )
-    return _loader(_EvalSamples(dataset, cfg, with_gt), _KeyedBatches(sampler), collator, cfg, 0, pin_memory)
+    ds = _EvalSamples(dataset, cfg, with_gt)
+    return _loader(ds, _KeyedBatches(sampler), collator, cfg, 0, pin_memory, "")

@@ -120,15 +120,23 @@ class TrainTransform:
         self.short_sides = tuple(cfg.multiscale_short_sides)
         self.flip_prob = cfg.flip_prob
 
-    def __call__(self, sample: Sample, *, canvas: tuple[int, int], rng: random.Random) -> Sample:
+    def plan(
+        self, original_size: tuple[int, int], *, canvas: tuple[int, int], rng: random.Random
+    ) -> tuple[tuple[int, int], bool]:
+        """The size ``(h, w)`` and the flip an image of ``original_size`` gets (two draws from ``rng``).
+        The training loader decodes straight to them (:meth:`~.coco.CocoInstances.load_resized`)."""
         pick = rng.random()
         scale = self.img_scale
         if self.short_sides:
             short = self.short_sides[min(int(pick * len(self.short_sides)), len(self.short_sides) - 1)]
             scale = (max(self.img_scale), short)
-        size = fit_into(fit_size(*sample.original_size, scale), canvas)
+        size = fit_into(fit_size(*original_size, scale), canvas)
+        return size, rng.random() < self.flip_prob
+
+    def __call__(self, sample: Sample, *, canvas: tuple[int, int], rng: random.Random) -> Sample:
+        size, flip = self.plan(sample.original_size, canvas=canvas, rng=rng)
         sample = resize_sample(sample, size)
-        if rng.random() < self.flip_prob:
+        if flip:
             sample = hflip_sample(sample)
         return pad_to_canvas(sample, canvas)
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import WeightsError
 from ..model.state_dicts import compare_state_dicts
+from .optim import load_optimizer_state
 
 LAST = "last_checkpoint"
 
@@ -215,7 +216,7 @@ def load_training_state(
         )
     model.load_state_dict(state["model"])
     try:
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
     except (ValueError, KeyError, RuntimeError) as exc:
         changed = config_differences(state.get("config"), config, "train")

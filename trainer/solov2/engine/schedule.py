@@ -1,21 +1,8 @@
-"""Optimiser and learning rate: linear scaling with the total batch, linear warm-up, step decay."""
+"""Learning rate: linear scaling with the total batch, linear warm-up, step decay."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
-import torch
-
 from ..config import TrainConfig
-
-
-def build_optimizer(
-    params: Iterable[torch.nn.Parameter], cfg: TrainConfig, lr: float
-) -> torch.optim.Optimizer:
-    """SGD with momentum (the reference recipe) or AdamW, as ``cfg.optimizer`` says."""
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def scaled_lr(cfg: TrainConfig, total_batch: int) -> float:

@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..config import Config, to_dict
 from ..data.coco import CocoInstances
 from ..data.loader import build_train_loader
-from ..device import Runtime, amp_dtype, autocast, make_scaler, setup_runtime, shutdown
+from ..device import Runtime, amp_dtype, make_scaler, setup_runtime, shutdown
 from ..errors import ConfigError, UserError
 from ..metrics import NullMetrics, TrainingMetrics, write_termination_message
 from ..model import build_model, total_loss
@@ -39,11 +39,14 @@ from .checkpoint import (
     rng_state,
     save_checkpoint,
 )
+from .counters import StepCounters
 from .failures import Terminated, report_failure
-from .schedule import build_optimizer, lr_factor, scaled_lr, schedule_warnings
+from .optim import build_optimizer, describe_optimizer, init_state
+from .schedule import lr_factor, scaled_lr, schedule_warnings
 from .sigterm import SigtermStop, agree, leave_process_group
 from .splits import coco_split, evaluate_split, sum_over_ranks
 from .startup import check_outputs
+from .step import TrainStep
 
 
 class TrainingDiverged(UserError):
@@ -65,6 +68,7 @@ class TrainOptions:
     metrics_port: int | None = None
     skip_bad_images: bool = False
     config_name: str = ""
+    compile_mode: str = "default"
     stop_timeout: float = 25.0
     """Seconds from SIGTERM to the forced exit when no step boundary and checkpoint came first."""
 
@@ -104,12 +108,30 @@ class _Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.total_batch = cfg.data.samples_per_device * runtime.world_size
         self.base_lr = scaled_lr(cfg.train, self.total_batch)
-        self.optimizer = build_optimizer(self.params, cfg.train, self.base_lr)
+        self.optimizer = build_optimizer(
+            self.params, cfg.train, self.base_lr, device_kind=runtime.kind, tensor_lr=opts.compile
+        )
+        init_state(self.optimizer)
+        self.optimizer_name = describe_optimizer(self.optimizer)
+        self.counters = StepCounters(runtime.device)
         self.dtype = amp_dtype(runtime.kind, cfg.train.amp)
         self.scaler = make_scaler(runtime.kind, self.dtype, cfg.train.loss_scale)
         # One loader for the whole run (its workers persist); each epoch re-seeds its batch sampler.
-        self.loader = build_train_loader(self.dataset, cfg, rank=runtime.rank, world_size=runtime.world_size)
+        self.loader = build_train_loader(
+            self.dataset,
+            cfg,
+            rank=runtime.rank,
+            world_size=runtime.world_size,
+            pin_memory=runtime.kind != "cpu",
+            pin_memory_device=runtime.kind if runtime.kind == "npu" else "",
+        )
         self.loader.worker_init_fn = functools.partial(leave_process_group, then=self.loader.worker_init_fn)
+        workers = self.loader.num_workers
+        self.log(
+            f"data: {workers} loader worker(s) per process"
+            + (f", {cfg.data.prefetch_factor} batches ahead each" if workers else "")
+            + (", pinned memory" if self.loader.pin_memory else "")
+        )
         self.iters_per_epoch = self.loader.batch_sampler.sampler.batches_per_epoch
         self.total_iters = self.iters_per_epoch * cfg.train.epochs
         self.progress = ProgressLogger(
@@ -128,9 +150,23 @@ class _Trainer:
             ids = [runtime.device.index] if runtime.kind != "cpu" else None
             # Buffers (BatchNorm running statistics) are broadcast from rank 0 before every forward.
             self.ddp = DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
-        self.step_fn = self.ddp
+        forward = self.ddp
         if opts.compile:
-            self.step_fn = torch.compile(self.ddp, dynamic=False, fullgraph=not runtime.distributed)
+            mode = None if opts.compile_mode == "default" else opts.compile_mode
+            # Forward, targets and losses are one graph; AOTAutograd compiles its backward with it.
+            forward = torch.compile(self.ddp, dynamic=False, fullgraph=not runtime.distributed, mode=mode)
+        self.train_step = TrainStep(
+            forward,
+            self.optimizer,
+            self.params,
+            device_kind=runtime.kind,
+            dtype=self.dtype,
+            scaler=self.scaler,
+            grad_clip=cfg.train.grad_clip,
+            counters=self.counters,
+            compile_update=opts.compile,
+            loss_fn=lambda out: total_loss(out),  # looked up at call time
+        )
         # Every process agrees on a SIGTERM stop through a CPU all-reduce: gloo, beside nccl or hccl.
         self.stop_group = (
             dist.new_group(backend="gloo") if runtime.distributed and runtime.backend != "gloo" else None
@@ -148,8 +184,12 @@ class _Trainer:
                 f"--metrics-port {opts.metrics_port}: cannot listen ({exc.strerror or exc})"
             ) from None
         self.metrics.set_info(
-            config=opts.config_name, device=runtime.kind, world_size=str(runtime.world_size)
+            config=opts.config_name,
+            device=runtime.kind,
+            world_size=str(runtime.world_size),
+            optimizer=self.optimizer_name,
         )
+        self.log(f"optimizer: {self.optimizer_name}")
         if self.metrics.port is not None:
             self.log(f"metrics: Prometheus metrics on http://0.0.0.0:{self.metrics.port}/metrics")
 
@@ -230,33 +270,40 @@ class _Trainer:
         return Terminated(self.termination_text(path))
 
     # -- one step ----------------------------------------------------------------------------------
-    def step(self, batch: Any) -> tuple[dict[str, torch.Tensor], bool, int]:
-        """One optimisation step: the forward's outputs (plus ``loss``), whether the update was applied
-        (loss and gradient finite), and the positive pairs the targets' buffer dropped."""
+    def step(self, batch: Any) -> dict[str, torch.Tensor]:
+        """One optimisation step (:class:`~.step.TrainStep`: no host synchronisation); returns the
+        forward's outputs plus ``loss``, on the device. Non-finite and dropped-positive counts
+        accumulate in :attr:`counters`, read when the loop logs."""
         images = batch.images.to(self.rt.device, non_blocking=True)
         gt = batch.gt.to(self.rt.device, non_blocking=True)
-        with autocast(self.rt.kind, self.dtype):
-            out = self.step_fn(images, gt)
-        loss = total_loss(out)
-        self.optimizer.zero_grad(set_to_none=True)
-        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
-        # Gradients are all-reduced, so every rank sees the same norm and takes the same decision.
-        finite_t = torch.isfinite(norm) & torch.isfinite(loss.detach())
-        # The step's one host sync: finiteness decides the update, and the overflow count is read with it.
-        finite_f, dropped = torch.stack([finite_t.float(), out["dropped_positives"].float()]).tolist()
-        finite = bool(finite_f)
-        if isinstance(self.scaler, torch.amp.GradScaler):
-            self.scaler.step(self.optimizer)  # skips the update itself on inf/NaN gradients
-            self.scaler.update()
-        elif finite:
-            self.optimizer.step()
+        out = self.train_step(images, gt, self.iteration + 1)
         self.scheduler.step()
-        out["loss"] = loss
-        return out, finite, int(dropped)
+        return out
+
+    def _read_counters(self) -> None:
+        """Read the step counters (a host sync: logging iterations only); log and count skipped steps
+        and stop on too many consecutive ones."""
+        counts = self.counters.read()
+        self.metrics.add_dropped_positives(counts.dropped_positives)
+        if not counts.nonfinite:
+            return
+        limit = self.cfg.train.max_nonfinite
+        self.nonfinite += counts.nonfinite
+        self.metrics.add_nonfinite(counts.nonfinite)
+        where = (
+            f"iteration {counts.last_nonfinite}: non-finite loss or gradient, step skipped"
+            if counts.nonfinite == 1
+            else f"iterations {counts.first_nonfinite}..{counts.last_nonfinite}: non-finite loss or "
+            f"gradient, {counts.nonfinite} steps skipped"
+        )
+        self.log(f"{where} ({counts.longest_run} in a row at most, limit {limit})")
+        if counts.longest_run >= limit:
+            self.save(f"diverged_iter_{self.iteration}.pth")
+            raise TrainingDiverged(
+                f"training stopped: {counts.longest_run} consecutive steps had a non-finite loss or gradient "
+                f"(train.max_nonfinite={limit}); try a lower train.base_lr, "
+                f"train.amp=off or a fixed train.loss_scale"
+            )
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -266,13 +313,13 @@ class _Trainer:
             f"train: {len(self.dataset)} images, {self.dataset.num_classes} classes, {rt.world_size} "
             f"process(es) on {rt.kind}, batch {self.total_batch}, lr {self.base_lr:g}, "
             f"{self.iters_per_epoch} iterations/epoch x {cfg.train.epochs} epochs, "
-            f"amp {self.dtype or 'fp32'}{', compiled' if self.opts.compile else ''}"
+            f"amp {self.dtype or 'fp32'}"
+            + (f", compiled ({self.opts.compile_mode})" if self.opts.compile else "")
         )
         counts = self.dataset.annotation_counts()
         if any(counts.values()):
             self.log("data: " + ", ".join(f"{n} {key.replace('_', ' ')}" for key, n in counts.items()))
         self.model.train()
-        consecutive = 0
         window_start, window_images, window_data, window_steps = time.perf_counter(), 0, 0.0, 0
         start_time, start_iter = time.perf_counter(), self.iteration
         if self.sigterm is not None:
@@ -282,31 +329,14 @@ class _Trainer:
             tick = time.perf_counter()
             for batch in self.loader:
                 data_wait = time.perf_counter() - tick
-                out, finite, dropped = self.step(batch)
+                out = self.step(batch)
                 self.iteration += 1
                 self.batch_in_epoch += 1
                 window_images += self.total_batch
                 window_data += data_wait
                 window_steps += 1
-                self.metrics.add_dropped_positives(dropped)
-                if finite:
-                    consecutive = 0
-                else:
-                    consecutive += 1
-                    self.nonfinite += 1
-                    self.metrics.add_nonfinite()
-                    self.log(
-                        f"iteration {self.iteration}: non-finite loss or gradient, step skipped "
-                        f"({consecutive} in a row, limit {cfg.train.max_nonfinite})"
-                    )
-                    if consecutive >= cfg.train.max_nonfinite:
-                        self.save(f"diverged_iter_{self.iteration}.pth")
-                        raise TrainingDiverged(
-                            f"training stopped: {consecutive} consecutive steps had a non-finite loss or gradient "
-                            f"(train.max_nonfinite={cfg.train.max_nonfinite}); try a lower train.base_lr, "
-                            f"train.amp=off or a fixed train.loss_scale"
-                        )
                 if self.progress.due(self.iteration) or self.batch_in_epoch == self.iters_per_epoch:
+                    self._read_counters()
                     now = time.perf_counter()
                     elapsed = now - window_start
                     done = self.iteration - start_iter
@@ -315,7 +345,7 @@ class _Trainer:
                         name: float(out[key].detach())
                         for name, key in (("total", "loss"), ("cls", "loss_cls"), ("mask", "loss_mask"))
                     }
-                    lr = self.optimizer.param_groups[0]["lr"]
+                    lr = float(self.optimizer.param_groups[0]["lr"])
                     ips = window_images / max(elapsed, 1e-9)
                     values = dict(
                         images_per_second=ips,

@@ -8,12 +8,10 @@ from torch import Tensor, nn
 from ..config import Config
 from ..losses import solov2_losses
 from ..postprocess import predict
-from ..structures import Detections, GroundTruth
+from ..structures import MASK_STRIDE, CompactGroundTruth, Detections, GroundTruth
 from ..targets import build_targets, downsample_masks
 from .backbone import FPN, ResNet
 from .head import MaskFeatureBranch, SOLOv2Head
-
-MASK_STRIDE = 4  # mask features live at P2's stride; targets are built there
 
 
 class SOLOv2(nn.Module):
@@ -21,6 +19,8 @@ class SOLOv2(nn.Module):
 
     ``forward(images, gt)`` takes RGB images ``[B, 3, H, W]`` (uint8 or float in 0..255, padded to a
     canvas whose sides are multiples of 32; normalised inside the model, on the device).
+    ``gt`` is a :class:`~solov2.structures.CompactGroundTruth` (what the loaders give) or a full-resolution
+    :class:`~solov2.structures.GroundTruth`; both give the same targets and losses.
     In training mode it returns a dict of named tensors: ``loss_cls``, ``loss_mask`` (their sum is the
     loss to minimise), and the detached statistics ``num_positives`` and ``dropped_positives``.
     In eval mode it returns :class:`~solov2.structures.Detections` with ``max_per_img`` slots.
@@ -65,7 +65,9 @@ class SOLOv2(nn.Module):
         cls_logits, kernel_preds = self.head(feats)
         return cls_logits, kernel_preds, self.mask_feature(feats)
 
-    def forward(self, images: Tensor, gt: GroundTruth | None = None) -> dict[str, Tensor] | Detections:
+    def forward(
+        self, images: Tensor, gt: GroundTruth | CompactGroundTruth | None = None
+    ) -> dict[str, Tensor] | Detections:
         cls_logits, kernel_preds, mask_feats = self.features(images)
         if self.training:
             if gt is None:
@@ -82,7 +84,11 @@ class SOLOv2(nn.Module):
         )
 
     def loss(
-        self, cls_logits: Tensor, kernel_preds: Tensor, mask_feats: Tensor, gt: GroundTruth
+        self,
+        cls_logits: Tensor,
+        kernel_preds: Tensor,
+        mask_feats: Tensor,
+        gt: GroundTruth | CompactGroundTruth,
     ) -> dict[str, Tensor]:
         m = self.cfg.model
         with torch.no_grad():
@@ -94,7 +100,8 @@ class SOLOv2(nn.Module):
                 num_classes=m.head.num_classes,
                 max_positives=m.targets.max_positives,
             )
-            gt_masks_s4 = downsample_masks(gt.masks, MASK_STRIDE)
+            compact = isinstance(gt, CompactGroundTruth)
+            gt_masks_s4 = gt.masks if compact else downsample_masks(gt.masks, MASK_STRIDE)
         return solov2_losses(cls_logits, kernel_preds, mask_feats, gt_masks_s4, targets, cfg=m.loss)
 
 

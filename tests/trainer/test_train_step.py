@@ -1,0 +1,136 @@
+"""The training step: no host synchronisation between logging iterations, and an exact skip of
+non-finite steps (no parameter and no optimiser state changes)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import solov2.engine.train as train_module
+from solov2.config import load_config
+from solov2.data.synthetic import write_synthetic_coco
+from solov2.device import setup_runtime
+from solov2.engine.optim import apply_update, build_optimizer, init_state
+from solov2.engine.train import TrainOptions, _Trainer
+
+
+class _HostReads(TorchDispatchMode):
+    """Records every op that copies a tensor's value to the host (``.item()``, ``.tolist()``, ``bool()``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.reads.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory):
+    return write_synthetic_coco(tmp_path_factory.mktemp("coco"), train=8, val=0, seed=5)
+
+
+def _trainer(coco, tmp_path, *overrides: str) -> _Trainer:
+    cfg = load_config(
+        "solov2_tiny_cpu",
+        ["data.workers=0", "train.log_interval=1000", "data.samples_per_device=2", *overrides],
+    )
+    opts = TrainOptions(data_path=coco, work_dir=tmp_path, device="cpu", evaluate=False, termination_log=None)
+    trainer = _Trainer(cfg, opts, setup_runtime("cpu"), log=lambda _m: None)
+    trainer.model.train()
+    return trainer
+
+
+def _batches(trainer: _Trainer, n: int) -> list:
+    trainer.loader.batch_sampler.set_epoch(0)
+    return list(itertools.islice(itertools.cycle(list(trainer.loader)), n))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_steps_between_logging_never_read_a_value_back(coco, tmp_path, optimizer):
+    trainer = _trainer(coco, tmp_path, f"train.optimizer={optimizer}")
+    batches = _batches(trainer, 3)
+    before = [p.detach().clone() for p in trainer.params]
+    with _HostReads() as mode:
+        for batch in batches:
+            trainer.step(batch)
+            trainer.iteration += 1
+    assert mode.reads == []
+    # The steps did train, and the counters saw them, once read.
+    assert any(not torch.equal(a, p) for a, p in zip(before, trainer.params, strict=True))
+    counts = trainer.counters.read()
+    assert counts.nonfinite == 0 and counts.dropped_positives >= 0
+
+
+def _snapshot(trainer: _Trainer) -> tuple[list[torch.Tensor], dict]:
+    state = trainer.optimizer.state_dict()
+    cloned = {
+        k: {kk: vv.clone() if isinstance(vv, torch.Tensor) else vv for kk, vv in v.items()}
+        for k, v in state["state"].items()
+    }
+    return [p.detach().clone() for p in trainer.params], cloned
+
+
+@pytest.mark.parametrize(("optimizer", "warm_steps"), [("sgd", 0), ("sgd", 1), ("adamw", 0), ("adamw", 1)])
+def test_a_skipped_step_changes_no_parameter_and_no_optimiser_state(
+    coco, tmp_path, monkeypatch, optimizer, warm_steps
+):
+    trainer = _trainer(coco, tmp_path, f"train.optimizer={optimizer}")
+    batches = _batches(trainer, warm_steps + 2)
+    for batch in batches[:warm_steps]:
+        trainer.step(batch)
+        trainer.iteration += 1
+    params, state = _snapshot(trainer)
+
+    original = train_module.total_loss
+    monkeypatch.setattr(train_module, "total_loss", lambda out: original(out) * float("nan"))
+    trainer.step(batches[warm_steps])
+    trainer.iteration += 1
+    new_params, new_state = _snapshot(trainer)
+    assert all(torch.equal(a, b) for a, b in zip(params, new_params, strict=True))
+    assert state.keys() == new_state.keys()
+    for key, entries in state.items():
+        for name, value in entries.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(new_state[key][name])), (key, name)
+    counts = trainer.counters.read()
+    assert (counts.nonfinite, counts.current_run, counts.last_nonfinite) == (1, 1, warm_steps + 1)
+
+    # The next finite step trains again, from the state the skipped step left alone.
+    monkeypatch.setattr(train_module, "total_loss", original)
+    trainer.step(batches[warm_steps + 1])
+    assert all(torch.isfinite(p).all() for p in trainer.params)
+    assert any(not torch.equal(a, p) for a, p in zip(params, trainer.params, strict=True))
+    assert trainer.counters.read().current_run == 0
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+@pytest.mark.parametrize("implementation", ["fused", "foreach"])
+def test_apply_update_skips_exactly_with_either_implementation(optimizer, implementation):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    cfg = load_config("solov2_tiny_cpu", [f"train.optimizer={optimizer}"]).train
+    opt = build_optimizer(model.parameters(), cfg, 0.1, implementation=implementation)
+    init_state(opt)
+    x = torch.randn(5, 4)
+
+    def grads(scale: float) -> None:
+        opt.zero_grad()
+        (model(x).square().sum() * scale).backward()
+
+    grads(1.0)
+    apply_update(opt, torch.tensor(True))
+    before = [p.detach().clone() for p in model.parameters()]
+    state = {(i, k): v.clone() for i, p in enumerate(model.parameters()) for k, v in opt.state[p].items()}
+    grads(float("inf"))
+    apply_update(opt, torch.tensor(False))
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+    after = {(i, k): v.clone() for i, p in enumerate(model.parameters()) for k, v in opt.state[p].items()}
+    assert all(torch.equal(state[k], after[k]) for k in state)
+    grads(1.0)
+    apply_update(opt, torch.tensor(True))
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))

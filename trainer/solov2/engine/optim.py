@@ -1,0 +1,178 @@
+"""The optimiser and its update without host synchronisation.
+
+Implementations, picked by :func:`build_optimizer` (``implementation="auto"``):
+
+- CUDA and CPU: torch's fused SGD / AdamW (``fused=True``). Fused kernels take a ``found_inf`` tensor
+  and skip the update on the device, so deciding "was this step finite?" never reads a value back.
+  (On the CPU the fused kernels also avoid the per-step ``.item()`` that foreach AdamW does on its
+  CPU step counter.)
+- Ascend NPU: apex's ``NpuFusedSGD`` / ``NpuFusedAdamW`` when ``apex.optimizers`` has them (Ascend's
+  PyTorch images build apex from source; the PyPI package named ``apex`` is another project and is
+  never used), else torch's foreach implementation.
+- ``implementation="foreach"`` forces torch's multi-tensor implementation (tests, benchmarks).
+
+:func:`apply_update` applies a step only where ``finite`` is true, exactly: a skipped step changes
+no parameter and no optimiser state. Fused torch optimisers get ``finite`` as their ``found_inf``;
+the others keep a copy of parameters and state and put it back with ``torch.where`` (one extra copy of
+the parameters and state per step, still no host synchronisation). :func:`init_state` creates the
+optimiser state before the first step, so that a skipped first step has a state to leave alone
+(torch's fused SGD would otherwise keep uninitialised momentum buffers after a skipped first step).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from ..config import TrainConfig
+
+__all__ = [
+    "apply_update",
+    "build_optimizer",
+    "describe_optimizer",
+    "init_state",
+    "load_optimizer_state",
+    "supports_found_inf",
+]
+
+_APEX_NAMES = {"sgd": "NpuFusedSGD", "adamw": "NpuFusedAdamW"}
+
+
+def _apex_optimizer(name: str) -> type[torch.optim.Optimizer] | None:
+    """apex's NPU fused optimiser class, or None when apex (Ascend's build) is not importable."""
+    try:
+        module = importlib.import_module("apex.optimizers")
+    except Exception:  # not installed, or an unrelated package that happens to be called apex
+        return None
+    cls = getattr(module, _APEX_NAMES[name], None)
+    return cls if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer) else None
+
+
+def build_optimizer(
+    params: Iterable[torch.nn.Parameter],
+    cfg: TrainConfig,
+    lr: float,
+    *,
+    device_kind: str = "cpu",
+    implementation: str = "auto",
+    tensor_lr: bool = False,
+) -> torch.optim.Optimizer:
+    """SGD with momentum (the reference recipe) or AdamW, as ``cfg.optimizer`` says.
+
+    ``implementation``: ``auto`` (fused where it exists, see the module docstring), ``fused`` or
+    ``foreach``. ``tensor_lr`` keeps the learning rate in a tensor, so that a compiled update does not
+    recompile when the schedule changes it (torch's fused kernels take a tensor learning rate).
+    """
+    if implementation not in ("auto", "fused", "foreach"):
+        raise ValueError(f"implementation: expected auto, fused or foreach, got {implementation!r}")
+    params = list(params)
+    if implementation == "auto" and device_kind == "npu":
+        apex_cls = _apex_optimizer(cfg.optimizer)
+        if apex_cls is not None:
+            if cfg.optimizer == "adamw":
+                return apex_cls(params, lr=lr, weight_decay=cfg.weight_decay)
+            return apex_cls(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    fused = implementation == "fused" or (implementation == "auto" and device_kind in ("cuda", "cpu"))
+    kind = {"fused": True} if fused else {"foreach": True}
+    rate: float | Tensor = torch.tensor(lr, dtype=torch.float32) if tensor_lr and fused else lr
+    if fused and isinstance(rate, Tensor) and params:
+        rate = rate.to(params[0].device)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=rate, weight_decay=cfg.weight_decay, **kind)
+    return torch.optim.SGD(params, lr=rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **kind)
+
+
+def supports_found_inf(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimiser skips its own update on a device-side ``found_inf`` (torch's fused ones)."""
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False)) and all(
+        g.get("fused") for g in optimizer.param_groups
+    )
+
+
+def describe_optimizer(optimizer: torch.optim.Optimizer) -> str:
+    """``torch.optim.SGD (fused)``, ``torch.optim.AdamW (foreach)``, ``apex.optimizers.NpuFusedSGD``..."""
+    cls = type(optimizer)
+    name = f"{cls.__module__.split('.')[0]}.optimizers.{cls.__name__}"
+    if cls.__module__.startswith("torch.optim"):
+        group = optimizer.param_groups[0] if optimizer.param_groups else {}
+        mode = "fused" if group.get("fused") else "foreach" if group.get("foreach") else "for-loop"
+        name = f"torch.optim.{cls.__name__} ({mode})"
+    return name
+
+
+def init_state(optimizer: torch.optim.Optimizer) -> None:
+    """Create torch SGD / AdamW state as their first step would, with the values that step starts from
+    (zero momentum, zero moments, step 0). For SGD without dampening a zero momentum buffer gives the
+    same first update as no buffer. Other optimisers are left to create their state themselves."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state[p]
+            if state or not p.requires_grad:
+                continue
+            if isinstance(optimizer, torch.optim.SGD) and group["momentum"] and not group["dampening"]:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            elif isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
+                on_device = group["fused"] or group["capturable"]
+                state["step"] = torch.zeros(
+                    (), dtype=torch.float32, device=p.device if on_device else torch.device("cpu")
+                )
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if group["amsgrad"]:
+                    state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict(state)``, keeping this run's implementation (a checkpoint written by
+    a fused optimiser resumes with foreach and the other way round) and learning-rate type."""
+    keys = ("fused", "foreach", "capturable")
+    kept = [({k: g[k] for k in keys if k in g}, g["lr"]) for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, (implementation, lr) in zip(optimizer.param_groups, kept, strict=True):
+        group.update(implementation)
+        if isinstance(lr, Tensor) and not isinstance(group["lr"], Tensor):
+            group["lr"] = lr.fill_(float(group["lr"]))
+        elif not isinstance(lr, Tensor) and isinstance(group["lr"], Tensor):
+            group["lr"] = float(group["lr"])
+        on_device = group.get("fused") or group.get("capturable")
+        for p in group["params"]:
+            step = optimizer.state.get(p, {}).get("step")
+            if isinstance(step, Tensor):
+                device = p.device if on_device else torch.device("cpu")
+                optimizer.state[p]["step"] = step.to(device=device, dtype=torch.float32)
+
+
+def _stepped_tensors(optimizer: torch.optim.Optimizer, device: torch.device) -> list[Tensor]:
+    """Parameters with a gradient and their state tensors on ``device``: what a step may change."""
+    out: list[Tensor] = []
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            out.append(p.data)
+            out.extend(t for t in optimizer.state[p].values() if isinstance(t, Tensor) and t.device == device)
+    return out
+
+
+def apply_update(optimizer: torch.optim.Optimizer, finite: Tensor) -> None:
+    """``optimizer.step()`` if ``finite`` (a bool tensor on the parameters' device), else nothing at all;
+    decided on the device, never on the host."""
+    if supports_found_inf(optimizer):
+        optimizer.found_inf = (~finite).to(torch.float32)  # type: ignore[attr-defined]
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf  # type: ignore[attr-defined]
+        return
+    tensors = _stepped_tensors(optimizer, finite.device)
+    saved = [t.clone() for t in tensors]
+    optimizer.step()
+    _restore_where(tensors, saved, finite)
+
+
+def _restore_where(tensors: Sequence[Tensor], saved: Sequence[Tensor], keep_new: Tensor) -> None:
+    for t, old in zip(tensors, saved, strict=True):
+        t.copy_(torch.where(keep_new, t, old))
