@@ -78,7 +78,8 @@ def _row_col_counts(masks: Tensor) -> tuple[Tensor, Tensor]:
     """
     height, width = masks.shape[-2:]
     lead = masks.shape[:-2]
-    if width % 8:
+    # Inductor may lay the buffer out so that the dtype view is refused: compiled graphs add bytes.
+    if width % 8 or torch.compiler.is_compiling():
         return masks.sum(dim=-1, dtype=torch.int64), masks.sum(dim=-2, dtype=torch.int64)
     words = masks.contiguous().view(torch.int64)  # [..., H, W/8]
     per_row = width // 8
@@ -258,7 +259,7 @@ def downsample_masks(masks: Tensor, stride: int = 4) -> Tensor:
     lead = masks.shape[:-2]
     half = stride // 2
     word = {2: torch.int16, 4: torch.int32, 8: torch.int64}.get(stride)
-    if word is not None:
+    if word is not None and not torch.compiler.is_compiling():  # see _row_col_counts
         # Read each block row as one word of ``stride`` pixels; add the two sampled rows word-wise
         # (byte lanes stay <= 2, no carry), then add the two sampled bytes of each word.
         rows = masks.contiguous().view(word).reshape(*lead, height // stride, stride, width // stride)
