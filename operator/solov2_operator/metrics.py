@@ -1,8 +1,16 @@
-"""The operator's own Prometheus metrics (served on ``--metrics-port``)."""
+"""The operator's own Prometheus metrics (served on ``--metrics-port``).
+
+Besides its health, the operator exports each finished training's COCO AP from ``status.results`` as
+``solov2_operator_training_ap{namespace, training, iou_type, metric}`` (the labels of the trainer's
+``solov2_eval_ap``): rank 0 exits right after evaluating, so a scrape of the trainer rarely sees its
+final AP, while the operator keeps it for as long as the resource exists."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter as Tally
+from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
@@ -11,6 +19,7 @@ from .status import Phase
 
 __all__ = ["OperatorMetrics"]
 
+_AP_KEY = re.compile(r"^(segm|bbox)(AP(?:50|75|s|m|l)?)$")  # status.results keys: segmAP50 ...
 _PHASES = (Phase.PENDING, Phase.RUNNING, Phase.RESTARTING, Phase.SUCCEEDED, Phase.FAILED, Phase.SUSPENDED)
 
 
@@ -32,23 +41,44 @@ class OperatorMetrics:
         self.progress_read_failures = Counter(
             "solov2_operator_progress_read_failures", "Reads of rank 0's metrics that got nothing", registry=r
         )
+        self.training_ap = Gauge(
+            "solov2_operator_training_ap", "COCO AP (0..1) in a finished training's status.results",
+            ["namespace", "training", "iou_type", "metric"], registry=r,
+        )  # fmt: skip
         Gauge("solov2_operator_info", "Operator version (value always 1)", ["version"], registry=r).labels(
             version=__version__
         ).set(1)
         self._phases: dict[tuple[str, str], str] = {}
+        self._ap_labels: dict[tuple[str, str], set[tuple[str, str]]] = {}
         self._namespaces: set[str] = set()
 
-    def observe(self, namespace: str, name: str, phase: str | None) -> None:
-        """Record a training's current phase (None: it is gone)."""
+    def observe(
+        self, namespace: str, name: str, phase: str | None, results: Mapping[str, Any] | None = None
+    ) -> None:
+        """Record a training's current phase (None: it is gone) and the AP in its ``status.results``."""
         if phase is None:
             self._phases.pop((namespace, name), None)
         else:
             self._phases[(namespace, name)] = phase
+        self._observe_ap(namespace, name, results if phase is not None else None)
         self._namespaces.add(namespace)
         counts = Tally((ns, phase) for (ns, _), phase in self._phases.items())
         for ns in self._namespaces:  # a namespace whose trainings are gone keeps its series at 0
             for p in _PHASES:
                 self.trainings.labels(namespace=ns, phase=p).set(counts[(ns, p)])
+
+    def _observe_ap(self, namespace: str, name: str, results: Mapping[str, Any] | None) -> None:
+        values = {}
+        for key, value in (results or {}).items():
+            match = _AP_KEY.match(key)
+            if match and isinstance(value, (int, float)):
+                values[match.groups()] = float(value)
+        for (iou_type, metric), value in values.items():
+            self.training_ap.labels(namespace, name, iou_type, metric).set(value)
+        for iou_type, metric in self._ap_labels.pop((namespace, name), set()) - values.keys():
+            self.training_ap.remove(namespace, name, iou_type, metric)
+        if values:
+            self._ap_labels[(namespace, name)] = set(values)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         start_http_server(port, addr=addr, registry=self.registry)

@@ -108,8 +108,9 @@ class Reconciler:
             kopf.event(training, type=type_, reason=reason, message=message[:1024])
         if decided.delete_training:
             await self.kube.delete_training(namespace, name)
-        phase = decided.status.get("phase", (training.get("status") or {}).get("phase"))
-        self.metrics.observe(namespace, name, phase)
+        status = training.get("status") or {}
+        phase = decided.status.get("phase", status.get("phase"))
+        self.metrics.observe(namespace, name, phase, decided.status.get("results", status.get("results")))
         return phase
 
     async def _create(self, training: Mapping[str, Any], decided: Plan) -> None:

@@ -13,7 +13,7 @@ from solov2_operator.metrics import OperatorMetrics
 
 def main(port: int) -> None:
     metrics = OperatorMetrics()
-    metrics.observe("vision", "tiny", "Running")
+    metrics.observe("vision", "tiny", "Succeeded", {"segmAP": 0.31, "segmAP50": 0.55, "bboxAP": 0.22})
     metrics.observe("vision", "old", "Failed")
     metrics.handler_errors.labels(handler="reconcile").inc(0)
     metrics.serve(port, addr="127.0.0.1")

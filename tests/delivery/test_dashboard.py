@@ -1,5 +1,5 @@
 """The Grafana dashboard: the committed JSON is the generator's output, every panel queries metrics that
-exist (the trainer's exporter, the operator's agreed names), and the template variables filter them."""
+exist (the trainer's exporter, the operator's registry), and the template variables filter them."""
 
 from __future__ import annotations
 
@@ -10,13 +10,20 @@ import sys
 from .conftest import ROOT
 from .dashboard import DASHBOARD, committed, generator, metric_names, panel_queries, variable_queries
 
-OPERATOR_METRICS = {  # the operator's metrics as agreed between operator and chart
-    "solov2_operator_trainings",
-    "solov2_operator_gang_restarts_total",
-    "solov2_operator_handler_errors_total",
-    "solov2_operator_progress_read_failures_total",
-    "solov2_operator_info",
-}
+
+def operator_metrics() -> set[str]:
+    """Series names the operator exports, from its own registry."""
+    from solov2_operator.metrics import OperatorMetrics
+
+    metrics = OperatorMetrics()
+    metrics.observe("ns", "t", "Succeeded", {"segmAP": 0.5})  # labelled families get a sample
+    metrics.gang_restarts.labels(namespace="ns")
+    metrics.handler_errors.labels(handler="h")
+    names = {sample.name for family in metrics.registry.collect() for sample in family.samples}
+    return {name for name in names if not name.endswith("_created")}
+
+
+OPERATOR_METRICS = operator_metrics()
 
 
 def trainer_metrics() -> set[str]:

@@ -65,6 +65,14 @@ async def test_success_copies_worker_0s_results_into_status(cluster: Cluster):
     assert cluster.training("ok")["status"]["completionTime"]
     await cluster.wait(lambda: "TrainingSucceeded" in cluster.events("ok"), message="event")
 
+    def ap(metric: str) -> float | None:  # the final AP stays on the operator's /metrics
+        labels = {"namespace": "default", "training": "ok", "iou_type": "segm", "metric": metric}
+        return cluster.config.metrics.registry.get_sample_value("solov2_operator_training_ap", labels)
+
+    await cluster.wait(lambda: ap("AP50") == 0.62 and ap("AP") == 0.41, message="AP exported")
+    await cluster.delete("ok")
+    await cluster.wait(lambda: ap("AP50") is None, message="a deleted training's AP is gone")
+
 
 async def test_a_failed_worker_restarts_the_whole_gang(cluster: Cluster):
     await cluster.create("flaky", CPU_2)
