@@ -44,6 +44,8 @@ def parse_yaml(text: str) -> Any:
 
 @dataclass(frozen=True)
 class BackboneConfig:
+    name: str = "resnet"
+    """Backbone architecture, built by name (``solov2.model.backbone.BACKBONES``): ``resnet`` (torchvision)."""
     depth: int = 50
     """ResNet depth: 18, 34, 50 or 101 (torchvision architectures)."""
     frozen_stages: int = 1
