@@ -96,7 +96,7 @@ def main() -> None:
 
         def load(i: int):
             size, flip = transform.plan(
-                ds.original_size(i), canvas=canvases[canvas_of[i]], rng=random.Random(i)
+                ds.original_size(i), canvas=canvases[canvas_of[i]], seed=i
             )
             return ds.load_resized(i, size, flip=flip)
 

@@ -17,7 +17,6 @@ busiest images have somewhat fewer than the default 100; building a loader logs 
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Sequence
 
 import torch
@@ -210,9 +209,7 @@ class _TrainSamples(Dataset):
     def _load(self, index: int, seed: int, canvas: int) -> Sample | None:
         """Image ``index`` decoded straight to its training size and flip, drawn from ``seed``; unpadded
         (collate places it on the canvas)."""
-        size, flip = self.transform.plan(
-            self.dataset.original_size(index), canvas=self.canvases[canvas], rng=random.Random(seed)
-        )
+        size, flip = self.transform.plan(self.dataset.original_size(index), canvas=self.canvases[canvas], seed=seed)
         return self.dataset.load_resized(index, size, flip=flip)
 
     def __getitem__(self, key: tuple[int, int, int]) -> tuple[int, Sample | None]:

@@ -75,6 +75,12 @@ def prune_checkpoints(directory: Path, *, keep_iter: int, epoch_every: int) -> l
     return deleted
 
 
+def periodic_checkpoint_due(iteration: int, interval: int) -> bool:
+    """Whether iteration ``iteration`` (1-based) gets an ``iter_N.pth`` checkpoint (``interval`` 0:
+    never; the loop skips it at the end of an epoch, which writes ``epoch_N.pth``)."""
+    return interval > 0 and iteration % interval == 0
+
+
 def latest_checkpoint(directory: Path) -> Path | None:
     """The checkpoint ``last_checkpoint`` names in ``directory``, or None when there is none yet."""
     marker = directory / LAST
