@@ -209,7 +209,9 @@ class _TrainSamples(Dataset):
     def _load(self, index: int, seed: int, canvas: int) -> Sample | None:
         """Image ``index`` decoded straight to its training size and flip, drawn from ``seed``; unpadded
         (collate places it on the canvas)."""
-        size, flip = self.transform.plan(self.dataset.original_size(index), canvas=self.canvases[canvas], seed=seed)
+        size, flip = self.transform.plan(
+            self.dataset.original_size(index), canvas=self.canvases[canvas], seed=seed
+        )
         return self.dataset.load_resized(index, size, flip=flip)
 
     def __getitem__(self, key: tuple[int, int, int]) -> tuple[int, Sample | None]:

@@ -19,7 +19,12 @@ __all__ = ["compile_forward", "replicate", "stop_group", "sync_batch_norm"]
 def sync_batch_norm(model: nn.Module, cfg: Config, runtime: Runtime) -> nn.Module:
     """``model`` with SyncBatchNorm when ``train.sync_bn`` asks for it and it can apply (several
     accelerator processes, BatchNorm statistics not frozen by ``model.backbone.norm_eval``)."""
-    if runtime.distributed and cfg.train.sync_bn and runtime.kind != "cpu" and not cfg.model.backbone.norm_eval:
+    if (
+        runtime.distributed
+        and cfg.train.sync_bn
+        and runtime.kind != "cpu"
+        and not cfg.model.backbone.norm_eval
+    ):
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model
 

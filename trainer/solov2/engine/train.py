@@ -86,7 +86,9 @@ def _open_metrics(opts: TrainOptions, runtime: Runtime) -> TrainingMetrics | Nul
     try:
         return TrainingMetrics(port=opts.metrics_port)
     except OSError as exc:
-        raise ConfigError(f"--metrics-port {opts.metrics_port}: cannot listen ({exc.strerror or exc})") from None
+        raise ConfigError(
+            f"--metrics-port {opts.metrics_port}: cannot listen ({exc.strerror or exc})"
+        ) from None
 
 
 def _train_loader(dataset: CocoInstances, cfg: Config, runtime: Runtime) -> Loader:

@@ -145,7 +145,9 @@ BACKBONES: dict[str, Callable[[BackboneConfig, bool], nn.Module]] = {"resnet": _
 def build_backbone(cfg: BackboneConfig, *, pretrained: bool = True) -> nn.Module:
     """The backbone ``cfg.name`` names; ``pretrained`` loads ``cfg.weights`` if it is set."""
     if cfg.name not in BACKBONES:
-        raise ConfigError(f"model.backbone.name: is {cfg.name!r}, must be one of {', '.join(sorted(BACKBONES))}")
+        raise ConfigError(
+            f"model.backbone.name: is {cfg.name!r}, must be one of {', '.join(sorted(BACKBONES))}"
+        )
     return BACKBONES[cfg.name](cfg, pretrained)
 
 
