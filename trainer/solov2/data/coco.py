@@ -284,7 +284,6 @@ class CocoInstances(Dataset):
         self._ends = np.cumsum([len(b) for b in blobs], dtype=np.int64)
         self._coco: COCO | None = None  # dropped: rebuilt on demand, see ``coco``
 
-    @staticmethod
     def check_num_classes(self, num_classes: int) -> None:
         """Raise :class:`DataError` unless the model's ``num_classes`` is this data set's category count."""
         if num_classes != self.num_classes:
@@ -293,6 +292,7 @@ class CocoInstances(Dataset):
                 f"categories (set model.head.num_classes={self.num_classes})"
             )
 
+    @staticmethod
     def _count_degenerate(coco: COCO) -> dict[str, int]:
         dropped = degenerate = clamped = 0
         for ann in coco.anns.values():
