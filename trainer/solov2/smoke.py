@@ -21,6 +21,26 @@ from .engine.step import TrainStep
 from .model import build_model
 
 
+def _train_step(model: torch.nn.Module, cfg: Config, device: str, lr: float) -> TrainStep:
+    """The training loop's step for ``model``: the config's optimiser at ``lr``, autocast, loss scale and
+    clipping (no schedule, no DDP)."""
+    kind = torch.device(device).type
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, cfg.train, lr, device_kind=kind)
+    init_state(optimizer)
+    dtype = amp_dtype(kind, cfg.train.amp)
+    return TrainStep(
+        model,
+        optimizer,
+        params,
+        device_kind=kind,
+        dtype=dtype,
+        scaler=make_scaler(kind, dtype, cfg.train.loss_scale),
+        grad_clip=cfg.train.grad_clip,
+        counters=StepCounters(device),
+    )
+
+
 def smoke_run(
     cfg: Config,
     *,
@@ -42,24 +62,11 @@ def smoke_run(
     )
     gt.validate(cfg.model.head.num_classes, canvas)
     images, gt = images.to(device), gt.to(device)
-    kind = torch.device(device).type
     model = build_model(cfg).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, cfg.train, lr or cfg.train.base_lr, device_kind=kind)
-    init_state(optimizer)
-    dtype = amp_dtype(kind, cfg.train.amp)
-    step = TrainStep(
-        model,
-        optimizer,
-        params,
-        device_kind=kind,
-        dtype=dtype,
-        scaler=make_scaler(kind, dtype, cfg.train.loss_scale),
-        grad_clip=cfg.train.grad_clip,
-        counters=StepCounters(device),
-    )
+    step = _train_step(model, cfg, device, lr or cfg.train.base_lr)
     log(
-        f"smoke: {cfg.model.backbone.depth}-layer ResNet, {len(cfg.model.head.num_grids)} levels, "
+        f"smoke: backbone {cfg.model.backbone.name} (depth {cfg.model.backbone.depth}), "
+        f"{len(cfg.model.head.num_grids)} levels, "
         f"batch {batch_size} x {canvas[0]}x{canvas[1]}, {int(gt.valid.sum())} instances, device {device}, "
         f"optimizer {cfg.train.optimizer}"
     )

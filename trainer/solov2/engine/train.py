@@ -6,24 +6,19 @@ Run under torchrun for several processes; every process reads RANK / LOCAL_RANK 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..config import Config, to_dict
-from ..data.coco import CocoInstances
-from ..data.loader import Loader, build_train_loader
 from ..device import Runtime, amp_dtype, make_scaler, setup_runtime, shutdown
-from ..errors import ConfigError, UserError
-from ..metrics import NullMetrics, TrainingMetrics, write_termination_message
+from ..errors import UserError
+from ..metrics import write_termination_message
 from ..model import build_model, total_loss
 from ..progress import ProgressLogger
 from .checkpoint import (
@@ -43,10 +38,11 @@ from .optim import build_optimizer, describe_optimizer, init_state
 from .parallel import compile_forward, replicate, stop_group, sync_batch_norm
 from .reporting import RunClock, ThroughputWindow, loss_values, nonfinite_verdict, results_losses
 from .schedule import lr_factor, scaled_lr, schedule_warnings
-from .sigterm import SigtermStop, agree, leave_process_group
+from .sigterm import SigtermStop, agree
 from .splits import coco_split, evaluate_split, sum_over_ranks
 from .startup import check_outputs
 from .step import TrainStep
+from .training_setup import open_metrics, seed_everything, train_dataset, train_loader
 
 
 class TrainingDiverged(UserError):
@@ -73,39 +69,6 @@ class TrainOptions:
     """Seconds from SIGTERM to the forced exit when no step boundary and checkpoint came first."""
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _open_metrics(opts: TrainOptions, runtime: Runtime) -> TrainingMetrics | NullMetrics:
-    """Prometheus metrics on rank 0 with ``--metrics-port``, else a stand-in that records nothing."""
-    if not runtime.is_main or opts.metrics_port is None:
-        return NullMetrics()
-    try:
-        return TrainingMetrics(port=opts.metrics_port)
-    except OSError as exc:
-        raise ConfigError(
-            f"--metrics-port {opts.metrics_port}: cannot listen ({exc.strerror or exc})"
-        ) from None
-
-
-def _train_loader(dataset: CocoInstances, cfg: Config, runtime: Runtime) -> Loader:
-    """One loader for the whole run (its workers persist; each epoch re-seeds it); its workers leave
-    the process group (a SIGTERM reaches the training process alone)."""
-    loader = build_train_loader(
-        dataset,
-        cfg,
-        rank=runtime.rank,
-        world_size=runtime.world_size,
-        pin_memory=runtime.kind != "cpu",
-        pin_memory_device=runtime.kind if runtime.kind == "npu" else "",
-    )
-    loader.worker_init_fn = functools.partial(leave_process_group, then=loader.worker_init_fn)
-    return loader
-
-
 class _Trainer:
     """One training run. Model handles: :attr:`model` (the module: state dicts, evaluation),
     :attr:`replica` (DDP around it under several processes, else the model) and :attr:`forward` (what
@@ -122,11 +85,8 @@ class _Trainer:
         self.cfg, self.opts, self.rt, self.sigterm = cfg, opts, runtime, sigterm
         self.log = log if runtime.is_main else (lambda _msg: None)
         self.ckpt_dir = opts.work_dir / "checkpoints"
-        _seed_everything(cfg.train.seed)
-        image_dir, ann = coco_split(opts.data_path, "train2017")
-        self.dataset = CocoInstances(
-            image_dir, ann, num_classes=cfg.model.head.num_classes, skip_bad_images=opts.skip_bad_images
-        )
+        seed_everything(cfg.train.seed)
+        self.dataset = train_dataset(cfg, opts.data_path, skip_bad_images=opts.skip_bad_images)
         self.model = sync_batch_norm(build_model(cfg).to(runtime.device), cfg, runtime)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.total_batch = cfg.data.samples_per_device * runtime.world_size
@@ -138,7 +98,7 @@ class _Trainer:
         self.counters = StepCounters(runtime.device)
         self.dtype = amp_dtype(runtime.kind, cfg.train.amp)
         self.scaler = make_scaler(runtime.kind, self.dtype, cfg.train.loss_scale)
-        self.loader = _train_loader(self.dataset, cfg, runtime)
+        self.loader = train_loader(self.dataset, cfg, runtime)
         self.iters_per_epoch = self.loader.batches_per_epoch
         self.total_iters = self.iters_per_epoch * cfg.train.epochs
         self.progress = ProgressLogger(
@@ -169,7 +129,7 @@ class _Trainer:
             loss_fn=lambda out: total_loss(out),  # looked up at call time
         )
         self.stop_group = stop_group(runtime)
-        self.metrics = _open_metrics(opts, runtime)
+        self.metrics = open_metrics(opts.metrics_port, main=runtime.is_main)
         self._describe_setup()
 
     def _describe_setup(self) -> None:
