@@ -9,9 +9,18 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
+from ..errors import UserError
 from .counters import WindowCounts
 
-__all__ = ["RunClock", "ThroughputWindow", "loss_values", "nonfinite_verdict", "results_losses"]
+__all__ = [
+    "RunClock",
+    "ThroughputWindow",
+    "TrainingDiverged",
+    "diverged_error",
+    "loss_values",
+    "nonfinite_verdict",
+    "results_losses",
+]
 
 
 def loss_values(out: Mapping[str, Tensor]) -> dict[str, float]:
@@ -91,3 +100,15 @@ def nonfinite_verdict(counts: WindowCounts, limit: int) -> tuple[str | None, boo
         f"gradient, {counts.nonfinite} steps skipped"
     )
     return f"{where} ({counts.longest_run} in a row at most, limit {limit})", counts.longest_run >= limit
+
+
+class TrainingDiverged(UserError):
+    """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+def diverged_error(counts: WindowCounts, limit: int) -> TrainingDiverged:
+    """The error that stops training after ``limit`` consecutive non-finite steps, with what to try."""
+    return TrainingDiverged(
+        f"training stopped: {counts.longest_run} consecutive steps had a non-finite loss or gradient "
+        f"(train.max_nonfinite={limit}); try a lower train.base_lr, train.amp=off or a fixed train.loss_scale"
+    )

@@ -9,7 +9,6 @@ import contextlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,37 +35,23 @@ from .counters import StepCounters
 from .failures import Terminated, report_failure
 from .optim import build_optimizer, describe_optimizer, init_state
 from .parallel import compile_forward, replicate, stop_group, sync_batch_norm
-from .reporting import RunClock, ThroughputWindow, loss_values, nonfinite_verdict, results_losses
+from .reporting import (
+    RunClock,
+    ThroughputWindow,
+    TrainingDiverged,
+    diverged_error,
+    loss_values,
+    nonfinite_verdict,
+    results_losses,
+)
 from .schedule import lr_factor, scaled_lr, schedule_warnings
 from .sigterm import SigtermStop, agree
 from .splits import coco_split, evaluate_split, sum_over_ranks
 from .startup import check_outputs
 from .step import TrainStep
-from .training_setup import open_metrics, seed_everything, train_dataset, train_loader
+from .training_setup import TrainOptions, open_metrics, seed_everything, train_dataset, train_loader
 
-
-class TrainingDiverged(UserError):
-    """Too many consecutive steps had a non-finite loss or gradient."""
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    """Run-time options of ``solov2 train`` (the config holds the recipe)."""
-
-    data_path: Path
-    work_dir: Path
-    device: str = "auto"
-    resume: bool = False
-    load_from: Path | None = None
-    compile: bool = False
-    evaluate: bool = True
-    termination_log: Path | None = Path("/dev/termination-log")
-    metrics_port: int | None = None
-    skip_bad_images: bool = False
-    config_name: str = ""
-    compile_mode: str = "default"
-    stop_timeout: float = 25.0
-    """Seconds from SIGTERM to the forced exit when no step boundary and checkpoint came first."""
+__all__ = ["TrainOptions", "TrainingDiverged", "train"]
 
 
 class _Trainer:
@@ -272,11 +257,7 @@ class _Trainer:
         self.log(message)
         if diverged:
             self.save(f"diverged_iter_{self.iteration}.pth")
-            raise TrainingDiverged(
-                f"training stopped: {counts.longest_run} consecutive steps had a non-finite loss or gradient "
-                f"(train.max_nonfinite={limit}); try a lower train.base_lr, "
-                f"train.amp=off or a fixed train.loss_scale"
-            )
+            raise diverged_error(counts, limit)
 
     def _report(self, out: dict[str, torch.Tensor]) -> None:
         """Feed the progress line and the metrics: losses by name, learning rate, throughput, time left."""

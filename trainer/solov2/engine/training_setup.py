@@ -1,9 +1,11 @@
-"""What a training run builds before its loop: seeds, the training data set and loader, the metrics."""
+"""What a training run is given and builds before its loop: its options, seeds, the training data set
+and loader, the metrics."""
 
 from __future__ import annotations
 
 import functools
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,27 @@ from ..metrics import NullMetrics, TrainingMetrics
 from .sigterm import leave_process_group
 from .splits import coco_split
 
-__all__ = ["open_metrics", "seed_everything", "train_dataset", "train_loader"]
+__all__ = ["TrainOptions", "open_metrics", "seed_everything", "train_dataset", "train_loader"]
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Run-time options of ``solov2 train`` (the config holds the recipe)."""
+
+    data_path: Path
+    work_dir: Path
+    device: str = "auto"
+    resume: bool = False
+    load_from: Path | None = None
+    compile: bool = False
+    evaluate: bool = True
+    termination_log: Path | None = Path("/dev/termination-log")
+    metrics_port: int | None = None
+    skip_bad_images: bool = False
+    config_name: str = ""
+    compile_mode: str = "default"
+    stop_timeout: float = 25.0
+    """Seconds from SIGTERM to the forced exit when no step boundary and checkpoint came first."""
 
 
 def seed_everything(seed: int) -> None:
