@@ -22,7 +22,6 @@ import json
 import math
 import os
 import platform
-import random
 import sys
 import tempfile
 import time
@@ -95,9 +94,7 @@ def main() -> None:
         canvases = [tuple(c) for c in cfg.data.canvases]
 
         def load(i: int):
-            size, flip = transform.plan(
-                ds.original_size(i), canvas=canvases[canvas_of[i]], rng=random.Random(i)
-            )
+            size, flip = transform.plan(ds.original_size(i), canvas=canvases[canvas_of[i]], seed=i)
             return ds.load_resized(i, size, flip=flip)
 
         threads = torch.get_num_threads()
@@ -129,7 +126,7 @@ def main() -> None:
             wcfg = load_config(args.config, ["model.head.num_classes=3", f"data.workers={workers}"])
             loader = build_train_loader(ds, wcfg, epoch=0)
             list(loader)  # first epoch starts the workers
-            loader.batch_sampler.set_epoch(1)
+            loader.set_epoch(1)
             start = time.perf_counter()
             count = 0
             for b in loader:

@@ -33,7 +33,7 @@ from solov2.config import load_config
 from solov2.engine.inference import TorchRunner
 from solov2.export import OnnxRunner, export_onnx
 from solov2.export.check import check_images
-from solov2.model import SOLOv2
+from solov2.model import build_model
 
 DEFAULTS = {"solov2_tiny_cpu": (256, 256), "solov2_r50_fpn_1x_coco": (800, 1088)}
 
@@ -55,7 +55,7 @@ def measure(config: str, canvas: tuple[int, int], *, batch: int, runs: int, thre
     torch.set_num_threads(threads)
     cfg = load_config(config)
     torch.manual_seed(0)
-    model = SOLOv2(cfg).eval()
+    model = build_model(cfg, pretrained=False).eval()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         start = time.perf_counter()

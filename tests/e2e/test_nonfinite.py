@@ -39,6 +39,9 @@ def test_one_nan_step_is_skipped_and_counted(small_coco, tmp_path, monkeypatch):
         load_config("solov2_tiny_cpu", ["train.epochs=1"]), _opts(small_coco, tmp_path), log=messages.append
     )
     assert results["nonfinite_steps"] == 1 and results["iterations"] == 4
+    # The last logged losses reach the results by name, the total as "loss".
+    assert {"loss", "loss_cls", "loss_mask"} <= results.keys()
+    assert results["loss"] == pytest.approx(results["loss_cls"] + results["loss_mask"], rel=1e-5)
     assert any("iteration 2: non-finite loss or gradient, step skipped" in m for m in messages)
     weights = torch.load(tmp_path / "checkpoints" / "epoch_1.pth", weights_only=False)["model"]
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())

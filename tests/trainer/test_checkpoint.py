@@ -15,8 +15,6 @@ from solov2.engine.checkpoint import (
     read_config,
     save_checkpoint,
 )
-from solov2.engine.optim import build_optimizer
-from solov2.engine.schedule import lr_factor, scaled_lr
 from solov2.errors import WeightsError
 from solov2.model.solov2 import SOLOv2
 
@@ -75,32 +73,6 @@ def test_load_from_skips_layers_whose_shape_changed(tmp_path):
         load_model_weights(
             SOLOv2(load_config("solov2_tiny_cpu", ["model.fpn.out_channels=32"])), tmp_path / "c.pth"
         )
-
-
-def test_learning_rate_schedule():
-    cfg = load_config("solov2_r50_fpn_1x_coco").train
-    assert scaled_lr(cfg, 16) == pytest.approx(0.01) and scaled_lr(cfg, 2) == pytest.approx(0.00125)
-    ipe = 1000
-    assert lr_factor(0, iters_per_epoch=ipe, cfg=cfg) == pytest.approx(0.01)
-    assert lr_factor(250, iters_per_epoch=ipe, cfg=cfg) == pytest.approx(0.01 + 0.99 * 0.5)
-    assert lr_factor(500, iters_per_epoch=ipe, cfg=cfg) == 1.0
-    assert lr_factor(8 * ipe - 1, iters_per_epoch=ipe, cfg=cfg) == 1.0
-    assert lr_factor(8 * ipe, iters_per_epoch=ipe, cfg=cfg) == pytest.approx(0.1)
-    assert lr_factor(11 * ipe, iters_per_epoch=ipe, cfg=cfg) == pytest.approx(0.01)
-    one_pass = load_config("solov2_tiny_cpu", ["train.epochs=1", "train.lr_steps=[0.75]"]).train
-    assert lr_factor(749, iters_per_epoch=ipe, cfg=one_pass) == 1.0
-    assert lr_factor(750, iters_per_epoch=ipe, cfg=one_pass) == pytest.approx(0.1)
-
-
-def test_optimizer_follows_the_config():
-    params = [torch.nn.Parameter(torch.ones(3))]
-    sgd = build_optimizer(params, load_config("solov2_r50_fpn_1x_coco").train, 0.02)
-    assert isinstance(sgd, torch.optim.SGD)
-    assert sgd.defaults["momentum"] == 0.9 and sgd.defaults["weight_decay"] == 0.0001
-    cfg = load_config("solov2_r50_fpn_1x_coco", ["train.optimizer=adamw", "train.weight_decay=0.05"]).train
-    adamw = build_optimizer(params, cfg, 0.001)
-    assert isinstance(adamw, torch.optim.AdamW)
-    assert adamw.defaults["lr"] == 0.001 and adamw.defaults["weight_decay"] == 0.05
 
 
 def test_retention_keeps_the_newest_iteration_checkpoints_and_every_nth_epoch(tmp_path):

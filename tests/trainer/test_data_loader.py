@@ -106,7 +106,7 @@ def test_train_loader_yields_valid_static_batches(root):
             h, w = batch.image_sizes[b].tolist()
             assert not batch.images[b, :, h:].any() and not batch.gt.masks[b, :, :, (w + 3) // 4 :].any()
             assert (batch.gt.counts[b][batch.gt.valid[b]] > 0).all()
-    assert loader.collate_fn.stats.as_dict()["images"] == 2 * len(batches)
+    assert loader.stats()["images"] == 2 * len(batches)
 
 
 def same(a: list[Batch], b: list[Batch]) -> bool:
@@ -121,7 +121,7 @@ def test_epochs_reproduce_with_workers_and_resume_mid_epoch(root):
     cfg = config("data.multiscale_short_sides=[128,160,192]")
     reference = build_train_loader(ds, cfg, epoch=1, seed=5)
     epoch1 = list(reference)
-    reference.batch_sampler.set_epoch(2)
+    reference.set_epoch(2)
     epoch2 = list(reference)
     assert not same(epoch1, epoch2)
     with_workers = build_train_loader(
@@ -130,7 +130,7 @@ def test_epochs_reproduce_with_workers_and_resume_mid_epoch(root):
     assert same(list(with_workers), epoch1)
     resumed = build_train_loader(ds, cfg, epoch=1, start_batch=3, seed=5)
     assert len(resumed) == len(epoch1) - 3 and same(list(resumed), epoch1[3:])
-    resumed.batch_sampler.set_epoch(2)
+    resumed.set_epoch(2)
     assert same(list(resumed), epoch2)
 
 
@@ -164,7 +164,7 @@ def test_bad_images_are_replaced_in_training_and_padded_in_evaluation(root, tmp_
     loader = build_train_loader(ds, config("data.workers=2"))
     ids = [int(i) for b in loader for i in b.image_ids]
     assert -1 not in ids and ds.image_ids[0] not in ids
-    assert ds.skipped == 1 and loader.collate_fn.stats.as_dict()["replaced"] >= 1
+    assert ds.skipped == 1 and loader.stats()["replaced"] >= 1
     with pytest.raises(DataError, match=re.escape(bad.name)):
         list(build_train_loader(dataset(copy), config()))
     val = dataset(copy, "val", skip_bad_images=True)

@@ -7,9 +7,9 @@ import torch
 import torchvision
 
 from solov2.config import load_config
-from solov2.errors import WeightsError
+from solov2.errors import ConfigError, WeightsError
 from solov2.model import SOLOv2, build_model, parameter_counts
-from solov2.model.backbone import ResNet
+from solov2.model.backbone import BACKBONES, ResNet, build_backbone
 from solov2.model.head import MaskFeatureBranch, SOLOv2Head, coordinates
 
 
@@ -88,3 +88,30 @@ def test_weight_errors_say_what_is_wrong(tmp_path):
     cfg = load_config("solov2_tiny_cpu", [f"model.backbone.weights={garbage}"])
     with pytest.raises(WeightsError, match="cannot read"):
         build_model(cfg)
+
+
+def test_backbones_are_built_by_name_and_meet_the_contract(monkeypatch):
+    cfg = load_config("solov2_tiny_cpu")
+    backbone = build_backbone(cfg.model.backbone)
+    feats = backbone(torch.randn(1, 3, 64, 96))
+    assert [tuple(f.shape[-2:]) for f in feats] == [(64 // s, 96 // s) for s in (4, 8, 16, 32)]
+    assert tuple(f.shape[1] for f in feats) == tuple(backbone.out_channels)
+
+    class Tiny(torch.nn.Module):  # another backbone: a registry entry is all it takes
+        out_channels = (8, 8, 8, 8)
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 8, 3, stride=4, padding=1)
+
+        def forward(self, x):
+            c2 = self.stem(x)
+            return [c2, *(torch.nn.functional.max_pool2d(c2, 2**k) for k in (1, 2, 3))]
+
+    monkeypatch.setitem(BACKBONES, "tiny", lambda _cfg, _pretrained: Tiny())
+    model = build_model(load_config("solov2_tiny_cpu", ["model.backbone.name=tiny"])).eval()
+    assert isinstance(model.backbone, Tiny)
+    det = model(torch.zeros(1, 3, 64, 96, dtype=torch.uint8))
+    assert det.scores.shape[0] == 1
+    with pytest.raises(ConfigError, match=r"model\.backbone\.name: is 'vgg', must be one of .*resnet"):
+        build_model(load_config("solov2_tiny_cpu", ["model.backbone.name=vgg"]))

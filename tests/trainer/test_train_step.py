@@ -47,7 +47,7 @@ def _trainer(coco, tmp_path, *overrides: str) -> _Trainer:
 
 
 def _batches(trainer: _Trainer, n: int) -> list:
-    trainer.loader.batch_sampler.set_epoch(0)
+    trainer.loader.set_epoch(0)
     return list(itertools.islice(itertools.cycle(list(trainer.loader)), n))
 
 

@@ -11,6 +11,7 @@ from solov2.config import DataConfig
 from solov2.data.coco import Sample
 from solov2.data.synthetic import boxes_from_masks, draw_instances
 from solov2.data.transforms import (
+    TRAIN_AUGMENTATIONS,
     EvalTransform,
     TrainTransform,
     fit_into,
@@ -109,7 +110,7 @@ def test_train_samples_always_fit_their_canvas_with_valid_boxes(short_sides):
         rng = random.Random(i)
         h, w = rng.randint(20, 120), rng.randint(20, 120)
         canvas = random.Random(-i).choice([(128, 160), (160, 128), (64, 64)])  # (64, 64): must shrink more
-        out = transform(make_sample(h, w, seed=i), canvas=canvas, rng=rng)
+        out = transform(make_sample(h, w, seed=i), canvas=canvas, seed=i)
         ih, iw = out.image_size
         assert out.image.shape[-2:] == canvas and ih <= canvas[0] and iw <= canvas[1]
         assert not out.image[:, ih:].any() and not out.masks[:, :, iw:].any()
@@ -128,14 +129,14 @@ def test_train_transform_is_reproducible_from_its_rng():
         img_scale=(160, 128), multiscale_short_sides=(96, 128), flip_prob=0.5, canvases=((128, 160),)
     )
     transform, s = TrainTransform(cfg), make_sample(60, 90)
-    a = transform(s, canvas=(128, 160), rng=random.Random(7))
-    b = transform(s, canvas=(128, 160), rng=random.Random(7))
+    a = transform(s, canvas=(128, 160), seed=7)
+    b = transform(s, canvas=(128, 160), seed=7)
     assert all(torch.equal(x, y) for x, y in zip(a[:4], b[:4], strict=True)) and a.image_size == b.image_size
     cfg = DataConfig(img_scale=(160, 128), flip_prob=0.5, canvases=((128, 160),))
     reference = resize_sample(s, (107, 160))
     flipped = [
         torch.equal(
-            TrainTransform(cfg)(s, canvas=(128, 160), rng=random.Random(k)).boxes,
+            TrainTransform(cfg)(s, canvas=(128, 160), seed=k).boxes,
             hflip_sample(reference).boxes,
         )
         for k in range(20)
@@ -149,3 +150,26 @@ def test_eval_transform_is_deterministic_and_unflipped():
     out = EvalTransform(cfg)(s, canvas=(128, 160))
     assert out.image_size == (107, 160)
     assert torch.allclose(out.boxes, s.boxes * torch.tensor([160 / 90, 107 / 60, 160 / 90, 107 / 60]))
+
+
+def test_a_new_augmentation_leaves_the_draws_of_the_others_alone():
+    cfg = DataConfig(
+        img_scale=(160, 128), multiscale_short_sides=(96, 112, 128), flip_prob=0.5, canvases=((128, 160),)
+    )
+    seen: list[float] = []
+
+    def jitter(plan, image, rng, cfg):  # draws twice, changes nothing
+        seen.append(rng.random() + rng.random())
+        return plan
+
+    plain, extended = TrainTransform(cfg), TrainTransform(cfg, [jitter, *TRAIN_AUGMENTATIONS])
+    plans = [plain.plan((60, 90), canvas=(128, 160), seed=k) for k in range(40)]
+    assert [extended.plan((60, 90), canvas=(128, 160), seed=k) for k in range(40)] == plans
+    assert len({p.size for p in plans}) > 1 and 0 < sum(p.flip for p in plans) < 40
+    for k, plan in enumerate(plans):  # scale then flip, from the image's own stream, as always
+        stream = random.Random(k)
+        short = (96, 112, 128)[int(stream.random() * 3)]
+        assert plan == (fit_into(fit_size(60, 90, (160, short)), (128, 160)), stream.random() < 0.5)
+    # The new augmentation has its own stream, reproducible from the image's seed.
+    assert len(set(seen)) == 40
+    assert extended.plan((60, 90), canvas=(128, 160), seed=3) == plans[3] and seen[-1] == seen[3]

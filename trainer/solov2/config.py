@@ -44,6 +44,8 @@ def parse_yaml(text: str) -> Any:
 
 @dataclass(frozen=True)
 class BackboneConfig:
+    name: str = "resnet"
+    """Backbone architecture, built by name (``solov2.model.backbone.BACKBONES``): ``resnet`` (torchvision)."""
     depth: int = 50
     """ResNet depth: 18, 34, 50 or 101 (torchvision architectures)."""
     frozen_stages: int = 1
@@ -437,16 +439,16 @@ def validate(cfg: Config) -> None:
     _require(0 <= m.loss.focal_alpha <= 1, "model.loss.focal_alpha", "must lie in [0, 1]")
     _require(m.loss.dice_eps > 0, "model.loss.dice_eps", "must be positive")
 
-    inf = m.inference
+    infer = m.inference
     for name in ("score_thr", "mask_thr", "update_thr"):
-        _require(0 <= getattr(inf, name) < 1, f"model.inference.{name}", "must lie in [0, 1)")
-    _require(inf.max_per_img >= 1, "model.inference.max_per_img", "must be at least 1")
+        _require(0 <= getattr(infer, name) < 1, f"model.inference.{name}", "must lie in [0, 1)")
+    _require(infer.max_per_img >= 1, "model.inference.max_per_img", "must be at least 1")
     _require(
-        inf.nms_pre >= inf.max_per_img,
+        infer.nms_pre >= infer.max_per_img,
         "model.inference.nms_pre",
-        f"must be at least model.inference.max_per_img ({inf.max_per_img})",
+        f"must be at least model.inference.max_per_img ({infer.max_per_img})",
     )
-    _require(inf.sigma > 0, "model.inference.sigma", "must be positive")
+    _require(infer.sigma > 0, "model.inference.sigma", "must be positive")
 
     d = cfg.data
     _require(

@@ -160,8 +160,9 @@ def autocast(kind: str, dtype: torch.dtype | None) -> Iterator[None]:
 
 
 class FixedLossScaler:
-    """A fixed fp16 loss scale (the ModelZoo recipe's 128): scale the loss, unscale the gradients,
-    and skip the step when any gradient is not finite. Same interface as the parts of GradScaler used."""
+    """A fixed fp16 loss scale (the ModelZoo recipe's 128): scales the loss and unscales the gradients,
+    nothing more; the scale never changes. The training step (:class:`~solov2.engine.step.TrainStep`)
+    skips a step whose loss or gradient is not finite. Same interface as the parts of GradScaler used."""
 
     def __init__(self, scale: float) -> None:
         self.scale_value = float(scale)
@@ -174,9 +175,6 @@ class FixedLossScaler:
             for p in group["params"]:
                 if p.grad is not None:
                     p.grad.div_(self.scale_value)
-
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
-        optimizer.step()
 
     def update(self) -> None:
         pass

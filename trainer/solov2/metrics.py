@@ -36,12 +36,10 @@ Other ranks use :class:`NullMetrics`, which has the same methods and does nothin
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import re
-import tempfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -51,6 +49,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Info, start_htt
 
 from solov2_contract import ERROR, ERROR_CHARS, ERROR_TYPE, RETRYABLE, TERMINATION_MESSAGE_LIMIT, Metrics
 
+from .atomic import write_atomically
 from .errors import UserError
 
 __all__ = [
@@ -293,18 +292,10 @@ def write_termination_message(path: str | Path, results: Mapping[str, Any]) -> N
             2, f"termination message: directory {str(path.parent)!r} does not exist", str(path)
         )
     if not (path.exists() and (not path.is_file() or os.path.ismount(path))):
-        tmp = None
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            write_atomically(path, lambda f: f.write(data))
             return
         except OSError:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+            pass
     with open(path, "wb") as f:  # a device, a mount point or a directory we cannot create files in
         f.write(data)

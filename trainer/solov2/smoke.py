@@ -1,6 +1,8 @@
-"""``solov2 smoke``: a few forward / loss / backward / SGD steps on generated images, printing losses.
+"""``solov2 smoke``: a few training steps on generated images, printing losses.
 
 A quick proof that a config builds, trains and predicts on this machine, before any data is at hand.
+The steps are the training loop's own (:class:`~solov2.engine.step.TrainStep`) with the config's
+optimiser, autocast and loss scaling; there is no learning-rate schedule.
 """
 
 from __future__ import annotations
@@ -12,7 +14,31 @@ import torch
 
 from .config import Config
 from .data.synthetic import synthetic_batch
-from .model import build_model, total_loss
+from .device import amp_dtype, make_scaler
+from .engine.counters import StepCounters
+from .engine.optim import build_optimizer, init_state
+from .engine.step import TrainStep
+from .model import build_model
+
+
+def _train_step(model: torch.nn.Module, cfg: Config, device: str, lr: float) -> TrainStep:
+    """The training loop's step for ``model``: the config's optimiser at ``lr``, autocast, loss scale and
+    clipping (no schedule, no DDP)."""
+    kind = torch.device(device).type
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, cfg.train, lr, device_kind=kind)
+    init_state(optimizer)
+    dtype = amp_dtype(kind, cfg.train.amp)
+    return TrainStep(
+        model,
+        optimizer,
+        params,
+        device_kind=kind,
+        dtype=dtype,
+        scaler=make_scaler(kind, dtype, cfg.train.loss_scale),
+        grad_clip=cfg.train.grad_clip,
+        counters=StepCounters(device),
+    )
 
 
 def smoke_run(
@@ -37,32 +63,28 @@ def smoke_run(
     gt.validate(cfg.model.head.num_classes, canvas)
     images, gt = images.to(device), gt.to(device)
     model = build_model(cfg).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(
-        params, lr=lr or cfg.train.base_lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay
-    )
+    step = _train_step(model, cfg, device, lr or cfg.train.base_lr)
     log(
-        f"smoke: {cfg.model.backbone.depth}-layer ResNet, {len(cfg.model.head.num_grids)} levels, "
-        f"batch {batch_size} x {canvas[0]}x{canvas[1]}, {int(gt.valid.sum())} instances, device {device}"
+        f"smoke: backbone {cfg.model.backbone.name} (depth {cfg.model.backbone.depth}), "
+        f"{len(cfg.model.head.num_grids)} levels, "
+        f"batch {batch_size} x {canvas[0]}x{canvas[1]}, {int(gt.valid.sum())} instances, device {device}, "
+        f"optimizer {cfg.train.optimizer}"
     )
     model.train()
     losses, times = [], []
-    for step in range(1, steps + 1):
+    for i in range(1, steps + 1):
         start = time.perf_counter()
-        out = model(images, gt)
-        loss = total_loss(out)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
-        optimizer.step()
+        out = step(images, gt, i)
+        losses.append(float(out["loss"].detach()))
         times.append(time.perf_counter() - start)
-        losses.append(float(loss.detach()))
+        named = "  ".join(f"{k} {float(v.detach()):.4f}" for k, v in out.items() if k.startswith("loss_"))
         log(
-            f"step {step}/{steps}  loss {losses[-1]:.4f}  loss_cls {float(out['loss_cls'].detach()):.4f}  "
-            f"loss_mask {float(out['loss_mask'].detach()):.4f}  positives {int(out['num_positives'])}  "
+            f"step {i}/{steps}  loss {losses[-1]:.4f}  {named}  positives {int(out['num_positives'])}  "
             f"dropped {int(out['dropped_positives'])}  {times[-1]:.2f} s"
         )
+    skipped = step.counters.read().nonfinite
+    if skipped:
+        log(f"smoke: {skipped} step(s) skipped for a non-finite loss or gradient")
     model.eval()
     with torch.no_grad():
         det = model(images)

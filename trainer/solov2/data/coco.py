@@ -248,13 +248,9 @@ class CocoInstances(Dataset):
         self.label_to_category: list[int] = sorted(coco.cats)
         self.category_to_label: dict[int, int] = {c: i for i, c in enumerate(self.label_to_category)}
         self.class_names: list[str] = [str(coco.cats[c].get("name", c)) for c in self.label_to_category]
-        found = len(self.label_to_category)
-        if num_classes is not None and num_classes != found:
-            raise DataError(
-                f"model.head.num_classes: is {num_classes} but {self.ann_file} defines {found} categories "
-                f"(set model.head.num_classes={found})"
-            )
-        self.num_classes: int = found
+        self.num_classes: int = len(self.label_to_category)
+        if num_classes is not None:
+            self.check_num_classes(num_classes)
         self.image_ids: list[int] = sorted(coco.imgs)
         for image_id in self.image_ids:
             info = coco.imgs[image_id]
@@ -287,6 +283,14 @@ class CocoInstances(Dataset):
         self._blob = np.frombuffer(b"".join(blobs), dtype=np.uint8)
         self._ends = np.cumsum([len(b) for b in blobs], dtype=np.int64)
         self._coco: COCO | None = None  # dropped: rebuilt on demand, see ``coco``
+
+    def check_num_classes(self, num_classes: int) -> None:
+        """Raise :class:`DataError` unless the model's ``num_classes`` is this data set's category count."""
+        if num_classes != self.num_classes:
+            raise DataError(
+                f"model.head.num_classes: is {num_classes} but {self.ann_file} defines {self.num_classes} "
+                f"categories (set model.head.num_classes={self.num_classes})"
+            )
 
     @staticmethod
     def _count_degenerate(coco: COCO) -> dict[str, int]:

@@ -5,8 +5,8 @@ The batch sampler runs in the main process and hands every image to the workers 
 data of an epoch depends only on ``(seed, epoch)``, not on the number of workers or which worker decodes
 what, and a resumed run (``start_batch``) gets exactly the batches it had not trained on.
 
-Advance epochs with ``loader.batch_sampler.set_epoch(epoch, start_batch=0)`` before iterating; counters
-(images, truncated instances, replaced bad images) are in ``loader.collate_fn.stats.as_dict()``.
+Advance epochs with ``loader.set_epoch(epoch, start_batch=0)`` before iterating; counters (images,
+truncated instances, replaced bad images) are in ``loader.stats()`` (see :class:`Loader`).
 
 Truncation: an image with more than ``max_instances`` instances keeps the ``max_instances`` largest by
 mask area (in annotation order); small instances are the least reliable and the most numerous. COCO's
@@ -17,7 +17,6 @@ busiest images have somewhat fewer than the default 100; building a loader logs 
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Sequence
 
 import torch
@@ -36,6 +35,7 @@ from .transforms import EvalTransform, TrainTransform
 
 __all__ = [
     "BatchCollator",
+    "Loader",
     "LoaderStats",
     "build_eval_loader",
     "build_train_loader",
@@ -210,7 +210,7 @@ class _TrainSamples(Dataset):
         """Image ``index`` decoded straight to its training size and flip, drawn from ``seed``; unpadded
         (collate places it on the canvas)."""
         size, flip = self.transform.plan(
-            self.dataset.original_size(index), canvas=self.canvases[canvas], rng=random.Random(seed)
+            self.dataset.original_size(index), canvas=self.canvases[canvas], seed=seed
         )
         return self.dataset.load_resized(index, size, flip=flip)
 
@@ -245,12 +245,22 @@ class _EvalSamples(Dataset):
         return canvas, None if sample is None else self.transform(sample, canvas=self.canvases[canvas])
 
 
-def _check_classes(dataset: CocoInstances, cfg: Config) -> None:
-    if dataset.num_classes != cfg.model.head.num_classes:
-        raise DataError(
-            f"model.head.num_classes: is {cfg.model.head.num_classes} but {dataset.ann_file} defines "
-            f"{dataset.num_classes} categories (set model.head.num_classes={dataset.num_classes})"
-        )
+class Loader(DataLoader):
+    """A ``DataLoader`` of :class:`~solov2.structures.Batch` es with the few things a training loop asks of it."""
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Batches and augmentation of ``epoch`` from now on, starting at its batch ``start_batch``."""
+        self.batch_sampler.set_epoch(epoch, start_batch)  # type: ignore[union-attr]
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Batches of a whole epoch for this rank (the same on every rank)."""
+        return self.batch_sampler.sampler.batches_per_epoch  # type: ignore[union-attr]
+
+    def stats(self) -> dict[str, int]:
+        """Counts since the loader was built, over all processes: ``images``, ``padding_images``,
+        ``instances``, ``truncated_images``, ``truncated_instances``, ``replaced`` (bad images)."""
+        return self.collate_fn.stats.as_dict()  # type: ignore[attr-defined]
 
 
 def resolve_workers(cfg: Config) -> int:
@@ -266,10 +276,10 @@ def _loader(
     seed: int,
     pin: bool | None,
     device: str,
-):
+) -> Loader:
     workers = resolve_workers(cfg)
     pin = torch.cuda.is_available() if pin is None else pin
-    return DataLoader(
+    return Loader(
         ds,
         batch_sampler=batches,
         collate_fn=collator,
@@ -293,14 +303,14 @@ def build_train_loader(
     seed: int | None = None,
     pin_memory: bool | None = None,
     pin_memory_device: str = "",
-) -> DataLoader:
+) -> Loader:
     """Shuffled, augmented training batches of ``cfg.data.samples_per_device`` images for one rank.
 
     ``seed`` defaults to ``cfg.train.seed``; ``(seed, epoch)`` fix the epoch's batches and augmentation.
     ``len(loader)`` is the same on every rank. ``pin_memory`` defaults to "CUDA is available";
     ``pin_memory_device`` names another device type to pin for (``npu``).
     """
-    _check_classes(dataset, cfg)
+    dataset.check_num_classes(cfg.model.head.num_classes)
     seed = cfg.train.seed if seed is None else seed
     sampler = BucketBatchSampler(
         dataset.image_sizes(),
@@ -344,12 +354,12 @@ def build_eval_loader(
     world_size: int = 1,
     with_gt: bool = False,
     pin_memory: bool | None = None,
-) -> DataLoader:
+) -> Loader:
     """Every image once across ranks, unaugmented; short batches are filled with ``image_ids == -1``.
 
     ``with_gt=False`` (evaluation against ``dataset.coco``) skips mask decoding and yields ``gt=None``.
     """
-    _check_classes(dataset, cfg)
+    dataset.check_num_classes(cfg.model.head.num_classes)
     sampler = EvalBatchSampler(
         dataset.image_sizes(),
         cfg.data.canvases,

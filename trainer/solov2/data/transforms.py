@@ -1,8 +1,13 @@
 """Per-sample geometry: resize to fit a scale, horizontal flip, pad to a fixed canvas.
 
-All functions are pure: they take a :class:`~.coco.Sample` and return a new one. Randomness (the
-multi-scale short side, the flip) comes from a ``random.Random`` the caller seeds from
-``(seed, epoch, index)``, so a sample is reproduced exactly whatever process decodes it.
+All functions are pure: they take a :class:`~.coco.Sample` and return a new one.
+
+Training augmentations are the functions in :data:`TRAIN_AUGMENTATIONS`, applied in order to a
+:class:`DecodePlan` (the size and mirroring the loader decodes an image with). Each draws from its own
+``random.Random``, seeded from the image's seed (itself from ``(seed, epoch, index)``) and the
+augmentation's name, so a sample is reproduced exactly whatever process decodes it, and adding an
+augmentation changes no draw of the others. ``scale`` and ``flip`` share the image's own stream, in that
+order, so that their draws are those of the first releases.
 
 Masks are resized bilinearly and thresholded at 0.5 rather than with nearest neighbour: COCO images are
 mostly enlarged (640x480 -> 1067x800), where nearest repeats whole source pixels (a 1.67-pixel staircase,
@@ -14,7 +19,9 @@ follows the same sub-pixel boundary as the bilinearly resized image. It costs ab
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+import zlib
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +30,8 @@ from ..config import DataConfig
 from .coco import Sample
 
 __all__ = [
+    "TRAIN_AUGMENTATIONS",
+    "DecodePlan",
     "EvalTransform",
     "TrainTransform",
     "fit_into",
@@ -110,33 +119,74 @@ def pad_to_canvas(sample: Sample, canvas: tuple[int, int]) -> Sample:
     return sample._replace(image=image, masks=masks)
 
 
+class DecodePlan(NamedTuple):
+    """How the training loader decodes one image: at ``size = (h, w)``, mirrored if ``flip``."""
+
+    size: tuple[int, int]
+    flip: bool = False
+
+
+class ImageInfo(NamedTuple):
+    """What an augmentation knows of the image: its stored size and the canvas it goes on, ``(h, w)``."""
+
+    original_size: tuple[int, int]
+    canvas: tuple[int, int]
+
+
+Augmentation = Callable[[DecodePlan, ImageInfo, random.Random, DataConfig], DecodePlan]
+"""``(plan, image, rng, cfg) -> plan``: one training augmentation; it draws only from ``rng``."""
+
+
+def scale(plan: DecodePlan, image: ImageInfo, rng: random.Random, cfg: DataConfig) -> DecodePlan:
+    """Multi-scale training: one short side of ``multiscale_short_sides`` (if set; long side capped at
+    ``max(img_scale)``), else ``img_scale``; shrunk further if needed to fit the canvas. One draw."""
+    pick = rng.random()
+    img_scale, sides = tuple(cfg.img_scale), tuple(cfg.multiscale_short_sides)
+    if sides:
+        img_scale = (max(img_scale), sides[min(int(pick * len(sides)), len(sides) - 1)])
+    return plan._replace(size=fit_into(fit_size(*image.original_size, img_scale), image.canvas))
+
+
+def flip(plan: DecodePlan, image: ImageInfo, rng: random.Random, cfg: DataConfig) -> DecodePlan:
+    """Horizontal flip with probability ``flip_prob``. One draw."""
+    return plan._replace(flip=rng.random() < cfg.flip_prob)
+
+
+TRAIN_AUGMENTATIONS: list[Augmentation] = [scale, flip]
+"""The training augmentations, in order. A new one is a function appended here (named uniquely)."""
+
+_IMAGE_STREAM = ("scale", "flip")  # draw, in this order, from the image's own stream (see above)
+
+
+def augmentation_rng(seed: int, name: str) -> random.Random:
+    """The random stream of augmentation ``name`` for the image whose seed is ``seed``."""
+    return random.Random(seed ^ (zlib.crc32(name.encode()) << 32))
+
+
 class TrainTransform:
-    """Training augmentation: rescale (one random short side of ``multiscale_short_sides`` if set,
-    long side capped at ``max(img_scale)``), shrink further if needed to fit the canvas, flip with
-    ``flip_prob``, pad to the canvas. Draws exactly two numbers from ``rng`` per call (scale, flip)."""
+    """Training augmentation: the :data:`TRAIN_AUGMENTATIONS` (rescale, shrink to fit the canvas,
+    flip), then padding to the canvas."""
 
-    def __init__(self, cfg: DataConfig) -> None:
-        self.img_scale = tuple(cfg.img_scale)
-        self.short_sides = tuple(cfg.multiscale_short_sides)
-        self.flip_prob = cfg.flip_prob
+    def __init__(self, cfg: DataConfig, augmentations: Sequence[Augmentation] = ()) -> None:
+        self.cfg = cfg
+        self.augmentations = list(augmentations or TRAIN_AUGMENTATIONS)
 
-    def plan(
-        self, original_size: tuple[int, int], *, canvas: tuple[int, int], rng: random.Random
-    ) -> tuple[tuple[int, int], bool]:
-        """The size ``(h, w)`` and the flip an image of ``original_size`` gets (two draws from ``rng``).
+    def plan(self, original_size: tuple[int, int], *, canvas: tuple[int, int], seed: int) -> DecodePlan:
+        """The size ``(h, w)`` and the flip an image of ``original_size`` gets from the image's ``seed``.
         The training loader decodes straight to them (:meth:`~.coco.CocoInstances.load_resized`)."""
-        pick = rng.random()
-        scale = self.img_scale
-        if self.short_sides:
-            short = self.short_sides[min(int(pick * len(self.short_sides)), len(self.short_sides) - 1)]
-            scale = (max(self.img_scale), short)
-        size = fit_into(fit_size(*original_size, scale), canvas)
-        return size, rng.random() < self.flip_prob
+        image = ImageInfo(tuple(original_size), tuple(canvas))  # type: ignore[arg-type]
+        plan = DecodePlan(fit_into(fit_size(*image.original_size, self.cfg.img_scale), image.canvas))
+        shared = random.Random(seed)
+        for augment in self.augmentations:
+            name = augment.__name__
+            rng = shared if name in _IMAGE_STREAM else augmentation_rng(seed, name)
+            plan = augment(plan, image, rng, self.cfg)
+        return plan
 
-    def __call__(self, sample: Sample, *, canvas: tuple[int, int], rng: random.Random) -> Sample:
-        size, flip = self.plan(sample.original_size, canvas=canvas, rng=rng)
+    def __call__(self, sample: Sample, *, canvas: tuple[int, int], seed: int) -> Sample:
+        size, flipped = self.plan(sample.original_size, canvas=canvas, seed=seed)
         sample = resize_sample(sample, size)
-        if flip:
+        if flipped:
             sample = hflip_sample(sample)
         return pad_to_canvas(sample, canvas)
 

@@ -10,10 +10,8 @@ iteration checkpoints, and the epoch checkpoints of every N-th epoch.
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,25 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import write_atomically
 from ..errors import WeightsError
 from ..model.state_dicts import compare_state_dicts
 from .optim import load_optimizer_state
 
 LAST = "last_checkpoint"
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def rng_state() -> dict[str, Any]:
@@ -59,8 +44,8 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` atomically to ``path`` and point ``last_checkpoint`` at it."""
-    _atomic_write(path, lambda f: torch.save(state, f))
-    _atomic_write(path.parent / LAST, lambda f: f.write(path.name.encode() + b"\n"))
+    write_atomically(path, lambda f: torch.save(state, f))
+    write_atomically(path.parent / LAST, lambda f: f.write(path.name.encode() + b"\n"))
 
 
 _NUMBERED = re.compile(r"^(iter|epoch)_(\d+)\.pth$")
@@ -88,6 +73,12 @@ def prune_checkpoints(directory: Path, *, keep_iter: int, epoch_every: int) -> l
             path.unlink(missing_ok=True)
             deleted.append(path)
     return deleted
+
+
+def periodic_checkpoint_due(iteration: int, interval: int) -> bool:
+    """Whether iteration ``iteration`` (1-based) gets an ``iter_N.pth`` checkpoint (``interval`` 0:
+    never; the loop skips it at the end of an epoch, which writes ``epoch_N.pth``)."""
+    return interval > 0 and iteration % interval == 0
 
 
 def latest_checkpoint(directory: Path) -> Path | None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..device import amp_dtype, setup_runtime, shutdown
-from ..model.solov2 import SOLOv2
+from ..model import build_model
 from .checkpoint import load_model_weights
 from .inference import TorchRunner
 from .splits import evaluate_split
@@ -19,7 +19,7 @@ def run_eval(
     """COCO segm and bbox AP of ``checkpoint`` on ``split``; rank 0 prints the table and writes files."""
     runtime = setup_runtime(device)
     try:
-        model = SOLOv2(cfg).to(runtime.device)
+        model = build_model(cfg, pretrained=False).to(runtime.device)
         load_model_weights(model, checkpoint)
         return evaluate_split(
             model,
@@ -42,7 +42,7 @@ def run_predict(
     from .predict import predict_images
 
     runtime = setup_runtime(device)
-    model = SOLOv2(cfg).to(runtime.device)
+    model = build_model(cfg, pretrained=False).to(runtime.device)
     extras = load_model_weights(model, checkpoint)
     names = extras.get("class_names") or [str(i) for i in range(cfg.model.head.num_classes)]
     runner = TorchRunner(
@@ -111,7 +111,7 @@ def run_export(
     """Load ``checkpoint`` on the CPU and write it as ONNX (checked in onnxruntime first)."""
     from ..export import export_onnx
 
-    model = SOLOv2(cfg)
+    model = build_model(cfg, pretrained=False)
     extras = load_model_weights(model, checkpoint)
     names = extras.get("class_names") or [str(i) for i in range(cfg.model.head.num_classes)]
     return export_onnx(

@@ -6,27 +6,18 @@ Run under torchrun for several processes; every process reads RANK / LOCAL_RANK 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
-import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from ..config import Config, to_dict
-from ..data.coco import CocoInstances
-from ..data.loader import build_train_loader
 from ..device import Runtime, amp_dtype, make_scaler, setup_runtime, shutdown
-from ..errors import ConfigError, UserError
-from ..metrics import NullMetrics, TrainingMetrics, write_termination_message
+from ..errors import UserError
+from ..metrics import write_termination_message
 from ..model import build_model, total_loss
 from ..progress import ProgressLogger
 from .checkpoint import (
@@ -34,6 +25,7 @@ from .checkpoint import (
     load_checkpoint,
     load_training_state,
     load_weights,
+    periodic_checkpoint_due,
     prune_checkpoints,
     restore_rng,
     rng_state,
@@ -42,44 +34,31 @@ from .checkpoint import (
 from .counters import StepCounters
 from .failures import Terminated, report_failure
 from .optim import build_optimizer, describe_optimizer, init_state
+from .parallel import compile_forward, replicate, stop_group, sync_batch_norm
+from .reporting import (
+    RunClock,
+    ThroughputWindow,
+    TrainingDiverged,
+    diverged_error,
+    loss_values,
+    nonfinite_verdict,
+    results_losses,
+)
 from .schedule import lr_factor, scaled_lr, schedule_warnings
-from .sigterm import SigtermStop, agree, leave_process_group
+from .sigterm import SigtermStop, agree
 from .splits import coco_split, evaluate_split, sum_over_ranks
 from .startup import check_outputs
 from .step import TrainStep
+from .training_setup import TrainOptions, open_metrics, seed_everything, train_dataset, train_loader
 
-
-class TrainingDiverged(UserError):
-    """Too many consecutive steps had a non-finite loss or gradient."""
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    """Run-time options of ``solov2 train`` (the config holds the recipe)."""
-
-    data_path: Path
-    work_dir: Path
-    device: str = "auto"
-    resume: bool = False
-    load_from: Path | None = None
-    compile: bool = False
-    evaluate: bool = True
-    termination_log: Path | None = Path("/dev/termination-log")
-    metrics_port: int | None = None
-    skip_bad_images: bool = False
-    config_name: str = ""
-    compile_mode: str = "default"
-    stop_timeout: float = 25.0
-    """Seconds from SIGTERM to the forced exit when no step boundary and checkpoint came first."""
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+__all__ = ["TrainOptions", "TrainingDiverged", "train"]
 
 
 class _Trainer:
+    """One training run. Model handles: :attr:`model` (the module: state dicts, evaluation),
+    :attr:`replica` (DDP around it under several processes, else the model) and :attr:`forward` (what
+    the step calls: the replica, compiled with ``--compile``)."""
+
     def __init__(
         self,
         cfg: Config,
@@ -91,48 +70,21 @@ class _Trainer:
         self.cfg, self.opts, self.rt, self.sigterm = cfg, opts, runtime, sigterm
         self.log = log if runtime.is_main else (lambda _msg: None)
         self.ckpt_dir = opts.work_dir / "checkpoints"
-        _seed_everything(cfg.train.seed)
-        image_dir, ann = coco_split(opts.data_path, "train2017")
-        self.dataset = CocoInstances(
-            image_dir, ann, num_classes=cfg.model.head.num_classes, skip_bad_images=opts.skip_bad_images
-        )
-        model = build_model(cfg).to(runtime.device)
-        if (
-            runtime.distributed
-            and cfg.train.sync_bn
-            and runtime.kind != "cpu"
-            and not cfg.model.backbone.norm_eval
-        ):
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        self.model = model
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        seed_everything(cfg.train.seed)
+        self.dataset = train_dataset(cfg, opts.data_path, skip_bad_images=opts.skip_bad_images)
+        self.model = sync_batch_norm(build_model(cfg).to(runtime.device), cfg, runtime)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.total_batch = cfg.data.samples_per_device * runtime.world_size
         self.base_lr = scaled_lr(cfg.train, self.total_batch)
         self.optimizer = build_optimizer(
             self.params, cfg.train, self.base_lr, device_kind=runtime.kind, tensor_lr=opts.compile
         )
         init_state(self.optimizer)
-        self.optimizer_name = describe_optimizer(self.optimizer)
         self.counters = StepCounters(runtime.device)
         self.dtype = amp_dtype(runtime.kind, cfg.train.amp)
         self.scaler = make_scaler(runtime.kind, self.dtype, cfg.train.loss_scale)
-        # One loader for the whole run (its workers persist); each epoch re-seeds its batch sampler.
-        self.loader = build_train_loader(
-            self.dataset,
-            cfg,
-            rank=runtime.rank,
-            world_size=runtime.world_size,
-            pin_memory=runtime.kind != "cpu",
-            pin_memory_device=runtime.kind if runtime.kind == "npu" else "",
-        )
-        self.loader.worker_init_fn = functools.partial(leave_process_group, then=self.loader.worker_init_fn)
-        workers = self.loader.num_workers
-        self.log(
-            f"data: {workers} loader worker(s) per process"
-            + (f", {cfg.data.prefetch_factor} batches ahead each" if workers else "")
-            + (", pinned memory" if self.loader.pin_memory else "")
-        )
-        self.iters_per_epoch = self.loader.batch_sampler.sampler.batches_per_epoch
+        self.loader = train_loader(self.dataset, cfg, runtime)
+        self.iters_per_epoch = self.loader.batches_per_epoch
         self.total_iters = self.iters_per_epoch * cfg.train.epochs
         self.progress = ProgressLogger(
             epochs=cfg.train.epochs, total_iterations=self.total_iters, interval=cfg.train.log_interval
@@ -143,20 +95,14 @@ class _Trainer:
             self.optimizer, lambda it: lr_factor(it, iters_per_epoch=self.iters_per_epoch, cfg=cfg.train)
         )
         self.epoch, self.iteration, self.batch_in_epoch = 0, 0, 0
-        self.nonfinite = 0
-        self.truncated = 0
-        self.ddp: nn.Module = model
-        if runtime.distributed:
-            ids = [runtime.device.index] if runtime.kind != "cpu" else None
-            # Buffers (BatchNorm running statistics) are broadcast from rank 0 before every forward.
-            self.ddp = DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
-        forward = self.ddp
-        if opts.compile:
-            mode = None if opts.compile_mode == "default" else opts.compile_mode
-            # Forward, targets and losses are one graph; AOTAutograd compiles its backward with it.
-            forward = torch.compile(self.ddp, dynamic=False, fullgraph=not runtime.distributed, mode=mode)
+        self.nonfinite, self.truncated = 0, 0
+        self.last_losses: dict[str, float] = {}
+        self.replica = replicate(self.model, runtime)
+        self.forward = compile_forward(
+            self.replica, compile=opts.compile, mode=opts.compile_mode, distributed=runtime.distributed
+        )
         self.train_step = TrainStep(
-            forward,
+            self.forward,
             self.optimizer,
             self.params,
             device_kind=runtime.kind,
@@ -167,29 +113,28 @@ class _Trainer:
             compile_update=opts.compile,
             loss_fn=lambda out: total_loss(out),  # looked up at call time
         )
-        # Every process agrees on a SIGTERM stop through a CPU all-reduce: gloo, beside nccl or hccl.
-        self.stop_group = (
-            dist.new_group(backend="gloo") if runtime.distributed and runtime.backend != "gloo" else None
+        self.stop_group = stop_group(runtime)
+        self.metrics = open_metrics(opts.metrics_port, main=runtime.is_main)
+        self._describe_setup()
+
+    def _describe_setup(self) -> None:
+        """Log how the data is loaded, schedule warnings and the optimiser; label the metrics."""
+        workers = self.loader.num_workers
+        self.log(
+            f"data: {workers} loader worker(s) per process"
+            + (f", {self.cfg.data.prefetch_factor} batches ahead each" if workers else "")
+            + (", pinned memory" if self.loader.pin_memory else "")
         )
-        for warning in schedule_warnings(cfg.train, self.total_iters):
+        for warning in schedule_warnings(self.cfg.train, self.total_iters):
             self.log(f"warning: {warning}")
-        try:
-            self.metrics = (
-                TrainingMetrics(port=opts.metrics_port)
-                if runtime.is_main and opts.metrics_port is not None
-                else NullMetrics()
-            )
-        except OSError as exc:
-            raise ConfigError(
-                f"--metrics-port {opts.metrics_port}: cannot listen ({exc.strerror or exc})"
-            ) from None
+        optimizer = describe_optimizer(self.optimizer)
         self.metrics.set_info(
-            config=opts.config_name,
-            device=runtime.kind,
-            world_size=str(runtime.world_size),
-            optimizer=self.optimizer_name,
+            config=self.opts.config_name,
+            device=self.rt.kind,
+            world_size=str(self.rt.world_size),
+            optimizer=optimizer,
         )
-        self.log(f"optimizer: {self.optimizer_name}")
+        self.log(f"optimizer: {optimizer}")
         if self.metrics.port is not None:
             self.log(f"metrics: Prometheus metrics on http://0.0.0.0:{self.metrics.port}/metrics")
 
@@ -215,22 +160,7 @@ class _Trainer:
             if path is None:
                 self.log(f"resume: no checkpoint in {self.ckpt_dir} yet, starting from scratch")
             else:
-                state = load_checkpoint(path)
-                if state.get("world_size", self.rt.world_size) != self.rt.world_size:
-                    self.log(
-                        f"resume: checkpoint was written by {state['world_size']} processes, now "
-                        f"{self.rt.world_size}: the data order of the current epoch changes"
-                    )
-                load_training_state(
-                    path, state, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                    config=to_dict(self.cfg),
-                )  # fmt: skip
-                if self.scaler is not None and state.get("scaler"):
-                    self.scaler.load_state_dict(state["scaler"])
-                self.epoch, self.iteration = state["epoch"], state["iteration"]
-                self.batch_in_epoch = state["batch_in_epoch"]
-                restore_rng(state["rng"])
-                self.log(f"resume: {path.name} at epoch {self.epoch + 1}, iteration {self.iteration}")
+                self._resume_from(path)
                 return
         if self.opts.load_from is not None:
             skipped = load_weights(self.model, self.opts.load_from)
@@ -238,6 +168,24 @@ class _Trainer:
                 f"load-from: weights of {self.opts.load_from}"
                 + (f" (shape changed, left initialised: {', '.join(skipped)})" if skipped else "")
             )
+
+    def _resume_from(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        if state.get("world_size", self.rt.world_size) != self.rt.world_size:
+            self.log(
+                f"resume: checkpoint was written by {state['world_size']} processes, now "
+                f"{self.rt.world_size}: the data order of the current epoch changes"
+            )
+        load_training_state(
+            path, state, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+            config=to_dict(self.cfg),
+        )  # fmt: skip
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.iteration = state["epoch"], state["iteration"]
+        self.batch_in_epoch = state["batch_in_epoch"]
+        restore_rng(state["rng"])
+        self.log(f"resume: {path.name} at epoch {self.epoch + 1}, iteration {self.iteration}")
 
     def save(self, name: str) -> Path:
         path = self.ckpt_dir / name
@@ -280,35 +228,94 @@ class _Trainer:
         self.scheduler.step()
         return out
 
+    def _after_step(self, out: dict[str, torch.Tensor]) -> None:
+        """Count the step; at logging iterations read the counters and report; checkpoint when due;
+        stop at this boundary on SIGTERM."""
+        self.iteration += 1
+        self.batch_in_epoch += 1
+        end_of_epoch = self.batch_in_epoch == self.iters_per_epoch
+        if self.progress.due(self.iteration) or end_of_epoch:
+            self._read_counters()
+            self._report(out)
+        interval = self.cfg.train.checkpoint_interval
+        if periodic_checkpoint_due(self.iteration, interval) and not end_of_epoch:
+            self.save(f"iter_{self.iteration}.pth")
+        if self._stop_requested():
+            raise self._terminate()
+
     def _read_counters(self) -> None:
         """Read the step counters (a host sync: logging iterations only); log and count skipped steps
         and stop on too many consecutive ones."""
         counts = self.counters.read()
         self.metrics.add_dropped_positives(counts.dropped_positives)
-        if not counts.nonfinite:
-            return
         limit = self.cfg.train.max_nonfinite
+        message, diverged = nonfinite_verdict(counts, limit)
+        if message is None:
+            return
         self.nonfinite += counts.nonfinite
         self.metrics.add_nonfinite(counts.nonfinite)
-        where = (
-            f"iteration {counts.last_nonfinite}: non-finite loss or gradient, step skipped"
-            if counts.nonfinite == 1
-            else f"iterations {counts.first_nonfinite}..{counts.last_nonfinite}: non-finite loss or "
-            f"gradient, {counts.nonfinite} steps skipped"
-        )
-        self.log(f"{where} ({counts.longest_run} in a row at most, limit {limit})")
-        if counts.longest_run >= limit:
+        self.log(message)
+        if diverged:
             self.save(f"diverged_iter_{self.iteration}.pth")
-            raise TrainingDiverged(
-                f"training stopped: {counts.longest_run} consecutive steps had a non-finite loss or gradient "
-                f"(train.max_nonfinite={limit}); try a lower train.base_lr, "
-                f"train.amp=off or a fixed train.loss_scale"
-            )
+            raise diverged_error(counts, limit)
+
+    def _report(self, out: dict[str, torch.Tensor]) -> None:
+        """Feed the progress line and the metrics: losses by name, learning rate, throughput, time left."""
+        now = time.perf_counter()
+        self.last_losses = loss_values(out)
+        values = dict(
+            losses=self.last_losses,
+            lr=float(self.optimizer.param_groups[0]["lr"]),
+            eta_seconds=self.clock.eta(now, self.iteration, self.total_iters),
+            **self.window.figures(now),
+        )
+        epoch, epochs = self.epoch + 1, self.cfg.train.epochs
+        self.metrics.update(
+            epoch=epoch, total_epochs=epochs, iteration=self.iteration, total_iterations=self.total_iters,
+            **values,
+        )  # fmt: skip
+        if self.rt.is_main:
+            self.progress.update(epoch=epoch, iteration=self.iteration, **values)
+        self.window.restart()
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        cfg, rt = self.cfg, self.rt
+        """Restore, train every remaining epoch, evaluate; returns the results."""
         self.restore()
+        self._describe_run()
+        self.model.train()
+        self.window, self.clock = ThroughputWindow(), RunClock(self.iteration)
+        if self.sigterm is not None:
+            self.sigterm.deferred = True  # from here on SIGTERM waits for the next step boundary
+        while self.epoch < self.cfg.train.epochs:
+            self._run_epoch()
+        if self.sigterm is not None:
+            self.sigterm.deferred = False  # evaluation stops at once on SIGTERM
+        results = self._results()
+        if self.opts.evaluate:
+            results.update(self.evaluate())
+        return results
+
+    def _run_epoch(self) -> None:
+        """The rest of the current epoch, then its checkpoint."""
+        self.loader.set_epoch(self.epoch, self.batch_in_epoch)
+        tick = time.perf_counter()
+        for batch in self.loader:
+            data_wait = time.perf_counter() - tick
+            out = self.step(batch)
+            self.window.add(images=self.total_batch, data_wait=data_wait)
+            self._after_step(out)
+            tick = time.perf_counter()
+        truncated = self.loader.stats()["truncated_instances"]
+        self.metrics.add_truncated(truncated - self.truncated)
+        self.truncated = truncated
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        path = self.save(f"epoch_{self.epoch}.pth")
+        self.log(f"epoch {self.epoch} done: checkpoint {path}")
+
+    def _describe_run(self) -> None:
+        cfg, rt = self.cfg, self.rt
         self.log(
             f"train: {len(self.dataset)} images, {self.dataset.num_classes} classes, {rt.world_size} "
             f"process(es) on {rt.kind}, batch {self.total_batch}, lr {self.base_lr:g}, "
@@ -319,85 +326,20 @@ class _Trainer:
         counts = self.dataset.annotation_counts()
         if any(counts.values()):
             self.log("data: " + ", ".join(f"{n} {key.replace('_', ' ')}" for key, n in counts.items()))
-        self.model.train()
-        window_start, window_images, window_data, window_steps = time.perf_counter(), 0, 0.0, 0
-        start_time, start_iter = time.perf_counter(), self.iteration
-        if self.sigterm is not None:
-            self.sigterm.deferred = True  # from here on SIGTERM waits for the next step boundary
-        while self.epoch < cfg.train.epochs:
-            self.loader.batch_sampler.set_epoch(self.epoch, self.batch_in_epoch)
-            tick = time.perf_counter()
-            for batch in self.loader:
-                data_wait = time.perf_counter() - tick
-                out = self.step(batch)
-                self.iteration += 1
-                self.batch_in_epoch += 1
-                window_images += self.total_batch
-                window_data += data_wait
-                window_steps += 1
-                if self.progress.due(self.iteration) or self.batch_in_epoch == self.iters_per_epoch:
-                    self._read_counters()
-                    now = time.perf_counter()
-                    elapsed = now - window_start
-                    done = self.iteration - start_iter
-                    eta = (now - start_time) / max(done, 1) * (self.total_iters - self.iteration)
-                    losses = {
-                        name: float(out[key].detach())
-                        for name, key in (("total", "loss"), ("cls", "loss_cls"), ("mask", "loss_mask"))
-                    }
-                    lr = float(self.optimizer.param_groups[0]["lr"])
-                    ips = window_images / max(elapsed, 1e-9)
-                    values = dict(
-                        images_per_second=ips,
-                        losses=losses,
-                        lr=lr,
-                        data_wait=window_data / window_steps,
-                        step_time=elapsed / window_steps,
-                        eta_seconds=eta,
-                    )
-                    self.metrics.update(
-                        epoch=self.epoch + 1,
-                        total_epochs=cfg.train.epochs,
-                        iteration=self.iteration,
-                        total_iterations=self.total_iters,
-                        **values,
-                    )
-                    if self.rt.is_main:
-                        self.progress.update(epoch=self.epoch + 1, iteration=self.iteration, **values)
-                    window_start, window_images, window_data, window_steps = time.perf_counter(), 0, 0.0, 0
-                if (
-                    cfg.train.checkpoint_interval
-                    and self.iteration % cfg.train.checkpoint_interval == 0
-                    and self.batch_in_epoch < self.iters_per_epoch
-                ):
-                    self.save(f"iter_{self.iteration}.pth")
-                if self._stop_requested():
-                    raise self._terminate()
-                tick = time.perf_counter()
-            truncated = self.loader.collate_fn.stats.as_dict()["truncated_instances"]
-            self.metrics.add_truncated(truncated - self.truncated)
-            self.truncated = truncated
-            self.epoch += 1
-            self.batch_in_epoch = 0
-            path = self.save(f"epoch_{self.epoch}.pth")
-            self.log(f"epoch {self.epoch} done: checkpoint {path}")
-        if self.sigterm is not None:
-            self.sigterm.deferred = False  # evaluation stops at once on SIGTERM
-        seconds = time.perf_counter() - start_time
-        results: dict[str, Any] = {
-            "epochs": cfg.train.epochs,
+
+    def _results(self) -> dict[str, Any]:
+        """What training did: iterations, throughput, skipped steps, the last checkpoint, the last
+        logged losses by name, the data set's counts."""
+        return {
+            "epochs": self.cfg.train.epochs,
             "iterations": self.iteration,
-            "images_per_second": round(
-                (self.iteration - start_iter) * self.total_batch / max(seconds, 1e-9), 3
-            ),
+            "images_per_second": round(self.clock.images_per_second(self.iteration, self.total_batch), 3),
             "nonfinite_steps": self.nonfinite,
             "checkpoint": str(self.ckpt_dir / f"epoch_{self.epoch}.pth"),
+            **results_losses(self.last_losses),
             **self.dataset.annotation_counts(),
             "skipped_images": sum_over_ranks(self.dataset.skipped, self.rt),
         }
-        if self.opts.evaluate:
-            results.update(self.evaluate())
-        return results
 
     def evaluate(self) -> dict[str, Any]:
         _, ann = coco_split(self.opts.data_path, "val2017")

@@ -58,18 +58,18 @@ def metadata(
     cfg: Config, *, canvas: tuple[int, int], batch: int, class_names: Sequence[str]
 ) -> dict[str, str]:
     """The model's metadata: string keys and values (numbers and lists as JSON)."""
-    inf = cfg.model.inference
+    infer = cfg.model.inference
     return {
         "solov2.class_names": json.dumps(list(class_names)),
         "solov2.canvas": json.dumps(list(canvas)),
         "solov2.batch": str(batch),
         "solov2.mask_stride": str(MASK_STRIDE),
         "solov2.img_scale": json.dumps(list(cfg.data.img_scale)),
-        "solov2.score_thr": str(inf.score_thr),
-        "solov2.mask_thr": str(inf.mask_thr),
-        "solov2.update_thr": str(inf.update_thr),
-        "solov2.nms_pre": str(inf.nms_pre),
-        "solov2.max_per_img": str(inf.max_per_img),
+        "solov2.score_thr": str(infer.score_thr),
+        "solov2.mask_thr": str(infer.mask_thr),
+        "solov2.update_thr": str(infer.update_thr),
+        "solov2.nms_pre": str(infer.nms_pre),
+        "solov2.max_per_img": str(infer.max_per_img),
         "solov2.config": json.dumps(to_dict(cfg)),
         "solov2.inputs": "images: [N, 3, H, W] uint8 RGB, image at the top-left of the canvas, zero padding",
         "solov2.outputs": "scores [N, K] float32, labels [N, K] int64, masks [N, K, H/4, W/4] float32 "

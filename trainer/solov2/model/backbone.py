@@ -1,11 +1,23 @@
-"""ResNet (torchvision) + FPN producing P2..P6, as SOLOv2's reference configuration uses.
+"""Backbones, built by name by :func:`build_backbone`, and the FPN producing P2..P6 from them.
 
-Weights load only from a local torchvision-format file (the ``resnet50.pth`` the ModelZoo README asks
-users to download); nothing is ever downloaded.
+The contract a backbone meets (what :class:`FPN` and the head rely on):
+
+- ``forward(x)`` takes normalised images ``[B, 3, H, W]`` (sides multiples of 32) and returns four
+  feature maps ``[C2, C3, C4, C5]`` at strides 4, 8, 16 and 32 (``[B, c_i, H/s, W/s]``);
+- ``out_channels`` is the tuple of their channel counts ``(c2, c3, c4, c5)``;
+- ``train(mode)`` may keep parts frozen or in eval mode; parameters it freezes have
+  ``requires_grad=False`` (the optimiser skips them).
+
+Adding a backbone: write its module and a builder ``(BackboneConfig, pretrained) -> nn.Module`` here,
+and add it to :data:`BACKBONES` under the name ``model.backbone.name`` selects.
+
+ResNet weights load only from a local torchvision-format file (the ``resnet50.pth`` the ModelZoo README
+asks users to download); nothing is ever downloaded.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -13,7 +25,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from ..errors import WeightsError
+from ..config import BackboneConfig
+from ..errors import ConfigError, WeightsError
 from .state_dicts import compare_state_dicts
 
 RESNET_CHANNELS = {
@@ -116,6 +129,26 @@ class ResNet(nn.Module):
                 + "; ".join(problems)
             )
         self.load_state_dict(renamed, strict=False)
+
+
+def _resnet(cfg: BackboneConfig, pretrained: bool) -> ResNet:
+    net = ResNet(depth=cfg.depth, frozen_stages=cfg.frozen_stages, norm_eval=cfg.norm_eval)
+    if pretrained and cfg.weights:
+        net.load_torchvision_weights(cfg.weights)
+    return net
+
+
+BACKBONES: dict[str, Callable[[BackboneConfig, bool], nn.Module]] = {"resnet": _resnet}
+"""Backbone builders by ``model.backbone.name``: ``(config, pretrained) -> backbone``."""
+
+
+def build_backbone(cfg: BackboneConfig, *, pretrained: bool = True) -> nn.Module:
+    """The backbone ``cfg.name`` names; ``pretrained`` loads ``cfg.weights`` if it is set."""
+    if cfg.name not in BACKBONES:
+        raise ConfigError(
+            f"model.backbone.name: is {cfg.name!r}, must be one of {', '.join(sorted(BACKBONES))}"
+        )
+    return BACKBONES[cfg.name](cfg, pretrained)
 
 
 class FPN(nn.Module):

@@ -10,7 +10,7 @@ from ..losses import solov2_losses
 from ..postprocess import predict
 from ..structures import MASK_STRIDE, CompactGroundTruth, Detections, GroundTruth
 from ..targets import build_targets, downsample_masks
-from .backbone import FPN, ResNet
+from .backbone import FPN, build_backbone
 from .head import MaskFeatureBranch, SOLOv2Head
 
 
@@ -26,13 +26,11 @@ class SOLOv2(nn.Module):
     In eval mode it returns :class:`~solov2.structures.Detections` with ``max_per_img`` slots.
     """
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, *, pretrained: bool = False) -> None:
         super().__init__()
         m = cfg.model
         self.cfg = cfg
-        self.backbone = ResNet(
-            depth=m.backbone.depth, frozen_stages=m.backbone.frozen_stages, norm_eval=m.backbone.norm_eval
-        )
+        self.backbone = build_backbone(m.backbone, pretrained=pretrained)
         self.fpn = FPN(
             in_channels=self.backbone.out_channels, out_channels=m.fpn.out_channels, num_outs=m.fpn.num_outs
         )
@@ -110,12 +108,10 @@ def total_loss(outputs: dict[str, Tensor]) -> Tensor:
     return sum(v for k, v in outputs.items() if k.startswith("loss_"))  # type: ignore[return-value]
 
 
-def build_model(cfg: Config) -> SOLOv2:
-    """The one place config meets code: a SOLOv2 model, with backbone weights loaded if configured."""
-    model = SOLOv2(cfg)
-    if cfg.model.backbone.weights:
-        model.backbone.load_torchvision_weights(cfg.model.backbone.weights)
-    return model
+def build_model(cfg: Config, *, pretrained: bool = True) -> SOLOv2:
+    """The one place config meets code: the SOLOv2 model ``cfg`` describes. ``pretrained`` loads the
+    backbone's ``model.backbone.weights`` if set (training); a checkpoint's weights replace them anyway."""
+    return SOLOv2(cfg, pretrained=pretrained)
 
 
 def parameter_counts(model: SOLOv2) -> dict[str, int]:
