@@ -20,17 +20,7 @@ from solov2.metrics import (
     write_termination_message,
 )
 
-UPDATE = dict(
-    epoch=2,
-    iteration=340,
-    total_iterations=1000,
-    images_per_second=4.2,
-    losses={"total": 1.234, "cls": 0.3, "mask": 0.934},
-    lr=0.01,
-    data_wait=0.01,
-    step_time=0.47,
-    eta_seconds=312.4,
-)
+from .samples import PROGRESS_UPDATE as UPDATE
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

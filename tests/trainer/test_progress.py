@@ -6,17 +6,7 @@ import io
 
 from solov2.progress import ProgressLogger, format_progress
 
-UPDATE = dict(
-    epoch=2,
-    iteration=340,
-    total_iterations=1000,
-    images_per_second=4.2,
-    losses={"total": 1.234, "cls": 0.3, "mask": 0.934},
-    lr=0.01,
-    data_wait=0.01,
-    step_time=0.47,
-    eta_seconds=312.4,
-)
+from .samples import PROGRESS_UPDATE as UPDATE
 
 
 def test_progress_line_format():
