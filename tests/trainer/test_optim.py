@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from solov2.config import load_config
-from solov2.engine.optim import build_optimizer
+from solov2.engine.optim import build_optimizer, describe_optimizer, has_fused_kernel
 
 
 def test_optimizer_follows_the_config():
@@ -17,3 +17,33 @@ def test_optimizer_follows_the_config():
     adamw = build_optimizer(params, cfg, 0.001)
     assert isinstance(adamw, torch.optim.AdamW)
     assert adamw.defaults["lr"] == 0.001 and adamw.defaults["weight_decay"] == 0.05
+
+
+def _optimizer_name(cfg_opts: list[str], device_kind: str) -> str:
+    params = [torch.nn.Parameter(torch.ones(3))]
+    cfg = load_config("solov2_r50_fpn_1x_coco", cfg_opts).train
+    return describe_optimizer(build_optimizer(params, cfg, 0.01, device_kind=device_kind))
+
+
+def test_fused_where_the_device_has_the_kernels():
+    # torch ships fused SGD and AdamW kernels for the CPU and CUDA: the dispatcher says so.
+    assert has_fused_kernel("sgd", "cpu") and has_fused_kernel("adamw", "cuda")
+    assert _optimizer_name([], "cpu") == "torch.optim.SGD (fused)"
+    assert _optimizer_name(["train.optimizer=adamw"], "cpu") == "torch.optim.AdamW (fused)"
+
+
+def test_npu_takes_torchs_fused_kernels_once_torch_npu_registers_them():
+    """torch_npu registers its kernels under PrivateUse1 (2.14 has ``_fused_sgd_`` and
+    ``_fused_adamw_``). Without them an NPU run uses foreach; with them, the fused optimiser and its
+    device-side ``found_inf``. Here a kernel is registered for real, as torch_npu's import does."""
+    assert not has_fused_kernel("sgd", "npu")
+    assert _optimizer_name([], "npu") == "torch.optim.SGD (foreach)"
+    lib = torch.library.Library("aten", "IMPL", "PrivateUse1")
+    try:
+        lib.impl("_fused_sgd_", lambda *args, **kwargs: None)
+        assert has_fused_kernel("sgd", "npu") and not has_fused_kernel("adamw", "npu")
+        assert _optimizer_name([], "npu") == "torch.optim.SGD (fused)"
+        assert _optimizer_name(["train.optimizer=adamw"], "npu") == "torch.optim.AdamW (foreach)"
+    finally:
+        lib._destroy()
+    assert _optimizer_name([], "npu") == "torch.optim.SGD (foreach)"

@@ -2,13 +2,19 @@
 
 Implementations, picked by :func:`build_optimizer` (``implementation="auto"``):
 
-- CUDA and CPU: torch's fused SGD / AdamW (``fused=True``). Fused kernels take a ``found_inf`` tensor
-  and skip the update on the device, so deciding "was this step finite?" never reads a value back.
-  (On the CPU the fused kernels also avoid the per-step ``.item()`` that foreach AdamW does on its
-  CPU step counter.)
-- Ascend NPU: apex's ``NpuFusedSGD`` / ``NpuFusedAdamW`` when ``apex.optimizers`` has them (Ascend's
-  PyTorch images build apex from source; the PyPI package named ``apex`` is another project and is
-  never used), else torch's foreach implementation.
+- torch's fused SGD / AdamW (``fused=True``) wherever the device has torch's fused kernels
+  (``aten::_fused_sgd_`` / ``aten::_fused_adamw_``, asked of the dispatcher: :func:`has_fused_kernel`):
+  CUDA, the CPU, and Ascend NPUs, where torch_npu implements them for its ``PrivateUse1`` device
+  (torch_npu 2.14 does, ``found_inf`` included). Fused kernels take a ``found_inf`` tensor and skip
+  the update on the device, so deciding "was this step finite?" never reads a value back. (On the
+  CPU the fused kernels also avoid the per-step ``.item()`` that foreach AdamW does on its CPU step
+  counter.)
+- Otherwise (an older torch_npu without them) torch's multi-tensor ``foreach`` implementation.
+- Not the tensor-combining NPU optimisers (``torch_npu.optim.NpuFusedSGD``, apex's
+  ``apex.optimizers.NpuFusedSGD``): apex's refuses to step outside ``apex.amp`` (which this trainer
+  does not use: it runs torch's autocast), both refuse ``zero_grad(set_to_none=True)``, and neither
+  takes a ``found_inf``, so skipping a non-finite step would need a host read (NpuFusedAdamW counts
+  its steps in a Python int).
 - ``implementation="foreach"`` forces torch's multi-tensor implementation (tests, benchmarks).
 
 :func:`apply_update` applies a step only where ``finite`` is true, exactly: a skipped step changes
@@ -21,7 +27,6 @@ optimiser state before the first step, so that a skipped first step has a state 
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -33,22 +38,23 @@ __all__ = [
     "apply_update",
     "build_optimizer",
     "describe_optimizer",
+    "has_fused_kernel",
     "init_state",
     "load_optimizer_state",
     "supports_found_inf",
 ]
 
-_APEX_NAMES = {"sgd": "NpuFusedSGD", "adamw": "NpuFusedAdamW"}
+# The dispatch key of each device kind's kernels: torch_npu registers the NPU's as PrivateUse1.
+_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA", "npu": "PrivateUse1"}
 
 
-def _apex_optimizer(name: str) -> type[torch.optim.Optimizer] | None:
-    """apex's NPU fused optimiser class, or None when apex (Ascend's build) is not importable."""
-    try:
-        module = importlib.import_module("apex.optimizers")
-    except Exception:  # not installed, or an unrelated package that happens to be called apex
-        return None
-    cls = getattr(module, _APEX_NAMES[name], None)
-    return cls if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer) else None
+def has_fused_kernel(optimizer: str, device_kind: str) -> bool:
+    """Whether torch's fused kernel for ``optimizer`` (``sgd`` or ``adamw``) is registered for
+    ``device_kind`` (``cpu``, ``cuda`` or ``npu``), as the dispatcher says."""
+    key = _DISPATCH_KEYS.get(device_kind)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
+        f"aten::_fused_{optimizer}_", key
+    )
 
 
 def build_optimizer(
@@ -62,20 +68,16 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """SGD with momentum (the reference recipe) or AdamW, as ``cfg.optimizer`` says.
 
-    ``implementation``: ``auto`` (fused where it exists, see the module docstring), ``fused`` or
-    ``foreach``. ``tensor_lr`` keeps the learning rate in a tensor, so that a compiled update does not
+    ``implementation``: ``auto`` (fused where the device has the kernels, see the module docstring),
+    ``fused`` or ``foreach``. ``tensor_lr`` keeps the learning rate in a tensor, so that a compiled update does not
     recompile when the schedule changes it (torch's fused kernels take a tensor learning rate).
     """
     if implementation not in ("auto", "fused", "foreach"):
         raise ValueError(f"implementation: expected auto, fused or foreach, got {implementation!r}")
     params = list(params)
-    if implementation == "auto" and device_kind == "npu":
-        apex_cls = _apex_optimizer(cfg.optimizer)
-        if apex_cls is not None:
-            if cfg.optimizer == "adamw":
-                return apex_cls(params, lr=lr, weight_decay=cfg.weight_decay)
-            return apex_cls(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    fused = implementation == "fused" or (implementation == "auto" and device_kind in ("cuda", "cpu"))
+    fused = implementation == "fused" or (
+        implementation == "auto" and has_fused_kernel(cfg.optimizer, device_kind)
+    )
     kind = {"fused": True} if fused else {"foreach": True}
     rate: float | Tensor = torch.tensor(lr, dtype=torch.float32) if tensor_lr and fused else lr
     if fused and isinstance(rate, Tensor) and params:
@@ -93,14 +95,10 @@ def supports_found_inf(optimizer: torch.optim.Optimizer) -> bool:
 
 
 def describe_optimizer(optimizer: torch.optim.Optimizer) -> str:
-    """``torch.optim.SGD (fused)``, ``torch.optim.AdamW (foreach)``, ``apex.optimizers.NpuFusedSGD``..."""
-    cls = type(optimizer)
-    name = f"{cls.__module__.split('.')[0]}.optimizers.{cls.__name__}"
-    if cls.__module__.startswith("torch.optim"):
-        group = optimizer.param_groups[0] if optimizer.param_groups else {}
-        mode = "fused" if group.get("fused") else "foreach" if group.get("foreach") else "for-loop"
-        name = f"torch.optim.{cls.__name__} ({mode})"
-    return name
+    """``torch.optim.SGD (fused)``, ``torch.optim.AdamW (foreach)``: the class and its implementation."""
+    group = optimizer.param_groups[0] if optimizer.param_groups else {}
+    mode = "fused" if group.get("fused") else "foreach" if group.get("foreach") else "for-loop"
+    return f"{type(optimizer).__module__.split('.')[0]}.optim.{type(optimizer).__name__} ({mode})"
 
 
 def init_state(optimizer: torch.optim.Optimizer) -> None:
