@@ -2,8 +2,9 @@
 device-resident batches (no data set, no data loading; compact ground truth as the loaders give it),
 one JSON line per measurement as it goes.
 
-    python bench/gpu_report.py                 # CUDA: R50 1x at 800x1344, about 5 minutes on an H100
-    python bench/gpu_report.py --quick         # tiny config at 128x128 on any device (checks the script)
+    python bench/gpu_report.py                 # CUDA: R50 1x at 800x1344, what fits in --budget-s (300)
+    python bench/gpu_report.py --budget-s 540 --compiled-at largest   # eager, then compiled at the largest
+    python bench/gpu_report.py --quick --compile-backend aot_eager    # checks the script on a CPU (2 min)
 
 Measured, in this order (cheap and essential first; a case that would overrun ``--budget-s`` is
 reported as skipped):
@@ -12,11 +13,14 @@ reported as skipped):
   device waits for the host per step (see below);
 - ``torch.cuda.set_sync_debug_mode("error")`` over several non-logging steps, bf16 and fp16: pass/fail
   (fails on the first synchronising call, with its message);
-- the largest batch of ``--batches`` that fits (eager bf16; an out-of-memory error ends the search),
-  and fp16 at that batch;
+- eager bf16 at the other ``--batches`` (an out-of-memory error ends them), then the largest batch
+  that fits: the peak memory of the two largest batches run so far, extended on a straight line to
+  ``--memory-fraction`` of the device's memory, gives a batch to try; one that runs out of memory is
+  retried 10% smaller (``--no-search`` stops at ``--batches``); fp16 at the largest batch;
 - inference with post-processing (forward, Matrix NMS, masks pasted back to a 480x640 original), eager;
-- compiled (``torch.compile``, default mode) bf16 batch 2; CUDA graphs (``mode="reduce-overhead"``);
-  compiled fp16; compiled at the largest batch; compiled inference.
+- CUDA graphs (``torch.compile`` ``mode="reduce-overhead"``) bf16 at the largest batch; compiled
+  (default mode) bf16 at batch 2; CUDA graphs bf16 at batch 2; compiled fp16 at batch 2 and at the
+  largest batch; CUDA graphs fp16 at the largest batch; compiled inference.
 
 Device wait per step, two ways: ``gap_between_steps_ms`` is the mean time between the end of one
 step's work on the device and the start of the next (CUDA events; a lower bound: waits inside a step
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib.util
 import json
 import platform
@@ -81,17 +86,16 @@ class Setup:
         self.args, self.device = args, device
         overrides = [f"data.canvases=[[{args.canvas[0]},{args.canvas[1]}]]"]
         self.cfg = load_config(args.config, overrides)
-        largest = max(args.batches)
         images, gt = synthetic_batch(
             2, tuple(args.canvas), max_instances=self.cfg.model.targets.max_instances, instance_counts=[7, 7]
         )
-        gt = compact_ground_truth(gt)  # what the loaders hand over
-        reps = -(-largest // 2)
-        self.images = images.repeat(reps, 1, 1, 1)[:largest].to(device)
-        self.gt = type(gt)(*(t.repeat(reps, *[1] * (t.dim() - 1))[:largest].to(device) for t in gt))
+        self.images, self.gt = images.to(device), compact_ground_truth(gt).to(device)  # as loaders give
 
     def batch(self, size: int):
-        return self.images[:size], type(self.gt)(*(t[:size] for t in self.gt))
+        """``size`` images: the two synthetic ones repeated."""
+        reps = -(-size // 2)
+        gt = type(self.gt)(*(t.repeat(reps, *[1] * (t.dim() - 1))[:size] for t in self.gt))
+        return self.images.repeat(reps, 1, 1, 1)[:size], gt
 
     def model(self) -> torch.nn.Module:
         torch.manual_seed(0)
@@ -288,6 +292,48 @@ def inference_case(setup: Setup, amp: str, batch: int, compile_mode: str | None)
     }
 
 
+def predict_largest(points: list[tuple[int, float]], capacity_gib: float) -> int | None:
+    """The batch at which peak memory reaches ``capacity_gib`` on the line through the two largest
+    measured ``(batch, peak GiB)`` points; None without two points or a rising line."""
+    if len(points) < 2:
+        return None
+    (b0, m0), (b1, m1) = sorted(points)[-2:]
+    if b1 == b0 or m1 <= m0:
+        return None
+    per_image = (m1 - m0) / (b1 - b0)
+    return int(b1 + (capacity_gib - m1) / per_image)
+
+
+def compiled_cases(
+    amp: tuple[str, ...], base: int, top: int, *, cuda: bool, at: str
+) -> list[tuple[str, int, str]]:
+    """(amp, batch, compile mode) in the order run: the headline first (CUDA graphs at the largest
+    batch), then batch ``base``, then the rest; ``at`` is ``both``, ``base`` or ``largest``."""
+    graphs = ["reduce-overhead"] if cuda else []
+    wanted = {"both": (top, base), "base": (base,), "largest": (top,)}[at]
+    order = [(amp[0], top, m) for m in graphs]
+    order += [(amp[0], base, m) for m in ["default", *graphs]]
+    order += [(a, base, "default") for a in amp[1:]]
+    order += [(amp[0], top, "default")] + [(a, top, m) for a in amp[1:] for m in ["default", *graphs]]
+    out: list[tuple[str, int, str]] = []
+    for case in order:
+        if case[1] in wanted and case not in out:
+            out.append(case)
+    return out
+
+
+def forget_compiled(device: torch.device) -> None:
+    """Drop compiled graphs (and CUDA graph memory pools) of the case that ended."""
+    gc.collect()
+    torch._dynamo.reset()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def out_of_memory(result: dict[str, Any] | None) -> bool:
+    return result is not None and "OutOfMemoryError" in str(result.get("error", ""))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -306,6 +352,19 @@ def main() -> None:
         "--compile-backend",
         default="inductor",
         help="torch.compile backend; aot_eager checks the compiled path quickly on a CPU (no code generation)",
+    )
+    parser.add_argument(
+        "--memory-fraction",
+        type=float,
+        default=0.9,
+        help="share of the device's memory the largest-batch search aims at (default 0.9)",
+    )
+    parser.add_argument("--no-search", action="store_true", help="largest batch: only among --batches")
+    parser.add_argument(
+        "--compiled-at",
+        choices=("both", "base", "largest"),
+        default="both",
+        help="batches of the compiled cases: the first of --batches, the largest found, or both",
     )
     parser.add_argument("--quick", action="store_true", help="tiny config, 128x128, batches 2 4, 2 steps")
     args = parser.parse_args()
@@ -360,22 +419,40 @@ def main() -> None:
         emit({"case": name, **labels, **result})
         return result
 
+    measured: list[tuple[int, float]] = []  # (batch, peak GiB) of the eager bf16 runs that fitted
+
+    def eager(a: str, b: int) -> dict | None:
+        result = run_case("train", 30, lambda: train_case(setup, a, b, None), amp=a, batch=b, mode="eager")
+        if a == amp[0] and result is not None and "error" not in result:
+            largest["batch"] = max(largest["batch"], b)
+            if result.get("peak_memory_gib") is not None:
+                measured.append((b, result["peak_memory_gib"]))
+        return result
+
     for a in amp:
-        run_case("train", 20, lambda a=a: train_case(setup, a, base, None), amp=a, batch=base, mode="eager")
+        eager(a, base)
     for a in amp:
         run_case("sync_debug", 10, lambda a=a: sync_check_case(setup, a, base), amp=a, batch=base)
+    all_fitted = True
     for b in args.batches[1:]:
-        result = run_case(
-            "train", 30, lambda b=b: train_case(setup, amp[0], b, None), amp=amp[0], batch=b, mode="eager"
-        )
+        result = eager(amp[0], b)
         if result is None or "error" in result:
+            all_fitted = False
             break
-        largest["batch"] = b
-    for a in amp[1:]:
-        if largest["batch"] != base:
-            run_case("train", 30, lambda a=a: train_case(setup, a, largest["batch"], None), amp=a,
-                     batch=largest["batch"], mode="eager")  # fmt: skip
-    emit({"case": "largest_batch", "batch": largest["batch"], "tried": args.batches})
+    if device.type == "cuda" and all_fitted and not args.no_search:
+        total_gib = torch.cuda.get_device_properties(device).total_memory / 2**30
+        guess = predict_largest(measured, total_gib * args.memory_fraction)
+        for _ in range(3):
+            if guess is None or guess <= largest["batch"]:
+                break
+            if not out_of_memory(eager(amp[0], guess)):
+                break
+            guess = int(guess * 0.9)
+    top = largest["batch"]
+    if top != base:
+        for a in amp[1:]:
+            eager(a, top)
+    emit({"case": "largest_batch", "batch": top, "fitted": sorted(b for b, _ in measured)})
     run_case(
         "inference",
         15,
@@ -387,19 +464,15 @@ def main() -> None:
     if args.no_compile:
         return
     compile_s = 10 if args.quick else 90
-    first = run_case("train", compile_s, lambda: train_case(setup, amp[0], base, "default"), amp=amp[0],
-                     batch=base, mode="compiled")  # fmt: skip
-    if first is not None and "case_seconds" in first:  # later compilations: as long as the first one
-        compile_s = max(compile_s / 3, first["case_seconds"] * 1.1)
-    if device.type == "cuda":
-        run_case("train", compile_s, lambda: train_case(setup, amp[0], base, "reduce-overhead"), amp=amp[0],
-                 batch=base, mode="cuda-graphs")  # fmt: skip
-    for a in amp[1:]:
-        run_case("train", compile_s, lambda a=a: train_case(setup, a, base, "default"), amp=a, batch=base,
-                 mode="compiled")  # fmt: skip
-    if largest["batch"] != base:
-        run_case("train", compile_s, lambda: train_case(setup, amp[0], largest["batch"], "default"), amp=amp[0],
-                 batch=largest["batch"], mode="compiled")  # fmt: skip
+    done: list[tuple[str, int, str]] = []
+    for a, b, mode in compiled_cases(amp, base, top, cuda=device.type == "cuda", at=args.compiled_at):
+        name = "cuda-graphs" if mode == "reduce-overhead" else "compiled"
+        result = run_case("train", compile_s, lambda a=a, b=b, mode=mode: train_case(setup, a, b, mode),
+                          amp=a, batch=b, mode=name)  # fmt: skip
+        if result is not None and "error" not in result and not done:
+            compile_s = max(compile_s / 3, result["case_seconds"] * 1.1)  # later ones take about as long
+        done.append((a, b, mode))
+        forget_compiled(device)
     run_case("inference", compile_s * 0.6, lambda: inference_case(setup, amp[0], base, "default"), amp=amp[0],
              batch=base, mode="compiled")  # fmt: skip
     emit({"case": "done", "seconds": round(time.perf_counter() - started, 1)})
