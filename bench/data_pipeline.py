@@ -9,7 +9,8 @@ Writes COCO-sized JPEGs (75% 640x480, 25% 480x640, 5..9 polygon/RLE shape instan
 single-threaded) the milliseconds per image of each stage, the bytes of one batch (what crosses from a
 worker to the training process and then to the device), and the images/s of whole DataLoaders with
 ``--workers`` worker processes (second epoch, workers already started) with the memory of each worker
-(RSS, PSS and USS from ``/proc/PID/smaps_rollup``). Prints one JSON object.
+(RSS, PSS and USS from ``/proc/PID/smaps_rollup``). Prints one JSON object, with the machine's load
+average at the end (other work on the machine slows every figure here).
 
 The need: R50-FPN at 1333x800 trains a batch of 2 per device in about 0.25 s on a fast GPU, i.e. ~8
 images/s per device; ``workers_needed`` is 8 / (1-worker loader images/s), rounded up.
@@ -151,6 +152,7 @@ def main() -> None:
                     "torch": torch.__version__,
                     "torchvision": torchvision.__version__,
                     "cuda": torch.cuda.is_available(),
+                    "load_average_1_5_15_min_at_end": [round(x, 2) for x in os.getloadavg()],
                 },
                 "data": {
                     "config": args.config,

@@ -23,11 +23,13 @@ import zlib
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..config import DataConfig
 from .coco import Sample
+from .rasterize import resize_image
 
 __all__ = [
     "TRAIN_AUGMENTATIONS",
@@ -67,15 +69,20 @@ def fit_into(size: tuple[int, int], canvas: tuple[int, int]) -> tuple[int, int]:
 
 
 def resize_sample(sample: Sample, size: tuple[int, int]) -> Sample:
-    """Resize an unpadded sample to ``size = (h, w)``: the image bilinearly (antialiased when shrinking),
-    masks bilinearly then ``>= 0.5``, boxes scaled and clipped. Instances whose mask vanishes are dropped."""
+    """Resize an unpadded sample to ``size = (h, w)``: the image as the training loader resizes it
+    (:func:`~.rasterize.resize_image`, OpenCV, for uint8 images; others bilinearly, antialiased when
+    shrinking), masks bilinearly then ``>= 0.5``, boxes scaled and clipped. Instances whose mask
+    vanishes are dropped."""
     image, masks, boxes, labels = sample.image, sample.masks, sample.boxes, sample.labels
     old_h, old_w = image.shape[-2:]
     height, width = size
     if (old_h, old_w) == (height, width):
         return sample._replace(image_size=(height, width))
-    x = image[None].contiguous(memory_format=torch.channels_last)  # the fast uint8 path is channels-last
-    image = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    if image.dtype == torch.uint8:  # evaluation and predict see the pixels training saw
+        image = resize_image(np.ascontiguousarray(image.permute(1, 2, 0).numpy()), size)
+    else:
+        x = image[None].contiguous(memory_format=torch.channels_last)
+        image = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)[0]
     if masks.shape[0]:
         chunks = [
             F.interpolate(m[None].float(), size=size, mode="bilinear", align_corners=False)[0] >= 0.5
