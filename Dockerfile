@@ -43,6 +43,9 @@ ARG TORCHVISION_VERSION=0.29.1
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 # Ascend: the torch_npu release for TORCH_VERSION (e.g. 2.5.1 or 2.5.1.post1); empty: no torch_npu.
 ARG TORCH_NPU_VERSION=""
+# The project's extras: "trainer,export" gives `solov2 export` (onnx, onnxscript, onnxruntime) too;
+# "trainer" leaves them out of a training-only image.
+ARG TRAINER_EXTRAS="trainer,export"
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -54,7 +57,7 @@ RUN if [ "$INSTALL_TORCH" = 1 ]; then \
     && if [ -n "$TORCH_NPU_VERSION" ]; then pip install --no-cache-dir "torch-npu==${TORCH_NPU_VERSION}"; fi \
     && python /tmp/check_torch_npu.py
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --find-links /wheels "solov2-operator[trainer]==${VERSION}" \
+    pip install --no-cache-dir --find-links /wheels "solov2-operator[${TRAINER_EXTRAS}]==${VERSION}" \
     && command -v torchrun \
     && (getent passwd 1000 >/dev/null || useradd --uid 1000 --user-group --create-home --shell /bin/bash solov2) \
     && install -d -o 1000 -g 1000 /workspace

@@ -57,7 +57,8 @@ def test_stages_targets_and_users():
     operator = text[text.index("AS operator") : text.index("AS trainer")]
     trainer = text[text.index("AS trainer") :]
     assert "torch" not in operator.replace("solov2-operator[operator]", ""), "the operator image has no torch"
-    assert "[trainer]" in trainer and "command -v torchrun" in trainer
+    assert 'ARG TRAINER_EXTRAS="trainer,export"' in trainer, "the trainer image can export to ONNX"
+    assert "[${TRAINER_EXTRAS}]" in trainer and "command -v torchrun" in trainer
     for stage in (operator, trainer):
         assert re.search(r"^USER 1000", stage, re.M), "non-root"
     assert "ENV PATH=/opt/solov2/scripts:$PATH" in trainer
