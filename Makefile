@@ -36,6 +36,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 # helm, kubectl, prometheus and promtool for the delivery tests, cached in .tools/ (quick when cached).
 tools:

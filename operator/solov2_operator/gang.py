@@ -62,6 +62,8 @@ class Plan:
 
 def _index(pod: Mapping[str, Any]) -> int | None:
     value = ((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_INDEX)
+    if value is None:
+        return None
     try:
         return int(value)
     except (TypeError, ValueError):

@@ -41,7 +41,9 @@ class OperatorConfig:
     metrics: OperatorMetrics | None = None
 
 
-def _counted(metrics: OperatorMetrics, handler: str, fn: Callable[..., Awaitable[Any]]):
+def _counted(
+    metrics: OperatorMetrics, handler: str, fn: Callable[..., Awaitable[Any]]
+) -> Callable[..., Awaitable[Any]]:
     @functools.wraps(fn)
     async def wrapper(**kwargs: Any) -> Any:
         try:

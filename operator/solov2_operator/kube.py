@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import config
-from kubernetes.client import ApiClient, Configuration, CoreV1Api, CustomObjectsApi
+from kubernetes.client import ApiClient, Configuration, CoreV1Api, CustomObjectsApi, V1Pod, V1Service
 from kubernetes.client.exceptions import ApiException
 
 from . import __version__
@@ -77,18 +77,25 @@ class Kube:
             if all(((p.get("metadata") or {}).get("labels") or {}).get(k) == v for k, v in wanted.items())
         ]
 
-    async def create(self, body: Mapping[str, Any]) -> bool:
-        """Create a child; False if it exists already. Raises :class:`Rejected` on 400/422."""
+    async def create(self, body: dict[str, Any]) -> bool:
+        """Create a child; False if it exists already. Raises :class:`Rejected` on 400/422.
+
+        The client's methods are typed for its models (``V1Pod``, ...), but they validate their
+        arguments with pydantic, which turns an API-shaped dict into the model: hence the casts.
+        """
         namespace = body["metadata"]["namespace"]
         kind = body["kind"]
         try:
             if kind == "Pod":
                 await asyncio.to_thread(
-                    self.core.create_namespaced_pod, namespace, body, _preload_content=False
+                    self.core.create_namespaced_pod, namespace, cast(V1Pod, body), _preload_content=False
                 )
             elif kind == "Service":
                 await asyncio.to_thread(
-                    self.core.create_namespaced_service, namespace, body, _preload_content=False
+                    self.core.create_namespaced_service,
+                    namespace,
+                    cast(V1Service, body),
+                    _preload_content=False,
                 )
             elif kind == "PodGroup":
                 group, version, plural = PODGROUP_API

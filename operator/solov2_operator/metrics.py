@@ -68,11 +68,12 @@ class OperatorMetrics:
                 self.trainings.labels(namespace=ns, phase=p).set(counts[(ns, p)])
 
     def _observe_ap(self, namespace: str, name: str, results: Mapping[str, Any] | None) -> None:
-        values = {}
+        values: dict[tuple[str, str], float] = {}
         for key, value in (results or {}).items():
             match = _AP_KEY.match(key)
             if match and isinstance(value, (int, float)):
-                values[match.groups()] = float(value)
+                iou_type, metric = match.groups()
+                values[(iou_type, metric)] = float(value)
         for (iou_type, metric), value in values.items():
             self.training_ap.labels(namespace, name, iou_type, metric).set(value)
         for iou_type, metric in self._ap_labels.pop((namespace, name), set()) - values.keys():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import kopf
@@ -38,6 +38,12 @@ async def read_progress(session: aiohttp.ClientSession, host: str, port: int, ti
     except ValueError:
         return None
     return progress or None
+
+
+def _as_body(obj: Mapping[str, Any]) -> kopf.Body:
+    """A resource read from the API, for kopf's ``event`` and ``adopt``: they type it as
+    :class:`kopf.Body` but only read its keys (``.get``), so a plain mapping serves."""
+    return cast(kopf.Body, obj)
 
 
 class Reconciler:
@@ -105,7 +111,7 @@ class Reconciler:
         if int(decided.status.get("restarts", old_restarts)) > old_restarts:
             self.metrics.gang_restarts.labels(namespace=namespace).inc()
         for type_, reason, message in decided.events:
-            kopf.event(training, type=type_, reason=reason, message=message[:1024])
+            kopf.event(_as_body(training), type=type_, reason=reason, message=message[:1024])
         if decided.delete_training:
             await self.kube.delete_training(namespace, name)
         status = training.get("status") or {}
@@ -116,7 +122,7 @@ class Reconciler:
     async def _create(self, training: Mapping[str, Any], decided: Plan) -> None:
         for body in decided.create:
             body = dict(body)
-            kopf.adopt(body, owner=training)  # type: ignore[arg-type]
+            kopf.adopt(body, owner=_as_body(training))
             await self.kube.create(body)
 
     async def _progress(self, decided: Plan, host: str) -> None:
