@@ -369,13 +369,15 @@ def _require(ok: bool, path: str, message: str) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Range and cross-field checks; raises :class:`ConfigError` naming the first bad field."""
+    """Range checks (:data:`solov2.config_ranges.RANGES`), then the rules no single-field range can state.
+
+    The ranges run first, so the rules below may assume every number is finite and in its range (no
+    division by a zero ``norm_groups``, no negative level); they raise :class:`ConfigError` naming the
+    first bad field.
+    """
     check_ranges(cfg)
     m = cfg.model
     _require(m.backbone.depth in (18, 34, 50, 101), "model.backbone.depth", "must be 18, 34, 50 or 101")
-    _require(-1 <= m.backbone.frozen_stages <= 4, "model.backbone.frozen_stages", "must lie in -1..4")
-    _require(m.fpn.out_channels > 0, "model.fpn.out_channels", "must be positive")
-    _require(2 <= m.fpn.num_outs <= 6, "model.fpn.num_outs", "must lie in 2..6 (P2..P7 at most)")
 
     h = m.head
     levels = len(h.num_grids)
@@ -394,90 +396,52 @@ def validate(cfg: Config) -> None:
         "model.head.scale_ranges",
         f"has {len(h.scale_ranges)} entries but model.head.num_grids has {levels} levels",
     )
-    _require(
-        all(s > 0 for s in h.strides), "model.head.strides", f"must all be positive, got {list(h.strides)}"
-    )
-    _require(
-        all(g > 0 for g in h.num_grids),
-        "model.head.num_grids",
-        f"must all be positive, got {list(h.num_grids)}",
-    )
     for i, (lo, hi) in enumerate(h.scale_ranges):
-        _require(0 <= lo < hi, f"model.head.scale_ranges[{i}]", f"needs 0 <= low < high, got ({lo}, {hi})")
-    _require(0 < h.pos_scale <= 1, "model.head.pos_scale", f"must lie in (0, 1], got {h.pos_scale}")
-    _require(h.num_classes >= 1, "model.head.num_classes", "must be at least 1")
-    _require(h.stacked_convs >= 1, "model.head.stacked_convs", "must be at least 1")
-    _require(0 < h.prior_prob < 1, "model.head.prior_prob", "must lie in (0, 1)")
+        _require(lo < hi, f"model.head.scale_ranges[{i}]", f"needs 0 <= low < high, got ({lo}, {hi})")
     _require(
-        h.norm_groups >= 1 and h.feat_channels % h.norm_groups == 0,
+        h.feat_channels % h.norm_groups == 0,
         "model.head.feat_channels",
         f"must be divisible by model.head.norm_groups ({h.norm_groups})",
     )
 
     mf = m.mask_feature
     _require(
-        0 <= mf.start_level <= mf.end_level < m.fpn.num_outs,
-        "model.mask_feature.end_level",
-        f"needs 0 <= start_level <= end_level < model.fpn.num_outs ({m.fpn.num_outs})",
-    )
-    _require(
         mf.start_level == 0,
         "model.mask_feature.start_level",
         "must be 0: mask features live at stride 4 (P2), where the targets are built",
     )
+    _require(
+        mf.start_level <= mf.end_level < m.fpn.num_outs,
+        "model.mask_feature.end_level",
+        f"needs 0 <= start_level <= end_level < model.fpn.num_outs ({m.fpn.num_outs})",
+    )
     for name in ("feat_channels", "out_channels"):
-        value = getattr(mf, name)
         _require(
-            value > 0 and value % h.norm_groups == 0,
+            getattr(mf, name) % h.norm_groups == 0,
             f"model.mask_feature.{name}",
             f"must be a positive multiple of model.head.norm_groups ({h.norm_groups})",
         )
 
-    _require(m.targets.max_instances >= 1, "model.targets.max_instances", "must be at least 1")
-    _require(m.targets.max_positives >= 1, "model.targets.max_positives", "must be at least 1")
-    _require(m.loss.focal_gamma >= 0, "model.loss.focal_gamma", "must be non-negative")
-    _require(0 <= m.loss.focal_alpha <= 1, "model.loss.focal_alpha", "must lie in [0, 1]")
-    _require(m.loss.dice_eps > 0, "model.loss.dice_eps", "must be positive")
-
     infer = m.inference
-    for name in ("score_thr", "mask_thr", "update_thr"):
-        _require(0 <= getattr(infer, name) < 1, f"model.inference.{name}", "must lie in [0, 1)")
-    _require(infer.max_per_img >= 1, "model.inference.max_per_img", "must be at least 1")
     _require(
         infer.nms_pre >= infer.max_per_img,
         "model.inference.nms_pre",
         f"must be at least model.inference.max_per_img ({infer.max_per_img})",
     )
-    _require(infer.sigma > 0, "model.inference.sigma", "must be positive")
 
     d = cfg.data
     _require(
-        d.size_divisor > 0 and d.size_divisor % 32 == 0,
+        d.size_divisor % 32 == 0,
         "data.size_divisor",
         "must be a positive multiple of 32 (the FPN's coarsest stride)",
     )
     _require(len(d.canvases) >= 1, "data.canvases", "needs at least one (height, width)")
     for i, (ch, cw) in enumerate(d.canvases):
         _require(
-            ch > 0 and cw > 0 and ch % d.size_divisor == 0 and cw % d.size_divisor == 0,
+            ch % d.size_divisor == 0 and cw % d.size_divisor == 0,
             f"data.canvases[{i}]",
             f"sides must be positive multiples of data.size_divisor ({d.size_divisor})",
         )
-    _require(all(v > 0 for v in d.img_scale), "data.img_scale", "must be positive")
-    _require(all(v > 0 for v in d.multiscale_short_sides), "data.multiscale_short_sides", "must be positive")
-    _require(0 <= d.flip_prob <= 1, "data.flip_prob", "must lie in [0, 1]")
-    _require(all(s > 0 for s in d.std), "data.std", "must be positive")
-    _require(d.samples_per_device >= 1, "data.samples_per_device", "must be at least 1")
 
     t = cfg.train
-    _require(t.epochs >= 1, "train.epochs", "must be at least 1")
-    _require(t.base_lr > 0, "train.base_lr", "must be positive")
-    _require(t.base_batch_size >= 1, "train.base_batch_size", "must be at least 1")
-    _require(t.grad_clip >= 0, "train.grad_clip", "must be non-negative (0 disables clipping)")
-    _require(t.warmup_iters >= 0, "train.warmup_iters", "must be non-negative")
-    _require(0 < t.warmup_factor <= 1, "train.warmup_factor", "must lie in (0, 1]")
-    _require(
-        list(t.lr_steps) == sorted(t.lr_steps) and all(s > 0 for s in t.lr_steps),
-        "train.lr_steps",
-        "must be increasing positive epochs",
-    )
+    _require(list(t.lr_steps) == sorted(t.lr_steps), "train.lr_steps", "must be increasing positive epochs")

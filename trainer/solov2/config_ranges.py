@@ -66,7 +66,7 @@ RANGES: dict[str, Range] = {
     "model.head.prior_prob": Range(0, 1, lo_open=True, hi_open=True),
     "model.mask_feature.feat_channels": AT_LEAST_1,
     "model.mask_feature.out_channels": AT_LEAST_1,
-    "model.mask_feature.start_level": NON_NEGATIVE,
+    "model.mask_feature.start_level": NON_NEGATIVE,  # and 0 for now (config.validate)
     "model.mask_feature.end_level": NON_NEGATIVE,
     "model.targets.max_instances": AT_LEAST_1,
     "model.targets.max_positives": AT_LEAST_1,
