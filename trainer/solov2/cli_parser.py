@@ -1,0 +1,341 @@
+"""The argument parser of ``solov2`` (run by :mod:`solov2.cli`).
+
+Each sub-command's arguments are added by a function of its own (``_add_train``, ``_add_eval``, ...); flags
+shared by several sub-commands (``--config``/``--opts``, ``--data-path``, ``--device``,
+``--checkpoint``/``--onnx``) by one helper each.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .config import CONFIG_DIR
+
+DATA_LAYOUT = "COCO layout: annotations/instances_{train,val}2017.json, train2017/, val2017/"
+
+
+def _optional_path(text: str) -> Path | None:
+    return Path(text) if text else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Flags shared by several sub-commands
+
+
+def _add_config_args(parser: argparse.ArgumentParser, default: str | None) -> None:
+    shipped = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    where = f"Default: {default}" if default else "Default: the config stored in --checkpoint"
+    parser.add_argument(
+        "--config", default=default, help=f"YAML config: a file or a shipped name ({shipped}). {where}"
+    )
+    parser.add_argument(
+        "--opts",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config fields, e.g. --opts model.head.num_grids=[12,10,8,6,4] train.base_lr=0.02 "
+        "(values are parsed as YAML)",
+    )
+
+
+def _add_data_path_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-path", type=Path, required=True, help=f"data set root ({DATA_LAYOUT})")
+
+
+def _add_device_arg(parser: argparse.ArgumentParser, default: str = "auto") -> None:
+    parser.add_argument(
+        "--device",
+        default=default,
+        help="auto (npu, then cuda, then cpu), cpu, cuda, npu, or one device like cuda:1. Under torchrun each "
+        "process takes the device of its LOCAL_RANK. Default: %(default)s",
+    )
+
+
+def _add_checkpoint_arg(parser: argparse.ArgumentParser, *, onnx: bool = False) -> None:
+    group = parser.add_mutually_exclusive_group(required=True) if onnx else parser
+    group.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=not onnx,  # with --onnx, the group requires one of the two
+        help="a training checkpoint, a model state dict, or a checkpoints directory (its newest)",
+    )
+    if onnx:
+        group.add_argument(
+            "--onnx",
+            type=Path,
+            help="instead of --checkpoint: a model written by 'solov2 export', run in onnxruntime on the CPU "
+            "(images are prepared for its canvas; its config and class names come from the file)",
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train on a COCO-layout data set, then evaluate",
+        description=f"Train SOLOv2 ({DATA_LAYOUT}). Checkpoints go to WORK_DIR/checkpoints; at the "
+        "end the val split is evaluated and rank 0 writes WORK_DIR/results.json and the "
+        "termination message.",
+    )
+    _add_config_args(p, "solov2_r50_fpn_1x_coco")
+    _add_data_path_arg(p)
+    p.add_argument("--work-dir", type=Path, required=True, help="where checkpoints, logs and results go")
+    _add_device_arg(p)
+    _add_train_start_args(p)
+    _add_train_compile_args(p)
+    _add_train_end_args(p)
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics from rank 0 on this port, 0..65535 (0 = any free port). Default: off",
+    )
+    p.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="skip and count unreadable image files instead of stopping with an error",
+    )
+
+
+def _add_train_start_args(p: argparse.ArgumentParser) -> None:
+    """Where the model's weights come from: ``--resume``, ``--load-from``."""
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from WORK_DIR/checkpoints/last_checkpoint (model, optimizer, schedule, RNG, data "
+        "position); starts fresh when there is none",
+    )
+    p.add_argument(
+        "--load-from",
+        type=Path,
+        default=None,
+        help="initialise the model from these weights only (fine-tuning); layers whose shape changed, "
+        "like a new class count's category branch, stay initialised",
+    )
+
+
+def _add_train_compile_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the static training step: forward, targets and losses as one graph with its "
+        "backward (AOTAutograd), and the optimiser update unless the optimiser is already fused",
+    )
+    p.add_argument(
+        "--compile-mode",
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        default="default",
+        help="torch.compile mode with --compile; reduce-overhead replays the step's graphs as CUDA graphs "
+        "(CUDA only)",
+    )
+
+
+def _add_train_end_args(p: argparse.ArgumentParser) -> None:
+    """How the run ends: ``--no-eval``, ``--termination-log``, ``--stop-timeout``."""
+    p.add_argument("--no-eval", action="store_true", help="skip the COCO evaluation after training")
+    p.add_argument(
+        "--termination-log",
+        type=_optional_path,
+        default=Path("/dev/termination-log"),
+        help="file that receives the final metrics as compact JSON (< 4 KiB), for Kubernetes, or on "
+        "failure the error and whether a retry can help (of several processes, the first to fail writes "
+        "it); checked before training starts; '' disables. Default: %(default)s",
+    )
+    p.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=25.0,
+        metavar="SECONDS",
+        help="on SIGTERM, training stops at the next step boundary, writes a checkpoint and the termination "
+        "message, and exits with 143; if that takes longer than this, the process exits with 143 without "
+        "the checkpoint. Default: %(default)s",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# eval, predict
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="COCO mask and box AP of a checkpoint on the val split",
+        description=f"Evaluate a checkpoint or an exported ONNX model ({DATA_LAYOUT}); writes "
+        "detections_segm.json and metrics.json to --work-dir. Run under torchrun to split the images across "
+        "processes.",
+    )
+    _add_config_args(p, None)
+    _add_data_path_arg(p)
+    _add_checkpoint_arg(p, onnx=True)
+    p.add_argument("--work-dir", type=Path, default=None, help="where to write results (default: print only)")
+    p.add_argument("--split", default="val2017", help="split to evaluate (default: %(default)s)")
+    _add_device_arg(p)
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="segment images and write overlay PNGs and a JSON of results",
+        description="Run a checkpoint (or an exported ONNX model) on images; writes OUT/<image>.png overlays "
+        "(coloured masks, class and score) and OUT/predictions.json.",
+    )
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    _add_config_args(p, None)
+    _add_checkpoint_arg(p, onnx=True)
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument(
+        "--score-thr",
+        type=float,
+        default=0.3,
+        help="draw and report detections above this score (default: %(default)s)",
+    )
+    _add_device_arg(p)
+
+
+# ---------------------------------------------------------------------------------------------
+# make-synthetic, smoke, check-static
+
+
+def _add_make_synthetic(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "make-synthetic",
+        help="write a COCO-format data set of simple shapes",
+        description="Write a small COCO-layout data set of rectangles, ellipses and triangles that "
+        "a tiny model learns on a CPU in minutes. Nothing is downloaded.",
+    )
+    p.add_argument(
+        "out",
+        type=Path,
+        metavar="OUT",
+        help="output directory (created; refused if it already holds a data set)",
+    )
+    p.add_argument("--train", type=int, default=200, help="training images (default: %(default)s)")
+    p.add_argument("--val", type=int, default=50, help="validation images (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+
+
+def _add_smoke(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "smoke",
+        help="a few training steps on generated images, printing losses",
+        description="Build the model from a config, train a few steps on one generated batch "
+        "(the loss should fall), then run static inference once.",
+    )
+    _add_config_args(p, "solov2_tiny_cpu")
+    p.add_argument("--steps", type=int, default=5, help="training steps (default: %(default)s)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="images per step (default: data.samples_per_device)"
+    )
+    _add_device_arg(p, "cpu")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: train.base_lr)")
+
+
+def _add_check_static(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "check-static",
+        help="prove the training step and post-processing compile to one static graph",
+        description="Compile forward + targets + losses + backward, and inference + Matrix NMS, with "
+        "torch.compile(fullgraph=True, dynamic=False) on batches with different instance counts (zero included). "
+        "Prints one JSON line; exits 1 unless each path has one graph, no graph break, no recompilation and no "
+        "data-dependent operator.",
+    )
+    _add_config_args(p, "solov2_tiny_cpu")
+    p.add_argument("--batch-size", type=int, default=2, help="images per batch (default: %(default)s)")
+    p.add_argument(
+        "--instance-counts",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="ground-truth instances per image, one batch each (default: 0, 3 and max_instances)",
+    )
+    _add_device_arg(p, "cpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# export, params
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write the whole model, post-processing included, as ONNX, checked in onnxruntime",
+        description="Export a checkpoint as one ONNX graph from uint8 images [N, 3, H, W] (normalised inside) to "
+        "fixed-size detections: scores [N, K], labels [N, K], soft masks [N, K, H/4, W/4] and valid [N, K] "
+        "(K = model.inference.max_per_img), with class names, canvas, mask stride and thresholds in the model's "
+        "metadata. Before writing, generated images run through onnxruntime and PyTorch and the comparison is "
+        "printed; the file is not written if they differ beyond --atol. Needs the export extra "
+        "(pip install 'solov2-operator[export]').",
+    )
+    _add_config_args(p, None)
+    _add_checkpoint_arg(p)
+    p.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
+    _add_export_graph_args(p)
+    _add_export_check_args(p)
+
+
+def _add_export_graph_args(p: argparse.ArgumentParser) -> None:
+    """What is fixed in the graph: ``--canvas``, ``--batch``, ``--opset``."""
+    p.add_argument(
+        "--canvas",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="input canvas; sides must be multiples of the largest stride. Default: the config's first canvas",
+    )
+    p.add_argument(
+        "--batch", type=int, default=1, help="images per run, fixed in the graph (default: %(default)s)"
+    )
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset, 18 or newer (default: %(default)s)")
+
+
+def _add_export_check_args(p: argparse.ArgumentParser) -> None:
+    """How the graph is checked against PyTorch before it is written: ``--atol``, ``--check-batches``."""
+    p.add_argument(
+        "--atol",
+        type=float,
+        default=1e-3,
+        help="largest score or soft-mask difference allowed between onnxruntime and PyTorch; validity and labels "
+        "must be equal (default: %(default)s)",
+    )
+    p.add_argument(
+        "--check-batches",
+        type=int,
+        default=2,
+        help="batches of generated images compared before writing (default: %(default)s)",
+    )
+
+
+def _add_params(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "params",
+        help="print the model's parameter counts as JSON",
+        description="Build the model and print parameters per part (backbone, FPN, head).",
+    )
+    _add_config_args(p, "solov2_r50_fpn_1x_coco")
+
+
+# ---------------------------------------------------------------------------------------------
+
+_SUBCOMMANDS = (
+    _add_train, _add_eval, _add_predict, _add_make_synthetic, _add_smoke, _add_check_static, _add_export,
+    _add_params,
+)  # fmt: skip
+"""Adds each sub-command's parser, in the order ``solov2 --help`` lists them."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="solov2",
+        description="Static-shape SOLOv2 instance segmentation: train, evaluate, predict and audit on CPU, CUDA or "
+        "Ascend NPU. Run under torchrun for several processes.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in _SUBCOMMANDS:
+        add(sub)
+    return parser
