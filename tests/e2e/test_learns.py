@@ -4,7 +4,9 @@ The tiny config's own recipe (800 generated images x 3 epochs = 1200 steps of 2 
 category loss weighted up) reached mask AP50 0.620 on this data set with 2 threads in 3.6 minutes when
 the test was written, and 0.628-0.654 over three initialisation seeds with 1 thread. With the compact
 ground truth and OpenCV decoding: 0.711 in 5.4 minutes on a slower day of the same machine (the old code
-ran at the same 0.27 s per step that day). The time limit is a safety net, not a speed target.
+ran at the same 0.27 s per step that day). On a 2-core AMD EPYC machine with AVX2 only (no AVX-512),
+oneDNN's convolutions run 2.5x slower and a step takes 0.6 s, about 13 minutes for the recipe: the time
+limit is a safety net for such machines, not a speed target.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def test_tiny_model_learns_synthetic_shapes(tmp_path, capsys):
         [sys.executable, "-m", "solov2.cli", "train", "--config", "solov2_tiny_cpu", "--data-path", str(data),
          "--work-dir", str(work), "--device", "cpu", "--termination-log", str(work / "termination-log"),
          "--opts", *OPTS],
-        capture_output=True, text=True, timeout=12 * 60,
+        capture_output=True, text=True, timeout=25 * 60,
     )  # fmt: skip
     minutes = (time.monotonic() - start) / 60
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
