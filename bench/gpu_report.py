@@ -419,12 +419,14 @@ def main() -> None:
         emit({"case": name, **labels, **result})
         return result
 
-    measured: list[tuple[int, float]] = []  # (batch, peak GiB) of the eager bf16 runs that fitted
+    fitted: list[int] = []  # batches of the eager bf16 runs that fitted
+    measured: list[tuple[int, float]] = []  # and their peak memory (GiB), where the device reports it
 
     def eager(a: str, b: int) -> dict | None:
         result = run_case("train", 30, lambda: train_case(setup, a, b, None), amp=a, batch=b, mode="eager")
         if a == amp[0] and result is not None and "error" not in result:
             largest["batch"] = max(largest["batch"], b)
+            fitted.append(b)
             if result.get("peak_memory_gib") is not None:
                 measured.append((b, result["peak_memory_gib"]))
         return result
@@ -452,7 +454,7 @@ def main() -> None:
     if top != base:
         for a in amp[1:]:
             eager(a, top)
-    emit({"case": "largest_batch", "batch": top, "fitted": sorted(b for b, _ in measured)})
+    emit({"case": "largest_batch", "batch": top, "fitted": sorted(fitted)})
     run_case(
         "inference",
         15,
@@ -464,14 +466,13 @@ def main() -> None:
     if args.no_compile:
         return
     compile_s = 10 if args.quick else 90
-    done: list[tuple[str, int, str]] = []
-    for a, b, mode in compiled_cases(amp, base, top, cuda=device.type == "cuda", at=args.compiled_at):
+    cases = compiled_cases(amp, base, top, cuda=device.type == "cuda", at=args.compiled_at)
+    for i, (a, b, mode) in enumerate(cases):
         name = "cuda-graphs" if mode == "reduce-overhead" else "compiled"
         result = run_case("train", compile_s, lambda a=a, b=b, mode=mode: train_case(setup, a, b, mode),
                           amp=a, batch=b, mode=name)  # fmt: skip
-        if result is not None and "error" not in result and not done:
+        if i == 0 and result is not None and "error" not in result:
             compile_s = max(compile_s / 3, result["case_seconds"] * 1.1)  # later ones take about as long
-        done.append((a, b, mode))
         forget_compiled(device)
     run_case("inference", compile_s * 0.6, lambda: inference_case(setup, amp[0], base, "default"), amp=amp[0],
              batch=base, mode="compiled")  # fmt: skip

@@ -69,8 +69,9 @@ def build_optimizer(
     """SGD with momentum (the reference recipe) or AdamW, as ``cfg.optimizer`` says.
 
     ``implementation``: ``auto`` (fused where the device has the kernels, see the module docstring),
-    ``fused`` or ``foreach``. ``tensor_lr`` keeps the learning rate in a tensor, so that a compiled update does not
-    recompile when the schedule changes it (torch's fused kernels take a tensor learning rate).
+    ``fused`` or ``foreach``. ``tensor_lr`` keeps the learning rate in a tensor, so that a compiled
+    update does not recompile when the schedule changes it (torch's fused kernels take a tensor
+    learning rate).
     """
     if implementation not in ("auto", "fused", "foreach"):
         raise ValueError(f"implementation: expected auto, fused or foreach, got {implementation!r}")
