@@ -110,6 +110,15 @@ class Cluster:
         events = objects_of(self.emulator, "v1/events").values()
         return [e.get("reason", "") for e in events if (e.get("involvedObject") or {}).get("name") == name]
 
+    def event_messages(self, name: str, reason: str) -> list[str]:
+        """Messages of the events with ``reason`` posted about training ``name``."""
+        events = objects_of(self.emulator, "v1/events").values()
+        return [
+            e.get("message", "")
+            for e in events
+            if (e.get("involvedObject") or {}).get("name") == name and e.get("reason") == reason
+        ]
+
 
 @contextlib.asynccontextmanager
 async def run_operator(emulator: Emulator, url: str, resync: float = 0.2) -> AsyncIterator[OperatorConfig]:

@@ -3,7 +3,13 @@
 Each new pod's container command and args run with the pod's env; worker 0's DNS name becomes
 127.0.0.1, volume mount paths become folders under ``root`` (a claim is one folder shared by every
 pod, an emptyDir one per pod), and the termination log is a file per pod whose content is reported as
-the container's ``terminated.message``. A deleted pod's process group gets SIGTERM, then SIGKILL.
+the container's ``terminated.message``.
+
+A pod's processes are found by a marker in their environment, as a container's cgroup would hold
+them: torchrun starts each trainer in a session of its own, and data-loading workers leave the
+trainer's process group, so one process group is not the pod. A deleted pod's first process
+(torchrun, as ``exec`` leaves it) gets SIGTERM; once it exits, or after ``grace`` seconds, every
+process left in the pod gets SIGKILL, and the pod counts as stopped when none is left.
 """
 
 from __future__ import annotations
@@ -23,6 +29,29 @@ from kubernetes.client import CoreV1Api
 from .emulator import PODS, Emulator, objects_of
 
 VENV_BIN = str(Path(sys.executable).parent)
+POD_MARKER = "SOLOV2_TEST_KUBELET_POD_UID"
+
+
+def pod_processes(uid: str) -> list[int]:
+    """PIDs of the live processes whose environment carries pod ``uid``'s marker."""
+    marker = f"{POD_MARKER}={uid}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # gone, or not ours
+            continue
+        if marker in environ.split(b"\0"):
+            pids.append(int(entry.name))
+    return pids
+
+
+def signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
 
 
 @dataclass
@@ -52,8 +81,8 @@ class Kubelet:
             await self._stop(name)
 
     def kill(self, pod: str, sig: int = signal.SIGKILL) -> None:
-        """Kill a worker's processes, as an OOM kill or a node failure would."""
-        os.killpg(self.running[pod].process.pid, sig)
+        """Signal every process of a worker pod: SIGKILL, as an OOM kill or a node failure would."""
+        signal_all(pod_processes(self.running[pod].uid), sig)
 
     async def _loop(self) -> None:
         while True:
@@ -91,6 +120,7 @@ class Kubelet:
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text("")
         env = {"PATH": f"{VENV_BIN}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1", "HOME": str(self.root)}
+        env[POD_MARKER] = pod["metadata"]["uid"]
         for entry in container.get("env") or ():
             env[entry["name"]] = "127.0.0.1" if "valueFrom" in entry else str(entry.get("value", ""))
         master = env.get("MASTER_ADDR")
@@ -140,15 +170,18 @@ class Kubelet:
         run = self.running.pop(name)
         if run.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(run.process.pid, signal.SIGTERM)
-            try:
+                run.process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(run.process.wait(), self.grace)
-            except asyncio.TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(run.process.pid, signal.SIGKILL)
-                await run.process.wait()
-        with contextlib.suppress(ProcessLookupError):  # stray children of the group
-            os.killpg(run.process.pid, signal.SIGKILL)
+        for _ in range(100):
+            left = pod_processes(run.uid)
+            if not left:
+                break
+            signal_all(left, signal.SIGKILL)
+            await asyncio.sleep(0.1)
+        else:
+            raise RuntimeError(f"pod {name}: processes {left} survive SIGKILL")
+        await run.process.wait()
 
     async def _patch(self, name: str, status: dict[str, Any]) -> None:
         with contextlib.suppress(Exception):  # the pod may be gone already
