@@ -47,3 +47,26 @@ def test_npu_takes_torchs_fused_kernels_once_torch_npu_registers_them():
     finally:
         lib._destroy()
     assert _optimizer_name([], "npu") == "torch.optim.SGD (foreach)"
+
+
+def test_a_tensor_learning_rate_only_where_the_fused_kernel_takes_one():
+    """torch_npu 2.14.0 registers ``_fused_sgd_.tensor_lr`` but no ``_fused_adamw_.tensor_lr``: a
+    compiled NPU run keeps AdamW fused with a float learning rate instead of calling a kernel the
+    device lacks; SGD gets its tensor learning rate, as on the CPU."""
+    params = [torch.nn.Parameter(torch.ones(3))]
+    sgd_cfg = load_config("solov2_r50_fpn_1x_coco").train
+    adamw_cfg = load_config("solov2_r50_fpn_1x_coco", ["train.optimizer=adamw"]).train
+    cpu = build_optimizer(params, adamw_cfg, 0.01, device_kind="cpu", tensor_lr=True)
+    assert isinstance(cpu.param_groups[0]["lr"], torch.Tensor)
+    lib = torch.library.Library("aten", "IMPL", "PrivateUse1")
+    try:
+        for kernel in ("_fused_sgd_", "_fused_sgd_.tensor_lr", "_fused_adamw_"):
+            lib.impl(kernel, lambda *args, **kwargs: None)
+        sgd = build_optimizer(params, sgd_cfg, 0.01, device_kind="npu", tensor_lr=True)
+        adamw = build_optimizer(params, adamw_cfg, 0.01, device_kind="npu", tensor_lr=True)
+    finally:
+        lib._destroy()
+    assert describe_optimizer(sgd) == "torch.optim.SGD (fused)"
+    assert isinstance(sgd.param_groups[0]["lr"], torch.Tensor)
+    assert describe_optimizer(adamw) == "torch.optim.AdamW (fused)"
+    assert adamw.param_groups[0]["lr"] == 0.01 and not isinstance(adamw.param_groups[0]["lr"], torch.Tensor)

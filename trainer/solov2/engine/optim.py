@@ -5,10 +5,13 @@ Implementations, picked by :func:`build_optimizer` (``implementation="auto"``):
 - torch's fused SGD / AdamW (``fused=True``) wherever the device has torch's fused kernels
   (``aten::_fused_sgd_`` / ``aten::_fused_adamw_``, asked of the dispatcher: :func:`has_fused_kernel`):
   CUDA, the CPU, and Ascend NPUs, where torch_npu implements them for its ``PrivateUse1`` device
-  (torch_npu 2.14 does, ``found_inf`` included). Fused kernels take a ``found_inf`` tensor and skip
-  the update on the device, so deciding "was this step finite?" never reads a value back. (On the
-  CPU the fused kernels also avoid the per-step ``.item()`` that foreach AdamW does on its CPU step
-  counter.)
+  (torch_npu 2.14.0 registers ``_fused_sgd_``, ``_fused_sgd_.tensor_lr`` and ``_fused_adamw_``, each
+  with ``found_inf``, for tensors in base formats: torch_npu's default, ``allow_internal_format``
+  off). Fused kernels take a ``found_inf`` tensor and skip the update on the device, so deciding
+  "was this step finite?" never reads a value back. (On the CPU the fused kernels also avoid the
+  per-step ``.item()`` that foreach AdamW does on its CPU step counter.)
+- A tensor learning rate (``tensor_lr``, for compiled steps) only where the device has the fused
+  kernel's ``tensor_lr`` overload; elsewhere (AdamW on torch_npu 2.14) the fused kernel with a float.
 - Otherwise (an older torch_npu without them) torch's multi-tensor ``foreach`` implementation.
 - Not the tensor-combining NPU optimisers (``torch_npu.optim.NpuFusedSGD``, apex's
   ``apex.optimizers.NpuFusedSGD``): apex's refuses to step outside ``apex.amp`` (which this trainer
@@ -48,12 +51,14 @@ __all__ = [
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA", "npu": "PrivateUse1"}
 
 
-def has_fused_kernel(optimizer: str, device_kind: str) -> bool:
+def has_fused_kernel(optimizer: str, device_kind: str, *, tensor_lr: bool = False) -> bool:
     """Whether torch's fused kernel for ``optimizer`` (``sgd`` or ``adamw``) is registered for
-    ``device_kind`` (``cpu``, ``cuda`` or ``npu``), as the dispatcher says."""
+    ``device_kind`` (``cpu``, ``cuda`` or ``npu``), as the dispatcher says; ``tensor_lr``: its
+    overload that takes the learning rate as a tensor."""
     key = _DISPATCH_KEYS.get(device_kind)
+    overload = ".tensor_lr" if tensor_lr else ""
     return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
-        f"aten::_fused_{optimizer}_", key
+        f"aten::_fused_{optimizer}_{overload}", key
     )
 
 
@@ -70,8 +75,8 @@ def build_optimizer(
 
     ``implementation``: ``auto`` (fused where the device has the kernels, see the module docstring),
     ``fused`` or ``foreach``. ``tensor_lr`` keeps the learning rate in a tensor, so that a compiled
-    update does not recompile when the schedule changes it (torch's fused kernels take a tensor
-    learning rate).
+    update does not recompile when the schedule changes it, where the device's fused kernel takes a
+    tensor learning rate (else the rate stays a float).
     """
     if implementation not in ("auto", "fused", "foreach"):
         raise ValueError(f"implementation: expected auto, fused or foreach, got {implementation!r}")
@@ -80,7 +85,8 @@ def build_optimizer(
         implementation == "auto" and has_fused_kernel(cfg.optimizer, device_kind)
     )
     kind = {"fused": True} if fused else {"foreach": True}
-    rate: float | Tensor = torch.tensor(lr, dtype=torch.float32) if tensor_lr and fused else lr
+    tensor_rate = tensor_lr and fused and has_fused_kernel(cfg.optimizer, device_kind, tensor_lr=True)
+    rate: float | Tensor = torch.tensor(lr, dtype=torch.float32) if tensor_rate else lr
     if fused and isinstance(rate, Tensor) and params:
         rate = rate.to(params[0].device)
     if cfg.optimizer == "adamw":
