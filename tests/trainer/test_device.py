@@ -93,6 +93,30 @@ def test_fixed_loss_scale_of_128():
     assert dev.make_scaler("cuda", torch.bfloat16, 0.0) is None
 
 
+def _fake_inf_nan_query(monkeypatch, supported: bool) -> None:
+    """torch_npu's ``torch_npu.npu.utils.is_support_inf_nan``, as the 2.14.0 wheel has it."""
+    utils = types.ModuleType("torch_npu.npu.utils")
+    utils.is_support_inf_nan = lambda: supported
+    monkeypatch.setitem(sys.modules, "torch_npu.npu.utils", utils)
+
+
+@pytest.mark.filterwarnings("ignore:.*GradScaler is enabled, but")
+def test_dynamic_loss_scale_is_refused_where_fp16_overflows_saturate(monkeypatch):
+    """A first-generation Ascend 910 saturates fp16 overflows instead of giving inf: a dynamic scale
+    would never back off, so it is refused with the fixed scale named; a fixed scale is kept."""
+    assert dev.npu_reports_inf_nan() is None  # no torch_npu here: nothing is claimed
+    _fake_inf_nan_query(monkeypatch, supported=False)
+    assert dev.npu_reports_inf_nan() is False
+    assert dev.saturates_fp16("npu", torch.float16)
+    assert not dev.saturates_fp16("npu", torch.bfloat16) and not dev.saturates_fp16("cuda", torch.float16)
+    with pytest.raises(ConfigError, match=r"train\.loss_scale=128"):
+        dev.make_scaler("npu", torch.float16, 0.0)
+    assert isinstance(dev.make_scaler("npu", torch.float16, 128.0), dev.FixedLossScaler)
+    _fake_inf_nan_query(monkeypatch, supported=True)  # Atlas A2: INF_NAN mode
+    assert not dev.saturates_fp16("npu", torch.float16)
+    assert isinstance(dev.make_scaler("npu", torch.float16, 0.0), torch.amp.GradScaler)
+
+
 def test_importing_solov2_disables_device_plugin_autoload():
     code = "import os, solov2, torch; print(os.environ['TORCH_DEVICE_BACKEND_AUTOLOAD'])"
     out = subprocess.run(

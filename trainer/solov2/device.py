@@ -189,12 +189,39 @@ class FixedLossScaler:
         self.scale_value = float(state["scale"])
 
 
+def npu_reports_inf_nan() -> bool | None:
+    """Whether this process's NPU gives inf/NaN on an fp16 overflow (INF_NAN mode: Atlas A2 and later,
+    by default) rather than saturating it to the largest finite value and only raising a status flag
+    (saturation mode: the first-generation Ascend 910 knows no other); None when torch_npu does not
+    say."""
+    try:
+        utils = importlib.import_module("torch_npu.npu.utils")
+        return bool(utils.is_support_inf_nan())
+    except Exception:  # no torch_npu, an older one without the query, or no device initialised
+        return None
+
+
+def saturates_fp16(kind: str, dtype: torch.dtype | None) -> bool:
+    """True when fp16 overflows on this device saturate: no inf/NaN reaches the gradients, so neither
+    a dynamic loss scale nor the non-finite step skip can see them."""
+    return kind == "npu" and dtype is torch.float16 and npu_reports_inf_nan() is False
+
+
 def make_scaler(
     kind: str, dtype: torch.dtype | None, loss_scale: float
 ) -> torch.amp.GradScaler | FixedLossScaler | None:
-    """fp16 needs loss scaling (dynamic GradScaler or a fixed scale); fp32 and bf16 do not."""
+    """fp16 needs loss scaling (dynamic GradScaler or a fixed scale); fp32 and bf16 do not.
+
+    A dynamic scale on an NPU that saturates fp16 overflows (:func:`saturates_fp16`) is refused: it
+    would never see an overflow and grow until every gradient saturates."""
     if dtype is not torch.float16:
         return None
     if loss_scale > 0:
         return FixedLossScaler(loss_scale)
+    if saturates_fp16(kind, dtype):
+        raise ConfigError(
+            "train.loss_scale=0 (dynamic) needs fp16 overflows to show as inf/NaN, but this NPU "
+            "saturates them (no INF_NAN mode, as on a first-generation Ascend 910): use a fixed scale, "
+            "train.loss_scale=128 as in the ModelZoo recipe, or train.amp=off"
+        )
     return torch.amp.GradScaler(kind)

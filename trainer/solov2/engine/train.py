@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..config import Config, to_dict
-from ..device import Runtime, amp_dtype, make_scaler, setup_runtime, shutdown
+from ..device import Runtime, amp_dtype, make_scaler, saturates_fp16, setup_runtime, shutdown
 from ..errors import UserError
 from ..metrics import write_termination_message
 from ..model import build_model, total_loss
@@ -127,6 +127,11 @@ class _Trainer:
         )
         for warning in schedule_warnings(self.cfg.train, self.total_iters):
             self.log(f"warning: {warning}")
+        if saturates_fp16(self.rt.kind, self.dtype):
+            self.log(
+                "warning: this NPU saturates fp16 overflows (no INF_NAN mode): a step that overflows "
+                f"under the fixed loss scale {self.cfg.train.loss_scale:g} is applied, not skipped"
+            )
         optimizer = describe_optimizer(self.optimizer)
         self.metrics.set_info(
             config=self.opts.config_name,
