@@ -121,6 +121,8 @@ def test_bad_annotations_name_the_file_and_entry(small_coco, tmp_path, capsys, e
         (["check-static", "--batch-size", "0"], "--batch-size 0"),
         (["smoke", "--lr", "-5"], "--lr -5"),
         (["smoke", "--batch-size", "0"], "--batch-size 0"),
+        (["smoke", "--device", "tpu"], "--device: expected auto, cpu, cuda or npu"),
+        (["check-static", "--device", "npu"], "--device npu: no usable NPU"),
         (["params", *TINY, "--opts", "train.base_lr=abc"], "train.base_lr"),
     ],
 )

@@ -89,7 +89,8 @@ def test_make_synthetic_and_params(tmp_path, capsys):
 
 
 def test_smoke_prints_falling_losses(capsys):
-    assert main(["smoke", "--steps", "4", "--lr", "0.01"]) == 0
+    """On whatever ``--device auto`` picks here (it used to reach torch as the device name "auto")."""
+    assert main(["smoke", "--steps", "4", "--lr", "0.01", "--device", "auto"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
     assert len(lines) == 4
     losses = [float(line.split("loss ")[1].split()[0]) for line in lines]

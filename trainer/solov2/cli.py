@@ -109,6 +109,7 @@ def _make_synthetic(args: argparse.Namespace) -> int:
 
 
 def _smoke(args: argparse.Namespace) -> int:
+    from .device import select_device
     from .smoke import smoke_run
 
     if args.steps < 1:
@@ -117,11 +118,13 @@ def _smoke(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size {args.batch_size}: must be at least 1")
     if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
         raise ConfigError(f"--lr {args.lr:g}: must be a positive number")
-    smoke_run(_config(args), steps=args.steps, batch_size=args.batch_size, device=args.device, lr=args.lr)
+    device = select_device(args.device)
+    smoke_run(_config(args), steps=args.steps, batch_size=args.batch_size, device=device, lr=args.lr)
     return EXIT_OK
 
 
 def _check_static(args: argparse.Namespace) -> int:
+    from .device import select_device
     from .static_check import check_static
 
     if args.batch_size < 1:
@@ -132,7 +135,7 @@ def _check_static(args: argparse.Namespace) -> int:
     if bad:
         raise ConfigError(f"--instance-counts {bad[0]}: must lie in 0..{limit} (model.targets.max_instances)")
     report = check_static(cfg, batch_size=args.batch_size, instance_counts=args.instance_counts,
-                          device=args.device)  # fmt: skip
+                          device=select_device(args.device))  # fmt: skip
     print(json.dumps(report), flush=True)
     return EXIT_OK if report["ok"] else EXIT_FAILED
 

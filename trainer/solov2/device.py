@@ -100,25 +100,43 @@ def _env_int(name: str, default: int) -> int:
         raise ConfigError(f"environment variable {name}: expected an integer, got {value!r}") from exc
 
 
+def _device_index(requested: str, default: int) -> int:
+    if ":" not in requested:
+        return default
+    try:
+        return int(requested.split(":", 1)[1])
+    except ValueError:
+        raise ConfigError(f"--device {requested!r}: the index after ':' must be an integer") from None
+
+
+def _bind(kind: str, index: int) -> torch.device:
+    """Make device ``index`` of ``kind`` this process's current one."""
+    if kind == "cuda":
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
+    if kind == "npu":
+        torch.npu.set_device(index)  # type: ignore[attr-defined]
+        return torch.device("npu", index)
+    return torch.device("cpu")
+
+
+def select_device(requested: str = "auto") -> torch.device:
+    """The device ``--device`` names (``auto``, a kind, or a kind with an index; a kind alone is its
+    device 0), made this process's current one: for the single-process commands."""
+    return _bind(detect_device_kind(requested), _device_index(requested, 0))
+
+
 def setup_runtime(requested: str = "auto", *, timeout_s: int | None = None) -> Runtime:
     """Pick the device, bind this process to ``LOCAL_RANK``'s device and join the process group.
 
     The group's backend is hccl on NPU, nccl on CUDA and gloo on CPU. ``timeout_s`` defaults to
     ``HCCL_CONNECT_TIMEOUT`` when set, else 30 minutes.
     """
-    kind = detect_device_kind(requested)
     rank, local_rank, world_size = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0), _env_int("WORLD_SIZE", 1)
     if not 0 <= rank < world_size:
         raise ConfigError(f"environment: RANK={rank} must lie in [0, WORLD_SIZE={world_size})")
-    index = int(requested.split(":")[1]) if ":" in requested else local_rank
-    if kind == "cuda":
-        torch.cuda.set_device(index)
-        device = torch.device("cuda", index)
-    elif kind == "npu":
-        torch.npu.set_device(index)  # type: ignore[attr-defined]
-        device = torch.device("npu", index)
-    else:
-        device = torch.device("cpu")
+    kind = detect_device_kind(requested)
+    device = _bind(kind, _device_index(requested, local_rank))
     if world_size > 1 and not dist.is_initialized():
         timeout = timeout_s or _env_int("HCCL_CONNECT_TIMEOUT", 1800)
         dist.init_process_group(

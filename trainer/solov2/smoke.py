@@ -21,7 +21,7 @@ from .engine.step import TrainStep
 from .model import build_model
 
 
-def _train_step(model: torch.nn.Module, cfg: Config, device: str, lr: float) -> TrainStep:
+def _train_step(model: torch.nn.Module, cfg: Config, device: str | torch.device, lr: float) -> TrainStep:
     """The training loop's step for ``model``: the config's optimiser at ``lr``, autocast, loss scale and
     clipping (no schedule, no DDP)."""
     kind = torch.device(device).type
@@ -46,7 +46,7 @@ def smoke_run(
     *,
     steps: int = 5,
     batch_size: int | None = None,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     lr: float | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, float]:

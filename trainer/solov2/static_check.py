@@ -144,7 +144,7 @@ def check_static(
     *,
     batch_size: int = 2,
     instance_counts: Sequence[int] | None = None,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     seed: int = 0,
 ) -> dict[str, Any]:
     """Compile the training step and the inference path; return a JSON-able report with ``ok``.
