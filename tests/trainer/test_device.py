@@ -48,6 +48,14 @@ def test_torch_npu_without_cann_is_reported_not_raised(monkeypatch):
         dev.detect_device_kind("npu")
 
 
+def test_auto_says_why_an_installed_torch_npu_is_not_used(monkeypatch):
+    assert dev.auto_device_warning("auto", "cpu") is None  # no torch_npu installed: nothing to say
+    _fake_torch_npu(monkeypatch, import_error=ImportError("libhccl.so: cannot open shared object file"))
+    note = dev.auto_device_warning("auto", "cpu")
+    assert note is not None and "libhccl.so" in note and "CANN" in note and note.endswith("running on cpu")
+    assert dev.auto_device_warning("cpu", "cpu") is None  # asked for the CPU
+
+
 def test_npu_is_preferred_and_uses_hccl(monkeypatch):
     calls = _fake_torch_npu(monkeypatch)
     monkeypatch.setattr(torch, "device", lambda kind, index=None: (kind, index))

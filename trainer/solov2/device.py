@@ -100,6 +100,17 @@ def _env_int(name: str, default: int) -> int:
         raise ConfigError(f"environment variable {name}: expected an integer, got {value!r}") from exc
 
 
+def auto_device_warning(requested: str, kind: str) -> str | None:
+    """Why ``--device auto`` left an installed torch_npu unused (CANN not sourced, no NPU visible), so
+    that a run meant for NPUs does not train on the CPU unnoticed; None when there is nothing to say."""
+    if requested != "auto" or kind == "npu" or importlib.util.find_spec("torch_npu") is None:
+        return None
+    ok, why = npu_status()
+    return (
+        None if ok else f"--device auto: torch_npu is installed but no NPU is used ({why}); running on {kind}"
+    )
+
+
 def _device_index(requested: str, default: int) -> int:
     if ":" not in requested:
         return default

@@ -15,7 +15,15 @@ from typing import Any
 import torch
 
 from ..config import Config, to_dict
-from ..device import Runtime, amp_dtype, make_scaler, saturates_fp16, setup_runtime, shutdown
+from ..device import (
+    Runtime,
+    amp_dtype,
+    auto_device_warning,
+    make_scaler,
+    saturates_fp16,
+    setup_runtime,
+    shutdown,
+)
 from ..errors import UserError
 from ..metrics import write_termination_message
 from ..model import build_model, total_loss
@@ -127,6 +135,9 @@ class _Trainer:
         )
         for warning in schedule_warnings(self.cfg.train, self.total_iters):
             self.log(f"warning: {warning}")
+        device_note = auto_device_warning(self.opts.device, self.rt.kind)
+        if device_note:
+            self.log(f"warning: {device_note}")
         if saturates_fp16(self.rt.kind, self.dtype):
             self.log(
                 "warning: this NPU saturates fp16 overflows (no INF_NAN mode): a step that overflows "
