@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -107,6 +108,17 @@ def test_train_loader_yields_valid_static_batches(root):
             assert not batch.images[b, :, h:].any() and not batch.gt.masks[b, :, :, (w + 3) // 4 :].any()
             assert (batch.gt.counts[b][batch.gt.valid[b]] > 0).all()
     assert loader.stats()["images"] == 2 * len(batches)
+
+
+def test_an_npu_loader_pins_without_a_deprecation_warning(root):
+    """An NPU run's loader pins its batches; torch >= 2.9 pins for the current accelerator by itself
+    and warns that DataLoader's pin_memory_device is deprecated, so it is only named for older torch."""
+    loader = build_train_loader(dataset(root), config(), pin_memory=True, pin_memory_device="npu")
+    assert loader.pin_memory
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        next(iter(loader))
+    assert not [w for w in caught if "pin_memory_device" in str(w.message)]
 
 
 def same(a: list[Batch], b: list[Batch]) -> bool:

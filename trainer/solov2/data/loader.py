@@ -268,6 +268,11 @@ def resolve_workers(cfg: Config) -> int:
     return default_workers() if cfg.data.workers < 0 else cfg.data.workers
 
 
+# torch >= 2.9 pins for the current accelerator (an NPU included) and warns that DataLoader's
+# pin_memory_device is deprecated; older releases are told the device type when it is not CUDA.
+_NAMES_PIN_DEVICE = tuple(int(part) for part in torch.__version__.split(".")[:2]) < (2, 9)
+
+
 def _loader(
     ds: Dataset,
     batches: _KeyedBatches,
@@ -285,7 +290,7 @@ def _loader(
         collate_fn=collator,
         num_workers=workers,
         pin_memory=pin,  # page-locked batches: the step's non-blocking copies overlap with compute
-        pin_memory_device=device if pin and device not in ("", "cuda") else "",
+        pin_memory_device=device if pin and device not in ("", "cuda") and _NAMES_PIN_DEVICE else "",
         persistent_workers=workers > 0,
         prefetch_factor=cfg.data.prefetch_factor if workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),  # worker base seeds; leaves the global RNG alone
