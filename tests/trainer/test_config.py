@@ -160,6 +160,18 @@ def test_scientific_notation_reads_as_numbers_in_opts_and_yaml(tmp_path):
         load_config(None, ["model.backbone.weights=1e-3"])  # a number now, no longer the text '1e-3'
 
 
+def test_off_is_a_word_and_only_true_and_false_are_booleans(tmp_path):
+    """YAML 1.1 reads off, on, yes and no as booleans: ``train.amp=off`` used to be refused as False."""
+    assert load_config("solov2_tiny_cpu", ["train.amp=off"]).train.amp == "off"
+    path = tmp_path / "amp.yaml"
+    path.write_text("train:\n  amp: off\n  sync_bn: false\n")
+    cfg = load_config(path)
+    assert cfg.train.amp == "off" and cfg.train.sync_bn is False
+    assert load_config("solov2_tiny_cpu", ["train.sync_bn=true"]).train.sync_bn is True
+    with pytest.raises(ConfigError, match=r"^train\.sync_bn: expected true or false, got 'no'$"):
+        load_config("solov2_tiny_cpu", ["train.sync_bn=no"])
+
+
 def _bad_values(path: str, default):
     """Values just outside ``RANGES[path]`` (both sides where bounded), shaped like the default."""
     rng = RANGES[path]

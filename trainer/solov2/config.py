@@ -27,13 +27,22 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 class _YamlLoader(yaml.SafeLoader):
-    """YAML as people write numbers: ``1e-3`` and ``1E5`` are floats (YAML 1.1 wants ``1.0e-3``)."""
+    """YAML as people write it: ``1e-3`` and ``1E5`` are floats (YAML 1.1 wants ``1.0e-3``), and only
+    ``true`` and ``false`` are booleans (YAML 1.2), so that ``train.amp=off`` stays the string ``off``
+    (YAML 1.1 also reads yes, no, on and off as booleans)."""
 
 
 _YamlLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
     list("-+0123456789."),
+)
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in _YamlLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
 
 
