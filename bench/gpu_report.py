@@ -18,6 +18,10 @@ reported as skipped):
   ``--memory-fraction`` of the device's memory, gives a batch to try; one that runs out of memory is
   retried 10% smaller (``--no-search`` stops at ``--batches``); fp16 at the largest batch;
 - inference with post-processing (forward, Matrix NMS, masks pasted back to a 480x640 original), eager;
+- ``solov2 train`` end to end at the base and the largest batch, eager (``bench/train_e2e.py``: the
+  real loaders decoding COCO-sized JPEGs with workers from the machine's CPUs, pinned memory and
+  prefetching, feeding the device): images/s, and the time per step the training process waited for
+  a batch (0 when the loaders keep up);
 - CUDA graphs (``torch.compile`` ``mode="reduce-overhead"``) bf16 at the largest batch; compiled
   (default mode) bf16 at batch 2; CUDA graphs bf16 at batch 2; compiled fp16 at batch 2 and at the
   largest batch; CUDA graphs fp16 at the largest batch; compiled inference.
@@ -40,6 +44,7 @@ import importlib.util
 import json
 import platform
 import sys
+import tempfile
 import time
 import traceback
 import types
@@ -56,6 +61,7 @@ if importlib.util.find_spec("pycocotools") is None:  # only RLE encoding needs i
     _stub.mask = types.ModuleType("pycocotools.mask")  # type: ignore[attr-defined]
     sys.modules.update({"pycocotools": _stub, "pycocotools.mask": _stub.mask})  # type: ignore[attr-defined]
 
+import train_e2e  # bench/train_e2e.py, beside this script
 from solov2.config import load_config
 from solov2.data.synthetic import synthetic_batch
 from solov2.device import make_scaler
@@ -322,6 +328,17 @@ def compiled_cases(
     return out
 
 
+def e2e_case(args: argparse.Namespace, amp: str, batch: int, device: torch.device) -> dict[str, Any]:
+    """``solov2 train`` with its loaders on COCO-sized JPEGs written for it (``bench/train_e2e.py``)."""
+    steps, warmup, interval = (10, 4, 2) if args.quick else (30, 10, 5)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = train_e2e.write_data(Path(tmp) / "data", (warmup + steps) * batch)
+        return train_e2e.train_e2e(
+            data, Path(tmp) / "work", config=args.config, batch=batch, amp="off" if amp == "fp32" else amp,
+            device=device.type, interval=interval, warmup=warmup,
+        )  # fmt: skip
+
+
 def forget_compiled(device: torch.device) -> None:
     """Drop compiled graphs (and CUDA graph memory pools) of the case that ended."""
     gc.collect()
@@ -463,6 +480,9 @@ def main() -> None:
         batch=base,
         mode="eager",
     )
+    for b in dict.fromkeys((base, top)):
+        run_case("train_e2e", 60, lambda b=b: e2e_case(args, amp[0], b, device), amp=amp[0], batch=b,
+                 mode="eager")  # fmt: skip
     if args.no_compile:
         return
     compile_s = 10 if args.quick else 90
