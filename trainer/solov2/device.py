@@ -236,13 +236,45 @@ def saturates_fp16(kind: str, dtype: torch.dtype | None) -> bool:
     return kind == "npu" and dtype is torch.float16 and npu_reports_inf_nan() is False
 
 
+class OverflowStatus:
+    """Overflow on a saturation-mode NPU (:func:`saturates_fp16`), read on the device: such an NPU
+    saturates an overflowing value to the largest finite one and raises a flag in its float status
+    register instead of giving inf/NaN. :meth:`clear` resets the register before the backward pass
+    (where loss scaling can overflow), :meth:`overflowed` reads it afterwards into a tensor, as
+    torch_npu's own overflow check does, but without copying it to the host. Under several processes
+    the flags are all-reduced (max), so that every rank skips the same steps."""
+
+    def __init__(self, device: torch.device, *, distributed: bool) -> None:
+        self._npu = importlib.import_module("torch_npu")
+        self._buffer = torch.zeros(8, dtype=torch.float32, device=device)
+        self.distributed = distributed
+
+    def clear(self) -> None:
+        self._npu.npu_clear_float_status(self._buffer)
+
+    def overflowed(self) -> torch.Tensor:
+        """A bool scalar on the device: whether anything overflowed since :meth:`clear`, on any rank."""
+        flag = (self._npu.npu_get_float_status(self._buffer)[:1] != 0).to(torch.float32)
+        if self.distributed:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return flag[0] > 0
+
+
+def overflow_status(
+    kind: str, dtype: torch.dtype | None, device: torch.device, *, distributed: bool = False
+) -> OverflowStatus | None:
+    """An :class:`OverflowStatus` where fp16 overflows saturate, else None (inf/NaN show them)."""
+    return OverflowStatus(device, distributed=distributed) if saturates_fp16(kind, dtype) else None
+
+
 def make_scaler(
     kind: str, dtype: torch.dtype | None, loss_scale: float
 ) -> torch.amp.GradScaler | FixedLossScaler | None:
     """fp16 needs loss scaling (dynamic GradScaler or a fixed scale); fp32 and bf16 do not.
 
-    A dynamic scale on an NPU that saturates fp16 overflows (:func:`saturates_fp16`) is refused: it
-    would never see an overflow and grow until every gradient saturates."""
+    A dynamic scale on an NPU that saturates fp16 overflows (:func:`saturates_fp16`) is refused: its
+    growth and back-off read inf/NaN in the gradients, which such an NPU never produces (the training
+    step skips overflowing steps there with :class:`OverflowStatus`, under a fixed scale)."""
     if dtype is not torch.float16:
         return None
     if loss_scale > 0:

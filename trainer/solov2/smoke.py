@@ -14,7 +14,7 @@ import torch
 
 from .config import Config
 from .data.synthetic import synthetic_batch
-from .device import amp_dtype, make_scaler
+from .device import amp_dtype, make_scaler, overflow_status
 from .engine.counters import StepCounters
 from .engine.optim import build_optimizer, init_state
 from .engine.step import TrainStep
@@ -38,6 +38,7 @@ def _train_step(model: torch.nn.Module, cfg: Config, device: str | torch.device,
         scaler=make_scaler(kind, dtype, cfg.train.loss_scale),
         grad_clip=cfg.train.grad_clip,
         counters=StepCounters(device),
+        overflow=overflow_status(kind, dtype, torch.device(device)),
     )
 
 

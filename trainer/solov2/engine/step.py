@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..device import FixedLossScaler, autocast
+from ..device import FixedLossScaler, OverflowStatus, autocast
 from ..model import total_loss
 from ..structures import GroundTruth
 from .counters import StepCounters
@@ -35,6 +35,9 @@ class TrainStep:
         compile_update: also ``torch.compile`` the update (unscale, clip, finiteness, optimiser), unless
             the optimiser is fused (already a few kernels).
         loss_fn: sums the forward's ``loss_*`` outputs (a hook for tests).
+        overflow: on an NPU that saturates fp16 overflows, its float status
+            (:class:`~solov2.device.OverflowStatus`): a step that overflowed in the backward pass is
+            skipped like a non-finite one.
     """
 
     def __init__(
@@ -50,13 +53,15 @@ class TrainStep:
         counters: StepCounters,
         compile_update: bool = False,
         loss_fn: Callable[[dict[str, Tensor]], Tensor] = total_loss,
+        overflow: OverflowStatus | None = None,
     ) -> None:
         self.forward, self.optimizer, self.params = forward, optimizer, params
         self.device_kind, self.dtype, self.scaler = device_kind, dtype, scaler
         self.max_norm = grad_clip if grad_clip > 0 else float("inf")
         self.counters = counters
         self.loss_fn = loss_fn
-        self.update: Callable[[Tensor], Tensor] = self._update
+        self.overflow = overflow
+        self.update: Callable[[Tensor, Tensor | None], Tensor] = self._update
         if compile_update and not supports_found_inf(optimizer):
             self.update = torch.compile(self._update, dynamic=False)
 
@@ -66,19 +71,24 @@ class TrainStep:
             out = self.forward(images, gt)
         loss = self.loss_fn(out)
         self.optimizer.zero_grad(set_to_none=True)
+        if self.overflow is not None:
+            self.overflow.clear()
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-        finite = self.update(loss.detach())
+        finite = self.update(loss.detach(), None if self.overflow is None else self.overflow.overflowed())
         self.counters.add(finite=finite, dropped=out["dropped_positives"], iteration=iteration)
         out["loss"] = loss
         return out
 
-    def _update(self, loss: Tensor) -> Tensor:
-        """Unscale, clip and apply the gradients if they and ``loss`` are finite; returns that flag."""
+    def _update(self, loss: Tensor, overflowed: Tensor | None) -> Tensor:
+        """Unscale, clip and apply the gradients if they and ``loss`` are finite (and nothing
+        ``overflowed``, where the device says so); returns that flag."""
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_norm)
         # Under DDP the gradients are all-reduced: every rank sees the same norm and decides alike.
         finite = torch.isfinite(norm) & torch.isfinite(loss)
+        if overflowed is not None:
+            finite = finite & ~overflowed
         apply_update(self.optimizer, finite)
         if isinstance(self.scaler, torch.amp.GradScaler):
             self.scaler.update()  # from unscale_'s inf check: lowers the scale after an overflow

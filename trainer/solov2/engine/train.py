@@ -20,7 +20,7 @@ from ..device import (
     amp_dtype,
     auto_device_warning,
     make_scaler,
-    saturates_fp16,
+    overflow_status,
     setup_runtime,
     shutdown,
 )
@@ -120,6 +120,9 @@ class _Trainer:
             counters=self.counters,
             compile_update=opts.compile,
             loss_fn=lambda out: total_loss(out),  # looked up at call time
+            overflow=overflow_status(
+                runtime.kind, self.dtype, runtime.device, distributed=runtime.distributed
+            ),
         )
         self.stop_group = stop_group(runtime)
         self.metrics = open_metrics(opts.metrics_port, main=runtime.is_main)
@@ -138,10 +141,11 @@ class _Trainer:
         device_note = auto_device_warning(self.opts.device, self.rt.kind)
         if device_note:
             self.log(f"warning: {device_note}")
-        if saturates_fp16(self.rt.kind, self.dtype):
+        if self.train_step.overflow is not None:
             self.log(
-                "warning: this NPU saturates fp16 overflows (no INF_NAN mode): a step that overflows "
-                f"under the fixed loss scale {self.cfg.train.loss_scale:g} is applied, not skipped"
+                "amp: this NPU saturates fp16 overflows (no INF_NAN mode): its float status is read on "
+                f"the device and a step that overflows under the fixed loss scale {self.cfg.train.loss_scale:g} "
+                "is skipped and counted as non-finite"
             )
         optimizer = describe_optimizer(self.optimizer)
         self.metrics.set_info(
