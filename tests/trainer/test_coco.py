@@ -166,6 +166,19 @@ def test_missing_paths_are_named(tmp_path):
         CocoInstances(image_dir, tmp_path / "bad.json")
 
 
+def test_a_missing_annotation_file_lists_the_splits_that_are_there(tmp_path):
+    """``solov2 eval --split train`` on a COCO 2017 layout: the error names the files that exist."""
+    (tmp_path / "annotations").mkdir()
+    for split in ("train2017", "val2017"):
+        (tmp_path / "annotations" / f"instances_{split}.json").write_text("{}")
+    with pytest.raises(DataError) as error:
+        CocoInstances(tmp_path / "train", tmp_path / "annotations" / "instances_train.json")
+    assert str(error.value).endswith(
+        "instances_train.json: annotation file not found (the folder has instances_train2017.json, "
+        "instances_val2017.json)"
+    )
+
+
 def test_sizes_come_from_the_annotation_file_without_opening_images(tmp_path):
     image_dir, ann_file = write_set(tmp_path, [{"id": 2, "height": 30, "width": 50}, {"id": 1}], [])
     for f in image_dir.iterdir():

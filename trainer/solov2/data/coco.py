@@ -241,7 +241,11 @@ class CocoInstances(Dataset):
         self.image_dir = Path(image_dir)
         self.ann_file = Path(ann_file)
         if not self.ann_file.is_file():
-            raise DataError(f"{self.ann_file}: annotation file not found")
+            present = sorted(f.name for f in self.ann_file.parent.glob("instances_*.json"))
+            raise DataError(
+                f"{self.ann_file}: annotation file not found"
+                + (f" (the folder has {', '.join(present)})" if present else "")
+            )
         if not self.image_dir.is_dir():
             raise DataError(f"{self.image_dir}: image directory not found")
         coco = _load_coco(self.ann_file)
