@@ -63,9 +63,9 @@ if importlib.util.find_spec("pycocotools") is None:  # only RLE encoding needs i
     sys.modules.update({"pycocotools": _stub, "pycocotools.mask": _stub.mask})  # type: ignore[attr-defined]
 
 import train_e2e  # bench/train_e2e.py, beside this script
+from solov2.amp import make_scaler
 from solov2.config import load_config
 from solov2.data.synthetic import synthetic_batch
-from solov2.device import make_scaler
 from solov2.engine.counters import StepCounters
 from solov2.engine.optim import build_optimizer, describe_optimizer, init_state
 from solov2.engine.step import TrainStep

@@ -75,54 +75,10 @@ def test_no_torch_npu_installed(monkeypatch):
     assert dev.npu_status() == (False, "torch_npu is not installed")
 
 
-def test_backends_and_amp_choices():
+def test_backends_and_device_kinds():
     assert dev.BACKENDS == {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}
-    assert dev.amp_dtype("cpu", "auto") is None
-    assert dev.amp_dtype("cuda", "auto") is torch.bfloat16
-    assert dev.amp_dtype("npu", "auto") is torch.float16
-    assert dev.amp_dtype("cuda", "fp16") is torch.float16
-    assert dev.amp_dtype("npu", "off") is None
-    with pytest.raises(ConfigError, match=r"train.amp: bf16 is for GPUs and NPUs"):
-        dev.amp_dtype("cpu", "bf16")
     with pytest.raises(ConfigError, match="--device"):
         dev.detect_device_kind("tpu")
-
-
-@pytest.mark.filterwarnings("ignore:.*GradScaler is enabled, but CUDA is not available")
-def test_fixed_loss_scale_of_128():
-    scaler = dev.make_scaler("npu", torch.float16, 128.0)
-    assert isinstance(scaler, dev.FixedLossScaler) and scaler.get_scale() == 128.0
-    p = torch.nn.Parameter(torch.ones(3))
-    opt = torch.optim.SGD([p], lr=1.0)
-    scaler.scale((p * 2).sum()).backward()
-    scaler.unscale_(opt)
-    assert torch.equal(p.grad, torch.full((3,), 2.0))
-    assert isinstance(dev.make_scaler("cuda", torch.float16, 0.0), torch.amp.GradScaler)
-    assert dev.make_scaler("cuda", torch.bfloat16, 0.0) is None
-
-
-def _fake_inf_nan_query(monkeypatch, supported: bool) -> None:
-    """torch_npu's ``torch_npu.npu.utils.is_support_inf_nan``, as the 2.14.0 wheel has it."""
-    utils = types.ModuleType("torch_npu.npu.utils")
-    utils.is_support_inf_nan = lambda: supported
-    monkeypatch.setitem(sys.modules, "torch_npu.npu.utils", utils)
-
-
-@pytest.mark.filterwarnings("ignore:.*GradScaler is enabled, but")
-def test_dynamic_loss_scale_is_refused_where_fp16_overflows_saturate(monkeypatch):
-    """A first-generation Ascend 910 saturates fp16 overflows instead of giving inf: a dynamic scale
-    would never back off, so it is refused with the fixed scale named; a fixed scale is kept."""
-    assert dev.npu_reports_inf_nan() is None  # no torch_npu here: nothing is claimed
-    _fake_inf_nan_query(monkeypatch, supported=False)
-    assert dev.npu_reports_inf_nan() is False
-    assert dev.saturates_fp16("npu", torch.float16)
-    assert not dev.saturates_fp16("npu", torch.bfloat16) and not dev.saturates_fp16("cuda", torch.float16)
-    with pytest.raises(ConfigError, match=r"train\.loss_scale=128"):
-        dev.make_scaler("npu", torch.float16, 0.0)
-    assert isinstance(dev.make_scaler("npu", torch.float16, 128.0), dev.FixedLossScaler)
-    _fake_inf_nan_query(monkeypatch, supported=True)  # Atlas A2: INF_NAN mode
-    assert not dev.saturates_fp16("npu", torch.float16)
-    assert isinstance(dev.make_scaler("npu", torch.float16, 0.0), torch.amp.GradScaler)
 
 
 def test_importing_solov2_disables_device_plugin_autoload():

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from solov2 import device as dev
+from solov2 import amp
 from solov2.config import load_config
 from solov2.engine.counters import StepCounters
 from solov2.engine.optim import build_optimizer, init_state
@@ -49,7 +49,7 @@ def status_register(monkeypatch) -> _FakeStatusRegister:
     return fake
 
 
-def _step(status: dev.OverflowStatus) -> tuple[TrainStep, torch.nn.Linear]:
+def _step(status: amp.OverflowStatus) -> tuple[TrainStep, torch.nn.Linear]:
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
     cfg = load_config("solov2_r50_fpn_1x_coco").train  # fused SGD, as on an NPU
@@ -62,13 +62,13 @@ def _step(status: dev.OverflowStatus) -> tuple[TrainStep, torch.nn.Linear]:
         return {"loss_toy": model(x).square().mean(), "dropped_positives": torch.zeros((), dtype=torch.int64)}
 
     step = TrainStep(forward, optimizer, params, device_kind="cpu", dtype=None,
-                     scaler=dev.FixedLossScaler(128.0), grad_clip=35.0, counters=StepCounters("cpu"),
+                     scaler=amp.FixedLossScaler(128.0), grad_clip=35.0, counters=StepCounters("cpu"),
                      overflow=status)  # fmt: skip
     return step, model
 
 
 def test_an_overflowing_backward_skips_the_step_without_a_host_read(status_register):
-    step, model = _step(dev.OverflowStatus(torch.device("cpu"), distributed=False))
+    step, model = _step(amp.OverflowStatus(torch.device("cpu"), distributed=False))
     status_register.overflow()  # left over from before the step: cleared before the backward pass
     reads = _HostReads()
     with reads:
@@ -95,20 +95,20 @@ def test_an_overflow_on_another_rank_skips_the_step_here(status_register, monkey
         reduced.append(op)
         tensor.fill_(1.0)
 
-    monkeypatch.setattr(dev.dist, "all_reduce", all_reduce)
-    step, model = _step(dev.OverflowStatus(torch.device("cpu"), distributed=True))
+    monkeypatch.setattr(amp.dist, "all_reduce", all_reduce)
+    step, model = _step(amp.OverflowStatus(torch.device("cpu"), distributed=True))
     before = [p.detach().clone() for p in model.parameters()]
     step(None, None, 1)
-    assert reduced == [dev.dist.ReduceOp.MAX]
+    assert reduced == [amp.dist.ReduceOp.MAX]
     assert all(torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
     assert step.counters.read().nonfinite == 1
 
 
 def test_the_status_is_read_only_where_fp16_overflows_saturate(monkeypatch):
-    monkeypatch.setattr(dev, "npu_reports_inf_nan", lambda: False)
-    assert dev.overflow_status("npu", torch.bfloat16, torch.device("cpu")) is None
-    assert dev.overflow_status("cuda", torch.float16, torch.device("cpu")) is None
+    monkeypatch.setattr(amp, "npu_reports_inf_nan", lambda: False)
+    assert amp.overflow_status("npu", torch.bfloat16, torch.device("cpu")) is None
+    assert amp.overflow_status("cuda", torch.float16, torch.device("cpu")) is None
     monkeypatch.setitem(sys.modules, "torch_npu", _FakeStatusRegister().module)
-    assert isinstance(dev.overflow_status("npu", torch.float16, torch.device("cpu")), dev.OverflowStatus)
-    monkeypatch.setattr(dev, "npu_reports_inf_nan", lambda: True)  # Atlas A2: inf/NaN show overflows
-    assert dev.overflow_status("npu", torch.float16, torch.device("cpu")) is None
+    assert isinstance(amp.overflow_status("npu", torch.float16, torch.device("cpu")), amp.OverflowStatus)
+    monkeypatch.setattr(amp, "npu_reports_inf_nan", lambda: True)  # Atlas A2: inf/NaN show overflows
+    assert amp.overflow_status("npu", torch.float16, torch.device("cpu")) is None

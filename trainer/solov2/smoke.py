@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 import torch
 
+from .amp import amp_dtype, make_scaler, overflow_status
 from .config import Config
 from .data.synthetic import synthetic_batch
-from .device import amp_dtype, make_scaler, overflow_status
 from .engine.counters import StepCounters
 from .engine.optim import build_optimizer, init_state
 from .engine.step import TrainStep

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..amp import amp_dtype
 from ..config import Config
-from ..device import amp_dtype, setup_runtime, shutdown
+from ..device import setup_runtime, shutdown
 from ..model import build_model
 from .checkpoint import load_model_weights
 from .inference import TorchRunner

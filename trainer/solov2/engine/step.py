@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..device import FixedLossScaler, OverflowStatus, autocast
+from ..amp import FixedLossScaler, OverflowStatus, autocast
 from ..model import total_loss
 from ..structures import GroundTruth
 from .counters import StepCounters
@@ -30,13 +30,13 @@ class TrainStep:
         params: the trainable parameters (clipped together).
         device_kind: ``cpu``, ``cuda`` or ``npu`` (the autocast device type).
         dtype: the autocast dtype, or None for fp32.
-        scaler: a GradScaler or :class:`~solov2.device.FixedLossScaler` for fp16, else None.
+        scaler: a GradScaler or :class:`~solov2.amp.FixedLossScaler` for fp16, else None.
         grad_clip: max gradient norm (0 disables clipping).
         compile_update: also ``torch.compile`` the update (unscale, clip, finiteness, optimiser), unless
             the optimiser is fused (already a few kernels).
         loss_fn: sums the forward's ``loss_*`` outputs (a hook for tests).
         overflow: on an NPU that saturates fp16 overflows, its float status
-            (:class:`~solov2.device.OverflowStatus`): a step that overflowed in the backward pass is
+            (:class:`~solov2.amp.OverflowStatus`): a step that overflowed in the backward pass is
             skipped like a non-finite one.
     """
 

@@ -14,16 +14,9 @@ from typing import Any
 
 import torch
 
+from ..amp import amp_dtype, make_scaler, overflow_status
 from ..config import Config, to_dict
-from ..device import (
-    Runtime,
-    amp_dtype,
-    auto_device_warning,
-    make_scaler,
-    overflow_status,
-    setup_runtime,
-    shutdown,
-)
+from ..device import Runtime, auto_device_warning, setup_runtime, shutdown
 from ..errors import UserError
 from ..metrics import write_termination_message
 from ..model import build_model, total_loss
