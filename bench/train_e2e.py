@@ -57,7 +57,6 @@ def train_e2e(
     interval: int,
     warmup: int,
     extra_opts: tuple[str, ...] = (),
-    compile_mode: str | None = None,
     timeout_s: float = 600.0,
 ) -> dict[str, Any]:
     """One epoch of ``solov2 train`` over ``data``; figures from its progress lines after ``warmup``
@@ -69,8 +68,6 @@ def train_e2e(
         "--opts", "train.epochs=1", f"data.samples_per_device={batch}", f"train.amp={amp}",
         "model.head.num_classes=3", f"train.log_interval={interval}", *extra_opts,
     ]  # fmt: skip
-    if compile_mode is not None:
-        command[4:4] = ["--compile", "--compile-mode", compile_mode]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "trainer")}
     started = time.perf_counter()
     run = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env)
@@ -114,14 +111,13 @@ def main() -> None:
     if args.quick:
         args.config, args.steps, args.warmup, args.interval = "solov2_tiny_cpu", 10, 4, 2
     cuda = torch.cuda.is_available() and args.device in ("auto", "cuda")
-    amp = args.amp
     images = (args.warmup + args.steps) * args.batch
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         data = write_data(Path(tmp) / "data", images)
         written = time.perf_counter() - t0
         figures = train_e2e(
-            data, Path(tmp) / "work", config=args.config, batch=args.batch, amp=amp, device=args.device,
+            data, Path(tmp) / "work", config=args.config, batch=args.batch, amp=args.amp, device=args.device,
             interval=args.interval, warmup=args.warmup, extra_opts=tuple(args.opts),
         )  # fmt: skip
     machine = {
@@ -133,7 +129,7 @@ def main() -> None:
         "python": platform.python_version(),
         "load_average_1_5_15_min_at_end": [round(x, 2) for x in os.getloadavg()],
     }
-    setting = {"config": args.config, "batch": args.batch, "amp": amp, "opts": args.opts, "images": images,
+    setting = {"config": args.config, "batch": args.batch, "amp": args.amp, "opts": args.opts, "images": images,
                "image_sizes": "75% 640x480, 25% 480x640", "seconds_to_write_images": round(written, 1)}  # fmt: skip
     print(json.dumps({"machine": machine, "setting": setting, **figures}, indent=1))
 

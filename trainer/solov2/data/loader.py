@@ -270,7 +270,7 @@ def resolve_workers(cfg: Config) -> int:
 
 # torch >= 2.9 pins for the current accelerator (an NPU included) and warns that DataLoader's
 # pin_memory_device is deprecated; older releases are told the device type when it is not CUDA.
-_NAMES_PIN_DEVICE = tuple(int(part) for part in torch.__version__.split(".")[:2]) < (2, 9)
+_NAMES_PIN_DEVICE = torch.__version__ < (2, 9)
 
 
 def _loader(
