@@ -106,18 +106,16 @@ class Cluster:
         (cond,) = [c for c in self.training(name)["status"]["conditions"] if c["type"] == type_]
         return cond
 
-    def events(self, name: str) -> list[str]:
+    def _events_about(self, name: str) -> list[dict[str, Any]]:
         events = objects_of(self.emulator, "v1/events").values()
-        return [e.get("reason", "") for e in events if (e.get("involvedObject") or {}).get("name") == name]
+        return [e for e in events if (e.get("involvedObject") or {}).get("name") == name]
+
+    def events(self, name: str) -> list[str]:
+        return [e.get("reason", "") for e in self._events_about(name)]
 
     def event_messages(self, name: str, reason: str) -> list[str]:
         """Messages of the events with ``reason`` posted about training ``name``."""
-        events = objects_of(self.emulator, "v1/events").values()
-        return [
-            e.get("message", "")
-            for e in events
-            if (e.get("involvedObject") or {}).get("name") == name and e.get("reason") == reason
-        ]
+        return [e.get("message", "") for e in self._events_about(name) if e.get("reason") == reason]
 
 
 @contextlib.asynccontextmanager

@@ -10,13 +10,14 @@ import types
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from solov2 import amp
 from solov2.config import load_config
 from solov2.engine.counters import StepCounters
 from solov2.engine.optim import build_optimizer, init_state
 from solov2.engine.step import TrainStep
+
+from .host_reads import HostReads
 
 
 class _FakeStatusRegister:
@@ -30,16 +31,6 @@ class _FakeStatusRegister:
 
     def overflow(self) -> None:
         self.register[0] = 1.0
-
-
-class _HostReads(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += func is torch.ops.aten._local_scalar_dense.default
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.fixture
@@ -70,7 +61,7 @@ def _step(status: amp.OverflowStatus) -> tuple[TrainStep, torch.nn.Linear]:
 def test_an_overflowing_backward_skips_the_step_without_a_host_read(status_register):
     step, model = _step(amp.OverflowStatus(torch.device("cpu"), distributed=False))
     status_register.overflow()  # left over from before the step: cleared before the backward pass
-    reads = _HostReads()
+    reads = HostReads()
     with reads:
         step(None, None, 1)
     after_first = [p.detach().clone() for p in model.parameters()]
@@ -82,7 +73,7 @@ def test_an_overflowing_backward_skips_the_step_without_a_host_read(status_regis
     with reads:
         step(None, None, 3)
     assert any(not torch.equal(a, p) for a, p in zip(after_first, model.parameters(), strict=True))
-    assert reads.count == 0
+    assert reads.reads == []
     counts = step.counters.read()
     assert (counts.nonfinite, counts.first_nonfinite, counts.last_nonfinite) == (1, 2, 2)
 

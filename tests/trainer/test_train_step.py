@@ -7,7 +7,6 @@ import itertools
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import solov2.engine.train as train_module
 from solov2.config import load_config
@@ -16,18 +15,7 @@ from solov2.device import setup_runtime
 from solov2.engine.optim import apply_update, build_optimizer, init_state
 from solov2.engine.train import TrainOptions, _Trainer
 
-
-class _HostReads(TorchDispatchMode):
-    """Records every op that copies a tensor's value to the host (``.item()``, ``.tolist()``, ``bool()``)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.reads: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.reads.append(str(func))
-        return func(*args, **(kwargs or {}))
+from .host_reads import HostReads
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +44,7 @@ def test_steps_between_logging_never_read_a_value_back(coco, tmp_path, optimizer
     trainer = _trainer(coco, tmp_path, f"train.optimizer={optimizer}")
     batches = _batches(trainer, 3)
     before = [p.detach().clone() for p in trainer.params]
-    with _HostReads() as mode:
+    with HostReads() as mode:
         for batch in batches:
             trainer.step(batch)
             trainer.iteration += 1
