@@ -91,3 +91,22 @@ def test_importing_solov2_disables_device_plugin_autoload():
         env={k: v for k, v in __import__("os").environ.items() if k != "TORCH_DEVICE_BACKEND_AUTOLOAD"},
     )
     assert out.stdout.strip() == "0"
+
+
+def test_collectives_wait_30_minutes_or_what_the_environment_says_not_hccl_link_set_up(monkeypatch):
+    groups: list[dict] = []
+    monkeypatch.setattr(dev.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dev.dist, "init_process_group", lambda **kwargs: groups.append(kwargs))
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("HCCL_CONNECT_TIMEOUT", "600")  # the operator's pods: HCCL's link set-up only
+    monkeypatch.delenv(dev.DIST_TIMEOUT_ENV, raising=False)
+    dev.setup_runtime("cpu")
+    monkeypatch.setenv(dev.DIST_TIMEOUT_ENV, "7200")
+    dev.setup_runtime("cpu")
+    assert [(g["backend"], g["rank"], g["world_size"]) for g in groups] == [("gloo", 1, 2)] * 2
+    assert [g["timeout"].total_seconds() for g in groups] == [1800, 7200]
+    for bad, why in (("30", "at least 60 seconds"), ("1h", "expected an integer")):
+        monkeypatch.setenv(dev.DIST_TIMEOUT_ENV, bad)
+        with pytest.raises(ConfigError, match=f"{dev.DIST_TIMEOUT_ENV}.*{why}"):
+            dev.setup_runtime("cpu")

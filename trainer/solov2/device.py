@@ -24,6 +24,8 @@ import torch.distributed as dist
 from .errors import ConfigError
 
 BACKENDS = {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}
+DIST_TIMEOUT_ENV = "SOLOV2_DIST_TIMEOUT_SECONDS"
+DEFAULT_DIST_TIMEOUT_S = 1800
 
 
 def npu_status() -> tuple[bool, str]:
@@ -135,11 +137,22 @@ def select_device(requested: str = "auto") -> torch.device:
     return _bind(detect_device_kind(requested), _device_index(requested, 0))
 
 
+def dist_timeout_s() -> int:
+    """How long a collective may wait for the other processes: ``SOLOV2_DIST_TIMEOUT_SECONDS``, else 30
+    minutes. Its own setting, not HCCL's ``HCCL_CONNECT_TIMEOUT``: that one bounds HCCL's link set-up
+    (600 s in the operator's pods), while ranks wait in a collective for as long as rank 0 saves a
+    checkpoint or the other ranks infer their share of the evaluation."""
+    timeout = _env_int(DIST_TIMEOUT_ENV, DEFAULT_DIST_TIMEOUT_S)
+    if timeout < 60:
+        raise ConfigError(f"environment variable {DIST_TIMEOUT_ENV}={timeout}: must be at least 60 seconds")
+    return timeout
+
+
 def setup_runtime(requested: str = "auto", *, timeout_s: int | None = None) -> Runtime:
     """Pick the device, bind this process to ``LOCAL_RANK``'s device and join the process group.
 
-    The group's backend is hccl on NPU, nccl on CUDA and gloo on CPU. ``timeout_s`` defaults to
-    ``HCCL_CONNECT_TIMEOUT`` when set, else 30 minutes.
+    The group's backend is hccl on NPU, nccl on CUDA and gloo on CPU; its collectives time out after
+    ``timeout_s`` seconds (default: :func:`dist_timeout_s`).
     """
     rank, local_rank, world_size = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0), _env_int("WORLD_SIZE", 1)
     if not 0 <= rank < world_size:
@@ -147,12 +160,11 @@ def setup_runtime(requested: str = "auto", *, timeout_s: int | None = None) -> R
     kind = detect_device_kind(requested)
     device = _bind(kind, _device_index(requested, local_rank))
     if world_size > 1 and not dist.is_initialized():
-        timeout = timeout_s or _env_int("HCCL_CONNECT_TIMEOUT", 1800)
         dist.init_process_group(
             backend=BACKENDS[kind],
             rank=rank,
             world_size=world_size,
-            timeout=timedelta(seconds=max(timeout, 60)),
+            timeout=timedelta(seconds=timeout_s or dist_timeout_s()),
         )
     return Runtime(device=device, kind=kind, rank=rank, local_rank=local_rank, world_size=world_size)
 
