@@ -99,6 +99,29 @@ def _failure(pod: Mapping[str, Any]) -> WorkerFailure | None:
     return None
 
 
+_STARTING = frozenset({"ContainerCreating", "PodInitializing"})
+"""Waiting reasons of a container that is on its way: nothing to report."""
+
+
+def _why_waiting(pod: Mapping[str, Any], limit: int = 240) -> str | None:
+    """Why a pod that does not run yet waits, as the kubelet or the scheduler says it (an image that
+    cannot be pulled, a missing Secret, no node with enough devices), for the ``Running`` condition."""
+    status = pod.get("status") or {}
+    for container in (*(status.get("initContainerStatuses") or ()), *(status.get("containerStatuses") or ())):
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") and waiting["reason"] not in _STARTING:
+            why = f"{waiting['reason']}: {waiting.get('message') or ''}"
+            break
+    else:
+        conditions = status.get("conditions") or ()
+        scheduled: Mapping[str, Any] = next((c for c in conditions if c.get("type") == "PodScheduled"), {})
+        if scheduled.get("status") != "False":
+            return None
+        why = f"{scheduled.get('reason') or 'NotScheduled'}: {scheduled.get('message') or ''}"
+    why = why.rstrip(": ")
+    return why if len(why) <= limit else why[: limit - 3] + "..."
+
+
 def _succeeded(pod: Mapping[str, Any]) -> bool:
     terminated = terminated_state(pod)
     return _phase(pod) == "Succeeded" or (terminated is not None and terminated.get("exitCode") == 0)
@@ -281,7 +304,15 @@ def plan(
         w.cond(Condition.RUNNING, True, Reason.WORKERS_RUNNING, "")
     else:
         w.phase(Phase.PENDING, Reason.WORKERS_PENDING, "creating or scheduling the gang")
-        w.cond(Condition.RUNNING, False, Reason.WORKERS_PENDING, f"{len(running)}/{spec.nodes} workers run")
+        waiting = [
+            f"{pod['metadata']['name']}: {why}"
+            for _, pod in sorted(by_index.items(), key=lambda item: -1 if item[0] is None else item[0])
+            if _phase(pod) == "Pending" and (why := _why_waiting(pod))
+        ]
+        message = "; ".join([f"{len(running)}/{spec.nodes} workers run", *waiting[:2]])
+        if len(waiting) > 2:
+            message += f"; and {len(waiting) - 2} more pods waiting"
+        w.cond(Condition.RUNNING, False, Reason.WORKERS_PENDING, message)
     worker0 = by_index.get(0)
     if worker0 is not None and _phase(worker0) == "Running":
         out.read_progress_from = (worker0.get("status") or {}).get("podIP")

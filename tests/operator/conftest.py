@@ -73,14 +73,18 @@ class Cluster:
             name,
         )
 
-    async def set_pod(self, pod: str, phase: str, **terminated: Any) -> None:
-        """Play the kubelet: a pod's phase, and its container's terminated state if given."""
+    async def set_pod(
+        self, pod: str, phase: str, waiting: Mapping[str, str] | None = None, **terminated: Any
+    ) -> None:
+        """Play the kubelet: a pod's phase, and its container's waiting or terminated state if given."""
         status: dict[str, Any] = {"phase": phase, "podIP": terminated.pop("pod_ip", "127.0.0.1")}
         ready = phase == "Running"
         status["conditions"] = [{"type": "Ready", "status": "True" if ready else "False"}]
         container = {"name": "trainer", "image": "solov2", "imageID": "solov2@sha256:0", "restartCount": 0}
         if terminated:
             status["containerStatuses"] = [{**container, "ready": False, "state": {"terminated": terminated}}]
+        elif waiting:
+            status["containerStatuses"] = [{**container, "ready": False, "state": {"waiting": dict(waiting)}}]
         elif phase == "Running":
             status["containerStatuses"] = [{**container, "ready": True, "state": {"running": {}}}]
         await asyncio.to_thread(

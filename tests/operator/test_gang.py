@@ -54,3 +54,52 @@ def test_a_running_gang_changes_nothing_when_nothing_changed():
     first = plan(TRAINING, running)
     again = plan({**TRAINING, "status": {**TRAINING["status"], **first.status}}, running)
     assert not again.create and not again.delete_pods and not again.events and again.status == {}
+
+
+def _running_condition(decided) -> dict:
+    (running,) = [c for c in decided.status["conditions"] if c["type"] == "Running"]
+    return running
+
+
+def test_a_pending_gang_says_why_its_workers_wait():
+    pulling = pod(0, "Pending")
+    pulling["status"]["containerStatuses"] = [{"name": "trainer", "state": {"waiting": {
+        "reason": "ImagePullBackOff", "message": 'Back-off pulling image "registry/solov2:typo"'}}}]  # fmt: skip
+    unscheduled = pod(1, "Pending")
+    unscheduled["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": "0/4 nodes are available: 4 Insufficient huawei.com/Ascend910."}]  # fmt: skip
+    decided = plan(TRAINING, [pulling, unscheduled])
+    assert decided.status["phase"] == "Pending"
+    running = _running_condition(decided)
+    assert running["status"] == "False" and running["reason"] == "WorkersPending"
+    assert running["message"] == (
+        '0/2 workers run; t-worker-0: ImagePullBackOff: Back-off pulling image "registry/solov2:typo"; '
+        "t-worker-1: Unschedulable: 0/4 nodes are available: 4 Insufficient huawei.com/Ascend910."
+    )
+
+
+def test_workers_on_their_way_are_not_reported_as_waiting():
+    creating = pod(0, "Pending")
+    creating["status"]["containerStatuses"] = [
+        {"name": "trainer", "state": {"waiting": {"reason": "ContainerCreating"}}}
+    ]
+    creating["status"]["conditions"] = [{"type": "PodScheduled", "status": "True"}]
+    decided = plan(TRAINING, [creating, pod(1, "Running")])
+    assert _running_condition(decided)["message"] == "1/2 workers run"
+
+
+def test_a_long_wait_is_cut_and_many_waiting_workers_are_counted():
+    training = {**TRAINING, "spec": {**TRAINING["spec"], "nodes": 4}}
+    pods = []
+    for i in range(4):
+        pods.append(pod(i, "Pending"))
+        pods[-1]["status"]["conditions"] = [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "x" * 1000}
+        ]
+    message = _running_condition(plan(training, pods))["message"]
+    first, second, third, rest = message.split("; ")
+    assert first == "0/4 workers run" and rest == "and 2 more pods waiting"
+    assert (
+        second.startswith("t-worker-0: Unschedulable: xxx") and len(second) < 300 and second.endswith("...")
+    )
+    assert third.startswith("t-worker-1: ")

@@ -51,6 +51,28 @@ async def test_a_training_gets_a_service_and_owned_worker_pods(cluster: Cluster)
     await cluster.wait(lambda: cluster.training("tiny")["status"]["workers"]["ready"] == 2)
 
 
+async def test_a_pending_training_says_why_its_worker_waits(cluster: Cluster):
+    await cluster.create("pull", CPU_2)
+    await cluster.wait(lambda: len(cluster.pods("pull")) == 2, message="2 pods")
+    await cluster.set_pod("pull-worker-0", "Running")
+    pull_error = {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "solov2:typo"'}
+    await cluster.set_pod("pull-worker-1", "Pending", waiting=pull_error)
+    running = await cluster.wait(
+        lambda: (
+            "ImagePullBackOff" in cluster.condition("pull", "Running").get("message", "")
+            and cluster.condition("pull", "Running")
+        ),
+        message="the wait's reason in the Running condition",
+    )
+    assert (
+        running["message"]
+        == '1/2 workers run; pull-worker-1: ImagePullBackOff: Back-off pulling image "solov2:typo"'
+    )
+    assert cluster.phase("pull") == "Pending"
+    await cluster.set_pod("pull-worker-1", "Running")
+    await cluster.wait(lambda: cluster.phase("pull") == "Running", message="Running once the image is pulled")
+
+
 async def test_success_copies_worker_0s_results_into_status(cluster: Cluster):
     await cluster.create("ok", CPU_2)
     await all_running(cluster, "ok")
