@@ -103,9 +103,10 @@ def rows() -> list[tuple[str, list[g.Panel]]]:
             series("Trainings by phase", "SOLOv2Training resources in each phase.",
                    (f"sum by (phase) (solov2_operator_trainings{{{NS}}})", "{{phase}}")),
             series("Gang restarts, handler errors, progress read failures", "Per interval: gangs re-created "
-                   "after a worker failed, kopf handler errors, failed reads of rank 0's metrics.",
-                   (f"sum by (namespace) (increase(solov2_operator_gang_restarts_total{{{NS}}}[$__rate_interval]))",
-                    "{{namespace}} gang restarts"),
+                   "after a worker failed or was disrupted (preempted, evicted, node lost), kopf handler errors, "
+                   "failed reads of rank 0's metrics.",
+                   (f"sum by (namespace, cause) (increase(solov2_operator_gang_restarts_total{{{NS}}}"
+                    "[$__rate_interval]))", "{{namespace}} gang restarts ({{cause}})"),
                    ("sum by (handler) (increase(solov2_operator_handler_errors_total[$__rate_interval]))",
                     "{{handler}} errors"),
                    ("sum(increase(solov2_operator_progress_read_failures_total[$__rate_interval]))",

@@ -99,6 +99,17 @@ def _failure(pod: Mapping[str, Any]) -> WorkerFailure | None:
     return None
 
 
+def _disruption(pod: Mapping[str, Any]) -> str | None:
+    """Why the cluster took this pod away, if it did: Kubernetes sets the ``DisruptionTarget``
+    condition on a pod it preempts, evicts (``kubectl drain``, node pressure) or loses with its node."""
+    for cond in (pod.get("status") or {}).get("conditions") or ():
+        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
+            name = (pod.get("metadata") or {}).get("name", "?")
+            details = ": ".join(part for part in (cond.get("reason"), cond.get("message")) if part)
+            return f"pod {name} was disrupted ({details or 'DisruptionTarget'})"
+    return None
+
+
 _STARTING = frozenset({"ContainerCreating", "PodInitializing"})
 """Waiting reasons of a container that is on its way: nothing to report."""
 
@@ -262,14 +273,20 @@ def plan(
         if fatal is not None:
             _fail(w, out, Reason.NOT_RETRYABLE, fatal.describe(), pods)
             return done()
-        restarts = int(status.get("restarts", 0))
-        if restarts >= spec.backoff_limit:
+        restarts, disruptions = int(status.get("restarts", 0)), int(status.get("disruptions", 0))
+        disrupted = next((why for why in map(_disruption, pods) if why), None)
+        if disrupted is not None:  # the cluster's doing, not the training's: backoffLimit is not spent
+            reason, message = Reason.WORKER_DISRUPTED, f"{disrupted}; not counted against backoffLimit"
+            w.patch["disruptions"] = disruptions + 1
+        elif restarts - disruptions >= spec.backoff_limit:
             message = f"{first.describe()}; backoffLimit {spec.backoff_limit} reached"
             _fail(w, out, Reason.BACKOFF_LIMIT_EXCEEDED, message, pods)
             return done()
+        else:
+            reason, message = Reason.WORKER_FAILED, first.describe()
         w.patch["restarts"] = restarts + 1
-        w.phase(Phase.RESTARTING, Reason.WORKER_FAILED, first.describe(), warning=True)
-        w.cond(Condition.RESTARTING, True, Reason.WORKER_FAILED, first.describe())
+        w.phase(Phase.RESTARTING, reason, message, warning=True)
+        w.cond(Condition.RESTARTING, True, reason, message)
         w.cond(Condition.RUNNING, False, Reason.GANG_RESTARTING, "")
         w.cond(Condition.CREATED, False, Reason.GANG_RESTARTING, "")
         out.delete_pods = [p["metadata"]["name"] for p in live]

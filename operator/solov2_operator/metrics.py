@@ -32,8 +32,10 @@ class OperatorMetrics:
             "solov2_operator_trainings", "SOLOv2Trainings by phase", ["namespace", "phase"], registry=r
         )
         self.gang_restarts = Counter(
-            "solov2_operator_gang_restarts", "Gangs deleted and re-created after a worker failed", ["namespace"],
-            registry=r,
+            "solov2_operator_gang_restarts",
+            "Gangs deleted and re-created after a worker failed (cause: failure) or was preempted, evicted or lost "
+            "with its node (cause: disruption)",
+            ["namespace", "cause"], registry=r,
         )  # fmt: skip
         self.handler_errors = Counter(
             "solov2_operator_handler_errors", "Handler calls that raised", ["handler"], registry=r

@@ -44,6 +44,7 @@ class Reason:
     RESUMED = "Resumed"
     FINISHED = "Finished"
     WORKER_FAILED = "WorkerFailed"
+    WORKER_DISRUPTED = "WorkerDisrupted"
     TRAINING_SUCCEEDED = "TrainingSucceeded"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     DEADLINE_EXCEEDED = "DeadlineExceeded"

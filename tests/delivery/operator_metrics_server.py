@@ -18,7 +18,7 @@ def main(port: int) -> None:
     metrics.handler_errors.labels(handler="reconcile").inc(0)
     metrics.serve(port, addr="127.0.0.1")
     while True:  # something moves, as in a live operator
-        metrics.gang_restarts.labels(namespace="vision").inc()
+        metrics.gang_restarts.labels(namespace="vision", cause="failure").inc()
         metrics.progress_read_failures.inc()
         time.sleep(1)
 

@@ -17,7 +17,7 @@ def operator_metrics() -> set[str]:
 
     metrics = OperatorMetrics()
     metrics.observe("ns", "t", "Succeeded", {"segmAP": 0.5})  # labelled families get a sample
-    metrics.gang_restarts.labels(namespace="ns")
+    metrics.gang_restarts.labels(namespace="ns", cause="failure")
     metrics.handler_errors.labels(handler="h")
     names = {sample.name for family in metrics.registry.collect() for sample in family.samples}
     return {name for name in names if not name.endswith("_created")}

@@ -74,12 +74,20 @@ class Cluster:
         )
 
     async def set_pod(
-        self, pod: str, phase: str, waiting: Mapping[str, str] | None = None, **terminated: Any
+        self,
+        pod: str,
+        phase: str,
+        waiting: Mapping[str, str] | None = None,
+        disruption: str | None = None,
+        **terminated: Any,
     ) -> None:
-        """Play the kubelet: a pod's phase, and its container's waiting or terminated state if given."""
+        """Play the kubelet: a pod's phase, and its container's waiting or terminated state if given;
+        ``disruption`` plays the scheduler or the eviction API (a ``DisruptionTarget`` reason)."""
         status: dict[str, Any] = {"phase": phase, "podIP": terminated.pop("pod_ip", "127.0.0.1")}
         ready = phase == "Running"
         status["conditions"] = [{"type": "Ready", "status": "True" if ready else "False"}]
+        if disruption:
+            status["conditions"].append({"type": "DisruptionTarget", "status": "True", "reason": disruption})
         container = {"name": "trainer", "image": "solov2", "imageID": "solov2@sha256:0", "restartCount": 0}
         if terminated:
             status["containerStatuses"] = [{**container, "ready": False, "state": {"terminated": terminated}}]

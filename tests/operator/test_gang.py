@@ -103,3 +103,45 @@ def test_a_long_wait_is_cut_and_many_waiting_workers_are_counted():
         second.startswith("t-worker-0: Unschedulable: xxx") and len(second) < 300 and second.endswith("...")
     )
     assert third.startswith("t-worker-1: ")
+
+
+def _disrupted(p: dict, reason: str = "EvictionByEvictionAPI") -> dict:
+    p["status"].setdefault("conditions", []).append(
+        {"type": "DisruptionTarget", "status": "True", "reason": reason, "message": "Eviction API: evicting"}
+    )
+    return p
+
+
+def test_a_worker_evicted_by_a_drain_restarts_the_gang_outside_the_backoff_limit():
+    spent = {**TRAINING, "spec": {**TRAINING["spec"], "backoffLimit": 1},
+             "status": {**TRAINING["status"], "restarts": 1}}  # fmt: skip
+    draining = _disrupted(pod(1, "Running"))
+    draining["metadata"]["deletionTimestamp"] = "2026-01-01T00:10:00Z"  # being deleted by the eviction
+    decided = plan(spent, [pod(0, "Running"), draining])
+    assert decided.status["phase"] == "Restarting"
+    assert decided.status["restarts"] == 2 and decided.status["disruptions"] == 1
+    (restarting,) = [c for c in decided.status["conditions"] if c["type"] == "Restarting"]
+    assert restarting["reason"] == "WorkerDisrupted"
+    assert restarting["message"] == (
+        "pod t-worker-1 was disrupted (EvictionByEvictionAPI: Eviction API: evicting); "
+        "not counted against backoffLimit"
+    )
+    assert decided.delete_pods == ["t-worker-0"]  # the other is already going
+
+
+def test_only_failures_that_are_no_disruption_spend_the_backoff_limit():
+    spec = {**TRAINING["spec"], "backoffLimit": 1}
+    failed = [pod(0, "Failed", exitCode=1, reason="Error"), pod(1, "Running")]
+    after_disruptions = {
+        **TRAINING,
+        "spec": spec,
+        "status": {**TRAINING["status"], "restarts": 3, "disruptions": 3},
+    }
+    decided = plan(after_disruptions, failed)
+    assert decided.status["phase"] == "Restarting" and decided.status["restarts"] == 4
+    assert "disruptions" not in decided.status  # unchanged
+    after_a_failure = {**after_disruptions, "status": {**after_disruptions["status"], "restarts": 4}}
+    decided = plan(after_a_failure, failed)
+    assert decided.status["phase"] == "Failed"
+    (cond,) = [c for c in decided.status["conditions"] if c["type"] == "Failed"]
+    assert cond["reason"] == "BackoffLimitExceeded"

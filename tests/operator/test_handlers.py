@@ -146,6 +146,41 @@ async def test_backoff_limit_zero_fails_on_the_first_failure(cluster: Cluster):
     assert cluster.training("once")["status"].get("restarts", 0) == 0
 
 
+async def test_a_preempted_worker_restarts_the_gang_without_spending_the_backoff_limit(cluster: Cluster):
+    await cluster.create("shared", {**CPU_2, "backoffLimit": 0})
+    await all_running(cluster, "shared")
+    stopped = json.dumps(
+        {"error": "terminated by SIGTERM at iteration 40", "retryable": True, "terminated": True}
+    )
+    await cluster.set_pod(
+        "shared-worker-1",
+        "Failed",
+        disruption="PreemptionByScheduler",
+        exitCode=143,
+        reason="Error",
+        message=stopped,
+    )
+    await cluster.wait(lambda: cluster.training("shared")["status"].get("restarts") == 1, message="a restart")
+    status = cluster.training("shared")["status"]
+    assert status["disruptions"] == 1 and status["phase"] in ("Restarting", "Pending")
+    (disrupted,) = await cluster.wait(
+        lambda: cluster.event_messages("shared", "WorkerDisrupted"), message="event"
+    )
+    assert "shared-worker-1" in disrupted and "PreemptionByScheduler" in disrupted
+    assert "not counted against backoffLimit" in cluster.condition("shared", "Restarting")["message"]
+    await all_running(cluster, "shared")  # the new gang
+    await cluster.set_pod("shared-worker-0", "Failed", exitCode=137, reason="OOMKilled")  # a real failure
+    await cluster.wait(lambda: cluster.phase("shared") == "Failed", message="Failed on the first failure")
+    assert cluster.condition("shared", "Failed")["reason"] == "BackoffLimitExceeded"
+    restarts = cluster.config.metrics.registry.get_sample_value
+    assert (
+        restarts("solov2_operator_gang_restarts_total", {"namespace": "default", "cause": "disruption"}) == 1
+    )
+    assert (
+        restarts("solov2_operator_gang_restarts_total", {"namespace": "default", "cause": "failure"}) is None
+    )
+
+
 async def test_a_deleted_worker_fails_the_gang(cluster: Cluster):
     await cluster.create("evict", CPU_2)
     await all_running(cluster, "evict")
