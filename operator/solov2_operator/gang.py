@@ -322,9 +322,11 @@ def plan(
     else:
         w.phase(Phase.PENDING, Reason.WORKERS_PENDING, "creating or scheduling the gang")
         waiting = [
-            f"{pod['metadata']['name']}: {why}"
-            for _, pod in sorted(by_index.items(), key=lambda item: -1 if item[0] is None else item[0])
-            if _phase(pod) == "Pending" and (why := _why_waiting(pod))
+            f"{worker_name(name, i)}: {why}"
+            for i in range(spec.nodes)
+            if (pod := by_index.get(i)) is not None
+            and _phase(pod) == "Pending"
+            and (why := _why_waiting(pod))
         ]
         message = "; ".join([f"{len(running)}/{spec.nodes} workers run", *waiting[:2]])
         if len(waiting) > 2:

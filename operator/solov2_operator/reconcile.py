@@ -107,14 +107,9 @@ class Reconciler:
             await self.kube.patch_annotations(namespace, name, decided.annotations)
         if decided.status:
             await self.kube.patch_status(namespace, name, decided.status)
-        old = training.get("status") or {}
-        if int(decided.status.get("restarts", old.get("restarts", 0))) > int(old.get("restarts", 0)):
-            disrupted = int(decided.status.get("disruptions", old.get("disruptions", 0))) > int(
-                old.get("disruptions", 0)
-            )
-            self.metrics.gang_restarts.labels(
-                namespace=namespace, cause="disruption" if disrupted else "failure"
-            ).inc()
+        if "restarts" in decided.status:  # a status patch holds only what changed: one more restart
+            cause = "disruption" if "disruptions" in decided.status else "failure"
+            self.metrics.gang_restarts.labels(namespace=namespace, cause=cause).inc()
         for type_, reason, message in decided.events:
             kopf.event(_as_body(training), type=type_, reason=reason, message=message[:1024])
         if decided.delete_training:
