@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 
 from ..amp import amp_dtype, make_scaler, overflow_status
 from ..config import Config, to_dict
+from ..data.shared_memory import shm_warning
 from ..device import Runtime, auto_device_warning, setup_runtime, shutdown
 from ..errors import UserError
 from ..metrics import write_termination_message
@@ -129,7 +131,12 @@ class _Trainer:
             + (f", {self.cfg.data.prefetch_factor} batches ahead each" if workers else "")
             + (", pinned memory" if self.loader.pin_memory else "")
         )
-        for warning in schedule_warnings(self.cfg.train, self.total_iters):
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE") or 1)
+        shm_note = shm_warning(self.cfg, workers=workers, local_processes=local_processes)
+        for warning in [
+            *schedule_warnings(self.cfg.train, self.total_iters),
+            *([shm_note] if shm_note else []),
+        ]:
             self.log(f"warning: {warning}")
         device_note = auto_device_warning(self.opts.device, self.rt.kind)
         if device_note:
