@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.machinery
 import subprocess
 import sys
-import types
 
 import pytest
 import torch
@@ -13,34 +11,11 @@ import torch
 from solov2 import device as dev
 from solov2.errors import ConfigError
 
-
-def _fake_torch_npu(
-    monkeypatch, *, import_error: Exception | None = None, available: bool = True, count: int = 8
-):
-    """Install a stand-in `torch_npu`: either one whose import fails (no CANN) or one exposing torch.npu."""
-    module = types.ModuleType("torch_npu")
-    module.__spec__ = importlib.machinery.ModuleSpec("torch_npu", loader=None)
-    calls: list[int] = []
-    monkeypatch.setattr(
-        dev.importlib.util, "find_spec", lambda name: module.__spec__ if name == "torch_npu" else None
-    )
-
-    def fake_import(name):
-        if name != "torch_npu":
-            return importlib.import_module(name)
-        if import_error is not None:
-            raise import_error
-        npu = types.SimpleNamespace(is_available=lambda: available, device_count=lambda: count,
-                                    set_device=calls.append)  # fmt: skip
-        monkeypatch.setattr(torch, "npu", npu, raising=False)
-        return module
-
-    monkeypatch.setattr(dev.importlib, "import_module", fake_import)
-    return calls
+from .fake_npu import fake_torch_npu
 
 
 def test_torch_npu_without_cann_is_reported_not_raised(monkeypatch):
-    _fake_torch_npu(monkeypatch, import_error=OSError("libhccl.so: cannot open shared object file"))
+    fake_torch_npu(monkeypatch, import_error=OSError("libhccl.so: cannot open shared object file"))
     ok, why = dev.npu_status()
     assert not ok and "libhccl.so" in why and "CANN" in why
     assert dev.detect_device_kind("auto") in ("cpu", "cuda")
@@ -50,14 +25,14 @@ def test_torch_npu_without_cann_is_reported_not_raised(monkeypatch):
 
 def test_auto_says_why_an_installed_torch_npu_is_not_used(monkeypatch):
     assert dev.auto_device_warning("auto", "cpu") is None  # no torch_npu installed: nothing to say
-    _fake_torch_npu(monkeypatch, import_error=ImportError("libhccl.so: cannot open shared object file"))
+    fake_torch_npu(monkeypatch, import_error=ImportError("libhccl.so: cannot open shared object file"))
     note = dev.auto_device_warning("auto", "cpu")
     assert note is not None and "libhccl.so" in note and "CANN" in note and note.endswith("running on cpu")
     assert dev.auto_device_warning("cpu", "cpu") is None  # asked for the CPU
 
 
 def test_npu_is_preferred_and_uses_hccl(monkeypatch):
-    calls = _fake_torch_npu(monkeypatch)
+    calls = fake_torch_npu(monkeypatch)
     monkeypatch.setattr(torch, "device", lambda kind, index=None: (kind, index))
     monkeypatch.setenv("LOCAL_RANK", "3")
     monkeypatch.setenv("RANK", "11")

@@ -157,9 +157,17 @@ def _params(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _env(args: argparse.Namespace) -> int:
+    from .env_report import environment_report, format_report
+
+    report = environment_report(_config(args), args.device)
+    print(json.dumps(report) if args.json else format_report(report))
+    return EXIT_OK
+
+
 COMMANDS = {
     "train": _train, "eval": _eval, "predict": _predict, "make-synthetic": _make_synthetic, "smoke": _smoke,
-    "check-static": _check_static, "params": _params, "export": _export,
+    "check-static": _check_static, "params": _params, "export": _export, "env": _env,
 }  # fmt: skip
 
 

@@ -256,6 +256,20 @@ def _add_check_static(sub: argparse._SubParsersAction) -> None:
     _add_device_arg(p, "cpu")
 
 
+def _add_env(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "env",
+        help="what this machine or pod gives the trainer: devices, backends, CPUs, /dev/shm",
+        description="Report the versions, the device --device picks (and why an NPU is not used), the "
+        "process-group backends, the fused optimiser kernels of that device, the CPUs this process may use and "
+        "the loader workers they afford, /dev/shm against what the config's loaders keep there, and the "
+        "distributed environment. Exits 2 if an explicitly requested device is not usable.",
+    )
+    _add_config_args(p, "solov2_r50_fpn_1x_coco")
+    _add_device_arg(p)
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+
+
 # ---------------------------------------------------------------------------------------------
 # export, params
 
@@ -324,7 +338,7 @@ def _add_params(sub: argparse._SubParsersAction) -> None:
 
 _SUBCOMMANDS = (
     _add_train, _add_eval, _add_predict, _add_make_synthetic, _add_smoke, _add_check_static, _add_export,
-    _add_params,
+    _add_params, _add_env,
 )  # fmt: skip
 """Adds each sub-command's parser, in the order ``solov2 --help`` lists them."""
 
