@@ -78,9 +78,14 @@ def _phase(pod: Mapping[str, Any]) -> str:
     return (pod.get("status") or {}).get("phase") or "Pending"
 
 
-def _ready(pod: Mapping[str, Any]) -> bool:
+def _pod_condition(pod: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
+    """The pod's condition of ``type_`` (``Ready``, ``PodScheduled``, ``DisruptionTarget``), {} if none."""
     conditions = (pod.get("status") or {}).get("conditions") or ()
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    return next((c for c in conditions if c.get("type") == type_), {})
+
+
+def _ready(pod: Mapping[str, Any]) -> bool:
+    return _pod_condition(pod, "Ready").get("status") == "True"
 
 
 def _failure(pod: Mapping[str, Any]) -> WorkerFailure | None:
@@ -102,12 +107,12 @@ def _failure(pod: Mapping[str, Any]) -> WorkerFailure | None:
 def _disruption(pod: Mapping[str, Any]) -> str | None:
     """Why the cluster took this pod away, if it did: Kubernetes sets the ``DisruptionTarget``
     condition on a pod it preempts, evicts (``kubectl drain``, node pressure) or loses with its node."""
-    for cond in (pod.get("status") or {}).get("conditions") or ():
-        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
-            name = (pod.get("metadata") or {}).get("name", "?")
-            details = ": ".join(part for part in (cond.get("reason"), cond.get("message")) if part)
-            return f"pod {name} was disrupted ({details or 'DisruptionTarget'})"
-    return None
+    cond = _pod_condition(pod, "DisruptionTarget")
+    if cond.get("status") != "True":
+        return None
+    name = (pod.get("metadata") or {}).get("name", "?")
+    details = ": ".join(part for part in (cond.get("reason"), cond.get("message")) if part)
+    return f"pod {name} was disrupted ({details or 'DisruptionTarget'})"
 
 
 _STARTING = frozenset({"ContainerCreating", "PodInitializing"})
@@ -124,8 +129,7 @@ def _why_waiting(pod: Mapping[str, Any], limit: int = 240) -> str | None:
             why = f"{waiting['reason']}: {waiting.get('message') or ''}"
             break
     else:
-        conditions = status.get("conditions") or ()
-        scheduled: Mapping[str, Any] = next((c for c in conditions if c.get("type") == "PodScheduled"), {})
+        scheduled = _pod_condition(pod, "PodScheduled")
         if scheduled.get("status") != "False":
             return None
         why = f"{scheduled.get('reason') or 'NotScheduled'}: {scheduled.get('message') or ''}"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
-import shutil
 from typing import Any
 
 import torch
@@ -19,8 +18,9 @@ import torch.distributed as dist
 
 from . import __version__
 from .config import Config
-from .data.cpus import available_cpus, default_workers
-from .data.shared_memory import SHM, shm_warning
+from .data.cpus import available_cpus, node_processes
+from .data.loader import resolve_workers
+from .data.shared_memory import SHM, shm_size, shm_warning
 from .device import BACKENDS, DIST_TIMEOUT_ENV, detect_device_kind, dist_timeout_s, npu_status
 from .engine.optim import has_fused_kernel
 
@@ -69,12 +69,7 @@ def environment_report(cfg: Config, device: str = "auto") -> dict[str, Any]:
     :class:`~solov2.errors.ConfigError`. ``cfg``'s batches and loader settings size the ``/dev/shm`` check."""
     kind = detect_device_kind(device)
     npu_ok, npu_why = npu_status()
-    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE") or 1)
-    workers = default_workers(local_processes) if cfg.data.workers < 0 else cfg.data.workers
-    try:
-        shm_bytes: int | None = shutil.disk_usage(SHM).total
-    except OSError:
-        shm_bytes = None
+    local_processes, workers = node_processes(), resolve_workers(cfg)
     return {
         "solov2": __version__,
         "python": platform.python_version(),
@@ -92,7 +87,7 @@ def environment_report(cfg: Config, device: str = "auto") -> dict[str, Any]:
         },
         "shm": {
             "path": str(SHM),
-            "bytes": shm_bytes,
+            "bytes": shm_size(),
             "warning": shm_warning(cfg, workers=workers, local_processes=local_processes),
         },
         "dist_timeout_s": dist_timeout_s(),

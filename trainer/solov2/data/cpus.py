@@ -11,7 +11,7 @@ import math
 import os
 from pathlib import Path
 
-__all__ = ["MAX_AUTO_WORKERS", "available_cpus", "default_workers"]
+__all__ = ["MAX_AUTO_WORKERS", "available_cpus", "default_workers", "node_processes"]
 
 MAX_AUTO_WORKERS = 8
 """About what one accelerator needs (bench/data_pipeline.py); more workers only cost memory."""
@@ -41,11 +41,16 @@ def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
     return max(1, cpus)
 
 
+def node_processes() -> int:
+    """Training processes on this node: torchrun's ``LOCAL_WORLD_SIZE``, else 1."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE") or 1)
+
+
 def default_workers(local_processes: int | None = None, cpus: int | None = None) -> int:
     """Workers per training process: the CPUs shared among the node's ``local_processes`` (default
     ``LOCAL_WORLD_SIZE`` from torchrun, else 1), one kept for the process itself, at most
     :data:`MAX_AUTO_WORKERS`; 0 (load in the process) when a process has a single CPU."""
     if local_processes is None:
-        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE") or 1)
+        local_processes = node_processes()
     cpus = available_cpus() if cpus is None else cpus
     return max(0, min(MAX_AUTO_WORKERS, cpus // max(local_processes, 1) - 1))

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..config import Config
 from .loader import collate
 
-__all__ = ["batch_bytes", "shm_warning"]
+__all__ = ["batch_bytes", "shm_size", "shm_warning"]
 
 SHM = Path("/dev/shm")
 
@@ -31,6 +31,14 @@ def batch_bytes(cfg: Config) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def shm_size(shm: Path = SHM) -> int | None:
+    """Bytes ``shm`` holds in all; None where there is none."""
+    try:
+        return shutil.disk_usage(shm).total
+    except OSError:
+        return None
+
+
 def _mib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
@@ -39,11 +47,8 @@ def shm_warning(cfg: Config, *, workers: int, local_processes: int, shm: Path = 
     """A warning line when ``shm`` is smaller than what ``local_processes`` training processes of this
     node, each with ``workers`` loader workers ``data.prefetch_factor`` batches ahead, may keep in it;
     None when it is large enough, when nothing goes through it (no workers), or when there is no ``shm``."""
-    if workers <= 0:
-        return None
-    try:
-        size = shutil.disk_usage(shm).total
-    except OSError:
+    size = shm_size(shm)
+    if workers <= 0 or size is None:
         return None
     per_batch = batch_bytes(cfg)
     need = local_processes * workers * cfg.data.prefetch_factor * per_batch

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 
 from ..amp import amp_dtype, make_scaler, overflow_status
 from ..config import Config, to_dict
+from ..data.cpus import node_processes
 from ..data.shared_memory import shm_warning
 from ..device import Runtime, auto_device_warning, setup_runtime, shutdown
 from ..errors import UserError
@@ -131,16 +131,13 @@ class _Trainer:
             + (f", {self.cfg.data.prefetch_factor} batches ahead each" if workers else "")
             + (", pinned memory" if self.loader.pin_memory else "")
         )
-        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE") or 1)
-        shm_note = shm_warning(self.cfg, workers=workers, local_processes=local_processes)
-        for warning in [
+        warnings = [
             *schedule_warnings(self.cfg.train, self.total_iters),
-            *([shm_note] if shm_note else []),
-        ]:
+            shm_warning(self.cfg, workers=workers, local_processes=node_processes()),
+            auto_device_warning(self.opts.device, self.rt.kind),
+        ]
+        for warning in filter(None, warnings):
             self.log(f"warning: {warning}")
-        device_note = auto_device_warning(self.opts.device, self.rt.kind)
-        if device_note:
-            self.log(f"warning: {device_note}")
         if self.train_step.overflow is not None:
             self.log(
                 "amp: this NPU saturates fp16 overflows (no INF_NAN mode): its float status is read on "
