@@ -7,9 +7,12 @@ import torch
 import torchvision
 
 from solov2.config import load_config
+from solov2.data.synthetic import write_synthetic_coco
+from solov2.device import setup_runtime
+from solov2.engine.train import TrainOptions, _Trainer
 from solov2.errors import ConfigError, WeightsError
 from solov2.model import SOLOv2, build_model, parameter_counts
-from solov2.model.backbone import BACKBONES, ResNet, build_backbone
+from solov2.model.backbone import BACKBONES, ResNet, build_backbone, random_backbone_warning
 from solov2.model.head import MaskFeatureBranch, SOLOv2Head, coordinates
 
 
@@ -62,6 +65,36 @@ def test_frozen_stages_and_norm_eval_survive_train_mode():
     net = ResNet(depth=18, frozen_stages=-1, norm_eval=False).train()
     assert all(p.requires_grad for p in net.parameters())
     assert net.layer3[0].bn1.training
+
+
+def test_a_reference_recipe_without_backbone_weights_is_warned_about(tmp_path):
+    backbone = load_config("solov2_r50_fpn_1x_coco", []).model.backbone
+    note = random_backbone_warning(backbone)
+    assert note is not None and note.startswith("model.backbone.weights is empty: the resnet50 backbone")
+    assert "stem and layer1 never train (frozen_stages=1)" in note and "(norm_eval=true)" in note
+    assert "resnet50.pth" in note and "frozen_stages=-1 model.backbone.norm_eval=false" in note
+    assert random_backbone_warning(backbone, load_from=tmp_path / "trained.pth") is None
+    with_weights = load_config("solov2_r50_fpn_1x_coco", ["model.backbone.weights=resnet50.pth"])
+    assert random_backbone_warning(with_weights.model.backbone) is None
+    assert random_backbone_warning(load_config("solov2_tiny_cpu", []).model.backbone) is None  # from scratch
+    frozen_only = load_config("solov2_tiny_cpu", ["model.backbone.frozen_stages=3"]).model.backbone
+    assert "stem and layer1 to layer3 never train" in (random_backbone_warning(frozen_only) or "")
+    assert "(norm_eval=true)" not in (random_backbone_warning(frozen_only) or "(norm_eval=true)")
+
+
+def test_train_logs_the_random_backbone_warning(tmp_path):
+    coco = write_synthetic_coco(tmp_path / "coco", train=4, val=0, seed=1)
+    opts = TrainOptions(
+        data_path=coco, work_dir=tmp_path / "work", device="cpu", evaluate=False, termination_log=None
+    )
+    for overrides, warned in (([], False), (["model.backbone.norm_eval=true"], True)):
+        lines: list[str] = []
+        _Trainer(load_config("solov2_tiny_cpu", overrides), opts, setup_runtime("cpu"), log=lines.append)
+        assert [line for line in lines if "warning: model.backbone.weights is empty" in line] == (
+            [f"warning: {random_backbone_warning(load_config('solov2_tiny_cpu', overrides).model.backbone)}"]
+            if warned
+            else []
+        )
 
 
 def test_loads_torchvision_weights_from_a_local_file(tmp_path):

@@ -22,6 +22,7 @@ from ..device import Runtime, auto_device_warning, setup_runtime, shutdown
 from ..errors import UserError
 from ..metrics import write_termination_message
 from ..model import build_model, total_loss
+from ..model.backbone import random_backbone_warning
 from ..progress import ProgressLogger
 from .checkpoint import (
     latest_checkpoint,
@@ -132,6 +133,7 @@ class _Trainer:
             + (", pinned memory" if self.loader.pin_memory else "")
         )
         warnings = [
+            random_backbone_warning(self.cfg.model.backbone, load_from=self.opts.load_from),
             *schedule_warnings(self.cfg.train, self.total_iters),
             shm_warning(self.cfg, workers=workers, local_processes=node_processes()),
             auto_device_warning(self.opts.device, self.rt.kind),

@@ -142,6 +142,30 @@ BACKBONES: dict[str, Callable[[BackboneConfig, bool], nn.Module]] = {"resnet": _
 """Backbone builders by ``model.backbone.name``: ``(config, pretrained) -> backbone``."""
 
 
+def random_backbone_warning(cfg: BackboneConfig, *, load_from: Path | None = None) -> str | None:
+    """Why a run whose backbone starts from random weights will not learn as the recipe expects, or
+    ``None``. Freezing stages and BatchNorm statistics is right for ImageNet weights; on random ones it
+    fixes random filters and leaves every BatchNorm at mean 0, variance 1 for the whole run."""
+    if cfg.weights or load_from is not None:
+        return None
+    frozen = []
+    if cfg.frozen_stages >= 0:
+        layers = {0: "", 1: " and layer1"}.get(cfg.frozen_stages, f" and layer1 to layer{cfg.frozen_stages}")
+        frozen.append(f"its stem{layers} never train (frozen_stages={cfg.frozen_stages})")
+    if cfg.norm_eval:
+        frozen.append("its BatchNorm statistics stay at their initial values (norm_eval=true)")
+    if not frozen:
+        return None
+    name = f"{cfg.name}{cfg.depth}" if cfg.name == "resnet" else cfg.name
+    return (
+        f"model.backbone.weights is empty: the {name} backbone starts from random weights, yet "
+        + " and ".join(frozen)
+        + ": settings meant for ImageNet weights, without which the reference AP is out of reach. Set "
+        f"model.backbone.weights to a torchvision state dict (e.g. {name}.pth) or pass --load-from; to "
+        "train the backbone from scratch, model.backbone.frozen_stages=-1 model.backbone.norm_eval=false"
+    )
+
+
 def build_backbone(cfg: BackboneConfig, *, pretrained: bool = True) -> nn.Module:
     """The backbone ``cfg.name`` names; ``pretrained`` loads ``cfg.weights`` if it is set."""
     if cfg.name not in BACKBONES:
