@@ -225,3 +225,23 @@ def test_every_numeric_field_has_a_range_enforced_by_the_cli(path, capsys):
         assert main(["params", "--config", "solov2_tiny_cpu", "--opts", f"{path}={text}"]) == 2, (path, text)
         err = capsys.readouterr().err.strip()
         assert re.match(rf"solov2 params: error: {re.escape(path)}(\[\d+\])*: ", err) and "\n" not in err, err
+
+
+def test_repeated_opts_are_all_applied() -> None:
+    """The scripts pass ``--opts train.epochs=N``; a user's own ``--opts`` must not drop it."""
+    from solov2.cli_parser import build_parser
+
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--data-path",
+            "d",
+            "--work-dir",
+            "w",
+            "--opts",
+            "train.epochs=2",
+            "--opts",
+            "train.batch_size=3",
+        ]
+    )
+    assert args.opts == ["train.epochs=2", "train.batch_size=3"]

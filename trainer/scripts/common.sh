@@ -1,6 +1,6 @@
 # Shared argument parsing for the ModelZoo-style entry points. Sourced, not run.
 # Flags (all --name=value): --data_path (required), --work_dir, --config, --device, --nproc, --checkpoint,
-# --epochs; anything after `--` is passed to `solov2` unchanged.
+# --epochs, --pretrained; anything after `--` is passed to `solov2` unchanged.
 
 config="solov2_r50_fpn_1x_coco"
 work_dir=""
@@ -8,6 +8,7 @@ device="auto"
 nproc=""
 checkpoint=""
 epochs=""
+pretrained=""
 data_path=""
 extra=()
 
@@ -25,6 +26,7 @@ while [ $# -gt 0 ]; do
         --nproc=*) nproc="${1#*=}" ;;
         --checkpoint=*) checkpoint="${1#*=}" ;;
         --epochs=*) epochs="${1#*=}" ;;
+        --pretrained=*) pretrained="${1#*=}" ;;
         -h|--help) usage ;;
         --) shift; extra=("$@"); break ;;
         *) echo "$(basename "$0"): unknown argument '$1' (see --help)" >&2; exit 2 ;;
@@ -52,4 +54,18 @@ opts=()
 if [ -n "$epochs" ]; then
     opts+=(--opts "train.epochs=$epochs")
 fi
+
+# Backbone weights for a training from the start: --pretrained=FILE, or else, for the ResNet-50 configs,
+# the ModelZoo layout's data/pretrained/resnet50.pth beside the data set (DIR/../pretrained) if it is there.
+backbone_opts() {
+    local seed_layout
+    seed_layout="$(dirname "$data_path")/pretrained/resnet50.pth"
+    if [ -z "$pretrained" ] && [[ "$config" == *r50* ]] && [ -f "$seed_layout" ]; then
+        pretrained="$seed_layout"
+    fi
+    if [ -n "$pretrained" ]; then
+        echo "$(basename "$0"): backbone weights: $pretrained" >&2
+        opts+=(--opts "model.backbone.weights=$pretrained")
+    fi
+}
 SOLOV2="${SOLOV2:-solov2}"

@@ -32,10 +32,11 @@ def _add_config_args(parser: argparse.ArgumentParser, default: str | None) -> No
     parser.add_argument(
         "--opts",
         nargs="*",
+        action="extend",
         default=[],
         metavar="KEY=VALUE",
         help="override config fields, e.g. --opts model.head.num_grids=[12,10,8,6,4] train.base_lr=0.02 "
-        "(values are parsed as YAML)",
+        "(values are parsed as YAML; --opts may be given more than once, a later value of a key wins)",
     )
 
 
