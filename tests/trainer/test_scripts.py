@@ -81,3 +81,22 @@ def test_missing_or_wrong_data_path_is_a_clear_error(recorder, tmp_path):
     assert res.returncode == 2 and "unknown argument" in res.stderr
     res = _run("train_full_1p.sh", "--help", env=env, cwd=tmp_path)
     assert res.returncode == 2 and "--data_path=DIR" in res.stderr
+
+
+def test_full_1p_uses_the_modelzoo_pretrained_backbone_or_the_given_one(recorder, tmp_path):
+    env, log = recorder
+    data = tmp_path / "data" / "coco"
+    data.mkdir(parents=True)
+    assert _run("train_full_1p.sh", f"--data_path={data}", env=env, cwd=tmp_path).returncode == 0
+    assert "model.backbone.weights" not in log.read_text()
+    weights = tmp_path / "data" / "pretrained" / "resnet50.pth"
+    weights.parent.mkdir()
+    weights.write_bytes(b"")
+    log.unlink()
+    res = _run("train_full_1p.sh", f"--data_path={data}", env=env, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert f"model.backbone.weights={weights}" in log.read_text().split()
+    log.unlink()
+    res = _run("train_full_1p.sh", f"--data_path={data}", "--pretrained=mine.pth", env=env, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "model.backbone.weights=mine.pth" in log.read_text().split()
