@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from kubernetes.client import CoreV1Api
+from kubernetes.client.exceptions import ApiException
 
 from .emulator import PODS, Emulator, objects_of
 
@@ -80,9 +82,18 @@ class Kubelet:
         for name in list(self.running):
             await self._stop(name)
 
-    def kill(self, pod: str, sig: int = signal.SIGKILL) -> None:
-        """Signal every process of a worker pod: SIGKILL, as an OOM kill or a node failure would."""
-        signal_all(pod_processes(self.running[pod].uid), sig)
+    async def kill(self, pod: str, timeout: float = 10.0) -> None:
+        """SIGKILL every process of a worker pod, as an OOM kill or a node failure would, and return
+        once its first process has exited. The signal is repeated: a process in the middle of
+        ``execve`` (the worker script's ``exec torchrun``) briefly shows an empty environment."""
+        run = self.running[pod]
+        deadline = asyncio.get_running_loop().time() + timeout
+        while run.process.returncode is None:
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"pod {pod} still runs {timeout:.0f}s after SIGKILL")
+            signal_all(pod_processes(run.uid), signal.SIGKILL)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(run.process.wait(), 0.2)
 
     async def _loop(self) -> None:
         while True:
@@ -183,12 +194,29 @@ class Kubelet:
             raise RuntimeError(f"pod {name}: processes {left} survive SIGKILL")
         await run.process.wait()
 
-    async def _patch(self, name: str, status: dict[str, Any]) -> None:
-        with contextlib.suppress(Exception):  # the pod may be gone already
-            await asyncio.to_thread(
-                self.core.patch_namespaced_pod_status, name, "default", {"status": status},
-                _content_type="application/merge-patch+json", _preload_content=False,
-            )  # fmt: skip
+    def _send_status(self, name: str, status: dict[str, Any]) -> None:
+        response = self.core.patch_namespaced_pod_status(
+            name, "default", {"status": status},
+            _content_type="application/merge-patch+json", _preload_content=False, _request_timeout=10,
+        )  # fmt: skip
+        response.read()
+        response.release_conn()
+
+    async def _patch(self, name: str, status: dict[str, Any], attempts: int = 20) -> None:
+        """Report a pod's status; retried, as a lost report would leave the pod running forever to
+        the operator. A pod that is gone already needs no report."""
+        for attempt in range(attempts):
+            try:
+                await asyncio.to_thread(self._send_status, name, status)
+                return
+            except ApiException as exc:
+                if exc.status == 404:
+                    return
+                error: Exception = exc
+            except urllib3.exceptions.HTTPError as exc:  # connection refused or reset, timeout
+                error = exc
+            await asyncio.sleep(0.2 * (attempt + 1))
+        raise RuntimeError(f"pod {name}: status not reported after {attempts} attempts: {error}")
 
 
 def _container_status(ready: bool, state: dict[str, Any]) -> dict[str, Any]:

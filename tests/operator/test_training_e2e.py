@@ -77,6 +77,7 @@ async def test_a_training_succeeds_with_mask_ap_and_progress_moves(cluster: Clus
         await cluster.wait(finished, timeout=180, message="the end of training")
         status = cluster.training("e2e-ok")["status"]
         assert status["phase"] == "Succeeded", status
+        assert status.get("restarts", 0) == 0, cluster.event_messages("e2e-ok", "WorkerFailed")
         assert "segmAP50" in status["results"] and 0 <= status["results"]["segmAP50"] <= 1
         assert status["results"]["iterations"] == 8 and status["results"]["epochs"] == 2
         assert len(seen) >= 2, f"progress seen at iterations {sorted(seen)} only"
@@ -87,7 +88,7 @@ async def test_a_killed_worker_restarts_the_gang_which_resumes_and_succeeds(clus
     async with Kubelet(cluster.emulator, cluster.core, claims) as kubelet:
         await cluster.create("e2e-kill", training_spec("train.epochs=3"))
         await wait_progress(cluster, "e2e-kill", 3)  # a checkpoint at iteration 2 exists
-        kubelet.kill("e2e-kill-worker-1")
+        await kubelet.kill("e2e-kill-worker-1")
         await cluster.wait(lambda: cluster.training("e2e-kill")["status"].get("restarts") == 1, timeout=60)
         await cluster.wait(lambda: cluster.phase("e2e-kill") in ("Succeeded", "Failed"), timeout=180)
         status = cluster.training("e2e-kill")["status"]
@@ -119,7 +120,7 @@ async def test_backoff_limit_zero_and_a_failing_worker_fails(cluster: Cluster, c
     async with Kubelet(cluster.emulator, cluster.core, claims) as kubelet:
         await cluster.create("e2e-once", training_spec(backoffLimit=0))
         await cluster.wait(lambda: cluster.phase("e2e-once") == "Running", timeout=60)
-        kubelet.kill("e2e-once-worker-1")
+        await kubelet.kill("e2e-once-worker-1")
         await cluster.wait(lambda: cluster.phase("e2e-once") == "Failed", timeout=60)
         assert cluster.condition("e2e-once", "Failed")["reason"] == "BackoffLimitExceeded"
         assert cluster.training("e2e-once")["status"].get("restarts", 0) == 0
