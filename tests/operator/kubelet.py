@@ -82,18 +82,10 @@ class Kubelet:
         for name in list(self.running):
             await self._stop(name)
 
-    async def kill(self, pod: str, timeout: float = 10.0) -> None:
-        """SIGKILL every process of a worker pod, as an OOM kill or a node failure would, and return
-        once its first process has exited. The signal is repeated: a process in the middle of
-        ``execve`` (the worker script's ``exec torchrun``) briefly shows an empty environment."""
-        run = self.running[pod]
-        deadline = asyncio.get_running_loop().time() + timeout
-        while run.process.returncode is None:
-            if asyncio.get_running_loop().time() > deadline:
-                raise RuntimeError(f"pod {pod} still runs {timeout:.0f}s after SIGKILL")
-            signal_all(pod_processes(run.uid), signal.SIGKILL)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(run.process.wait(), 0.2)
+    async def kill(self, pod: str) -> None:
+        """SIGKILL every process of a worker pod, as an OOM kill or a node failure would; returns once
+        they are gone (the kubelet's loop then reports the exit)."""
+        await _sigkill(pod, self.running[pod])
 
     async def _loop(self) -> None:
         while True:
@@ -184,15 +176,7 @@ class Kubelet:
                 run.process.send_signal(signal.SIGTERM)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(run.process.wait(), self.grace)
-        for _ in range(100):
-            left = pod_processes(run.uid)
-            if not left:
-                break
-            signal_all(left, signal.SIGKILL)
-            await asyncio.sleep(0.1)
-        else:
-            raise RuntimeError(f"pod {name}: processes {left} survive SIGKILL")
-        await run.process.wait()
+        await _sigkill(name, run)
 
     def _send_status(self, name: str, status: dict[str, Any]) -> None:
         response = self.core.patch_namespaced_pod_status(
@@ -217,6 +201,18 @@ class Kubelet:
                 error = exc
             await asyncio.sleep(0.2 * (attempt + 1))
         raise RuntimeError(f"pod {name}: status not reported after {attempts} attempts: {error}")
+
+
+async def _sigkill(name: str, run: _Running, timeout: float = 10.0) -> None:
+    """SIGKILL pod ``name``'s processes until its first process has exited and none is left. The
+    signal is repeated: a process in the middle of ``execve`` (the worker script's ``exec torchrun``)
+    shows an empty environment for a moment, and a process may fork while the others are signalled."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (left := pod_processes(run.uid)) or run.process.returncode is None:
+        if asyncio.get_running_loop().time() > deadline:
+            raise RuntimeError(f"pod {name}: processes {left or [run.process.pid]} survive SIGKILL")
+        signal_all(left, signal.SIGKILL)
+        await asyncio.sleep(0.1)
 
 
 def _container_status(ready: bool, state: dict[str, Any]) -> dict[str, Any]:
