@@ -7,13 +7,15 @@ import torch
 import torch.nn.functional as F
 
 from solov2.structures import GroundTruth
-from solov2.targets import Targets, build_targets, downsample_masks
+from solov2.targets import LevelGeometry, Targets, build_targets, compact_ground_truth, downsample_masks
 from tests.trainer.reference_targets import (
     flatten_levels,
     random_ground_truth,
     reference_downsample,
     reference_targets,
 )
+
+from .host_reads import DispatchedOps
 
 NUM_GRIDS = (12, 10, 8, 6, 4)
 SCALE_RANGES = ((1.0, 12.0), (6.0, 24.0), (12.0, 48.0), (24.0, 96.0), (48.0, 256.0))
@@ -226,3 +228,30 @@ def test_rejects_mismatched_levels() -> None:
         build_targets(
             gt, num_grids=(4, 2), scale_ranges=((1, 2),), pos_scale=0.2, num_classes=5, max_positives=4
         )
+
+
+def test_device_geometry_gives_the_same_targets_and_must_match_the_levels() -> None:
+    gt = _gt(3, (64, 96))
+    geometry = LevelGeometry(NUM_GRIDS, SCALE_RANGES)
+    assert not geometry.state_dict()  # buffers that checkpoints do not hold
+    a = build_targets(gt, **KW, max_positives=64)
+    b = build_targets(gt, **KW, max_positives=64, geometry=geometry)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    with pytest.raises(ValueError, match="geometry is for num_grids"):
+        build_targets(gt, **{**KW, "num_grids": (12, 10, 8, 6, 2)}, max_positives=64, geometry=geometry)
+
+
+def test_dispatched_operators_do_not_grow_with_the_levels() -> None:
+    """All levels are assigned at once: a level adds one division (its cell size), not a loop body,
+    which matters where each operator is a kernel launch the host pays for."""
+
+    def dispatched(levels: int) -> int:
+        kw = {**KW, "num_grids": NUM_GRIDS[:levels], "scale_ranges": SCALE_RANGES[:levels]}
+        geometry = LevelGeometry(kw["num_grids"], kw["scale_ranges"])
+        gt = compact_ground_truth(_gt(0, (64, 96)))
+        with DispatchedOps() as ops:
+            build_targets(gt, **kw, max_positives=64, geometry=geometry)
+        return ops.total
+
+    two, five = dispatched(2), dispatched(5)
+    assert five - two <= 3 and five < 100, (two, five)

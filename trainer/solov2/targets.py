@@ -2,9 +2,13 @@
 
 :func:`build_targets` reproduces the target assignment of mmdetection 3.x ``SOLOV2Head._get_targets_single``
 without any data-dependent shape: no ``nonzero``, no boolean indexing, no host synchronisation and no
-Python loop over instances (only over the ~5 FPN levels). Every output shape follows from
-``(B, N, H, W)``, ``num_grids`` and ``max_positives``, so the function runs inside a graph compiled with
-``torch.compile(fullgraph=True, dynamic=False)``, a CUDA graph, or on an Ascend NPU.
+Python loop over instances or levels (all levels are handled at once, on ``max(S) x max(S)`` grids;
+only the division by each level's cell size, done with a Python float as mmdetection does, is one
+operation per level). Every output shape follows from ``(B, N, H, W)``, ``num_grids`` and
+``max_positives``, so the function runs inside a graph compiled with
+``torch.compile(fullgraph=True, dynamic=False)``, a CUDA graph, or on an Ascend NPU. In eager mode it
+launches about 80 operations for any number of levels (about 70 per level before), which matters when
+the host's launches bound the step, as they do at small batches on GPUs and NPUs.
 
 Assignment rules, per image and per level ``l`` with an ``S x S`` grid over the ``H x W`` canvas:
 
@@ -28,11 +32,18 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .structures import MASK_STRIDE, CompactGroundTruth, GroundTruth
 
-__all__ = ["Targets", "build_targets", "compact_ground_truth", "downsample_masks", "mask_statistics"]
+__all__ = [
+    "LevelGeometry",
+    "Targets",
+    "build_targets",
+    "compact_ground_truth",
+    "downsample_masks",
+    "mask_statistics",
+]
 
 
 class Targets(NamedTuple):
@@ -133,6 +144,61 @@ def compact_ground_truth(gt: GroundTruth) -> CompactGroundTruth:
     return CompactGroundTruth(gt.boxes, gt.labels, small, gt.valid, centres, counts)
 
 
+class LevelGeometry(nn.Module):
+    """The head's per-level constants that target assignment needs on the device, as buffers.
+
+    A tensor made from Python values inside a step would be a host-to-device copy on every call (and a
+    synchronisation on CUDA); as buffers they move with the model. Not persistent: checkpoints do not
+    hold them. ``L`` levels, ``G = max(num_grids)``; levels are laid out on ``G x G`` grids, of which
+    level ``l`` uses the top-left ``S_l x S_l`` cells.
+
+    - ``grid``:   ``[L]`` int64 ``S_l``; ``last``: ``[L]`` int64 ``S_l - 1``.
+    - ``offset``: ``[L]`` int64 index of level ``l``'s first cell among the ``M`` cells.
+    - ``lower``, ``upper``: ``[L]`` float32 scale range of each level (a Python float compared with a
+      float32 tensor is rounded to float32 first, so these compare alike).
+    - ``cells``:  ``[M]`` int64 position of each of the ``M`` cells (level-major, row-major) in ``[L, G, G]``.
+    - ``steps``:  ``[G]`` int64 ``0..G-1``; ``window``: ``[3]`` int64 ``-1, 0, 1``.
+    """
+
+    def __init__(self, num_grids: Sequence[int], scale_ranges: Sequence[tuple[float, float]]) -> None:
+        super().__init__()
+        if len(num_grids) != len(scale_ranges):
+            raise ValueError(
+                f"num_grids has {len(num_grids)} levels but scale_ranges has {len(scale_ranges)}"
+            )
+        self.num_grids = tuple(int(s) for s in num_grids)
+        self.scale_ranges = tuple((float(lo), float(hi)) for lo, hi in scale_ranges)
+        side = max(self.num_grids)
+        offsets = [sum(s * s for s in self.num_grids[:level]) for level in range(len(self.num_grids))]
+        cells = [
+            (level * side + i) * side + j
+            for level, s in enumerate(self.num_grids)
+            for i in range(s)
+            for j in range(s)
+        ]
+        buffers = {
+            "grid": torch.tensor(self.num_grids),
+            "last": torch.tensor(self.num_grids) - 1,
+            "offset": torch.tensor(offsets),
+            "lower": torch.tensor([lo for lo, _ in self.scale_ranges], dtype=torch.float32),
+            "upper": torch.tensor([hi for _, hi in self.scale_ranges], dtype=torch.float32),
+            "cells": torch.tensor(cells),
+            "steps": torch.arange(side),
+            "window": torch.arange(-1, 2),
+        }
+        for name, value in buffers.items():
+            self.register_buffer(name, value, persistent=False)
+
+    grid: Tensor
+    last: Tensor
+    offset: Tensor
+    lower: Tensor
+    upper: Tensor
+    cells: Tensor
+    steps: Tensor
+    window: Tensor
+
+
 def build_targets(
     gt: GroundTruth | CompactGroundTruth,
     *,
@@ -141,8 +207,9 @@ def build_targets(
     pos_scale: float,
     num_classes: int,
     max_positives: int,
+    geometry: LevelGeometry | None = None,
 ) -> Targets:
-    """Assign SOLOv2 category and mask targets with static shapes.
+    """Assign SOLOv2 category and mask targets with static shapes, all levels at once.
 
     Args:
         gt: padded ground truth, full form (``gt.masks`` ``[B, N, H, W]`` uint8/bool at the canvas
@@ -153,6 +220,8 @@ def build_targets(
         pos_scale: fraction of the box size that defines the centre box.
         num_classes: foreground classes; also the background label.
         max_positives: ``P``, the size of the (instance, cell) pair buffer per image.
+        geometry: the same levels as device buffers (the model's ``target_geometry``); made here
+            when not given, which copies a few small tensors to the device.
 
     Returns:
         :class:`Targets` with ``labels``/``pos_cells`` ``[B, M]`` and pair buffers ``[B, P]``.
@@ -164,6 +233,13 @@ def build_targets(
     boxes, gt_labels, masks, valid = gt[:4]
     batch, num_inst = gt_labels.shape
     device = masks.device
+    if geometry is None:
+        geometry = LevelGeometry(num_grids, scale_ranges).to(device)
+    elif geometry.num_grids != tuple(num_grids) or geometry.scale_ranges != tuple(map(tuple, scale_ranges)):
+        raise ValueError(
+            f"geometry is for num_grids {geometry.num_grids} and scale_ranges {geometry.scale_ranges}, "
+            f"not {tuple(num_grids)} and {tuple(map(tuple, scale_ranges))}"
+        )
     if isinstance(gt, CompactGroundTruth):
         height, width = gt.canvas_size
         center_h, center_w, count = gt.centers[..., 0], gt.centers[..., 1], gt.counts
@@ -177,64 +253,57 @@ def build_targets(
     sqrt_area = torch.sqrt(box_w * box_h)
     pos_w = 0.5 * box_w * pos_scale
     pos_h = 0.5 * box_h * pos_scale
+    # Per level l: [B, L, N] usable instances in its scale range, and the cells (rounded down) of the
+    # centre of mass (h, w) and of the centre box's top, bottom, left and right edges: [B, L, 6, N].
+    per_level = (1, len(num_grids), 1)
+    hit = usable[:, None] & (sqrt_area[:, None] >= geometry.lower.view(per_level))
+    hit = hit & (sqrt_area[:, None] <= geometry.upper.view(per_level))
+    fractions = torch.stack(
+        [
+            center_h / height,
+            center_w / width,
+            (center_h - pos_h) / height,
+            (center_h + pos_h) / height,
+            (center_w - pos_w) / width,
+            (center_w + pos_w) / width,
+        ],
+        dim=1,
+    )  # [B, 6, N]
+    cells = torch.stack([_trunc_cells(fractions, s) for s in num_grids], dim=1).long()
+    centre = cells[:, :, :2]  # [B, L, 2, N]: (coord_h, coord_w)
+    last = geometry.last.view(1, -1, 1, 1)
+    # The positive region per level: the centre box, clipped to the grid and to one cell around the
+    # centre cell; ``start`` holds (top, left) and ``end`` (down, right), [B, L, 2, N].
+    start = torch.maximum(cells[:, :, 2::2].clamp(min=0), centre - 1)
+    end = torch.minimum(torch.minimum(cells[:, :, 3::2], last), centre + 1)
 
-    offsets = torch.arange(-1, 2, device=device)  # the 3 x 3 window around the centre cell
-    inst_rank = torch.arange(1, num_inst + 1, device=device).view(1, num_inst, 1, 1)
-    level_labels: list[Tensor] = []
-    level_pos: list[Tensor] = []
-    level_cells: list[Tensor] = []
-    level_keep: list[Tensor] = []
-    cell_offset = 0
-    for num_grid, (lower, upper) in zip(num_grids, scale_ranges, strict=True):
-        hit = usable & (sqrt_area >= lower) & (sqrt_area <= upper)  # [B, N]
-        coord_h = _trunc_cells(center_h / height, num_grid).long()
-        coord_w = _trunc_cells(center_w / width, num_grid).long()
-        top_box = _trunc_cells((center_h - pos_h) / height, num_grid).clamp(min=0).long()
-        down_box = _trunc_cells((center_h + pos_h) / height, num_grid).clamp(max=num_grid - 1).long()
-        left_box = _trunc_cells((center_w - pos_w) / width, num_grid).clamp(min=0).long()
-        right_box = _trunc_cells((center_w + pos_w) / width, num_grid).clamp(max=num_grid - 1).long()
-        top = torch.maximum(top_box, coord_h - 1)
-        down = torch.minimum(down_box, coord_h + 1)
-        left = torch.maximum(coord_w - 1, left_box)
-        right = torch.minimum(right_box, coord_w + 1)
+    # Category grid: for every cell the highest instance rank (n + 1) covering it, 0 if none. Rows and
+    # columns beyond S_l are never inside [start, end], so the G x G layout needs no mask.
+    inside = (geometry.steps >= start[..., None]) & (geometry.steps <= end[..., None])  # [B, L, 2, N, G]
+    covers = (inside[:, :, 0] & hit[..., None])[..., :, None] & inside[:, :, 1, :, None, :]  # [B, L, N, G, G]
+    inst_rank = torch.arange(1, num_inst + 1, device=device).view(1, 1, num_inst, 1, 1)
+    winner = (covers * inst_rank).amax(dim=2).flatten(1).index_select(1, geometry.cells)  # [B, M]
+    pos_cells = winner > 0
+    winner_label = torch.gather(gt_labels, 1, (winner - 1).clamp(min=0))
+    labels = torch.where(pos_cells, winner_label, num_classes)
 
-        # Category grid: for every cell the highest instance rank (n + 1) covering it, 0 if none.
-        grid = torch.arange(num_grid, device=device)
-        in_rows = (grid >= top[..., None]) & (grid <= down[..., None]) & hit[..., None]  # [B, N, S]
-        in_cols = (grid >= left[..., None]) & (grid <= right[..., None])  # [B, N, S]
-        covers = in_rows[..., :, None] & in_cols[..., None, :]  # [B, N, S, S]
-        winner = (covers * inst_rank).amax(dim=1).flatten(1)  # [B, S*S]
-        winner_label = torch.gather(gt_labels, 1, (winner - 1).clamp(min=0))
-        level_labels.append(torch.where(winner > 0, winner_label, torch.full_like(winner_label, num_classes)))
-        level_pos.append(winner > 0)
-
-        # Candidate pairs: the 3 x 3 window, kept where it lies inside [top, down] x [left, right].
-        rows = coord_h[..., None] + offsets  # [B, N, 3]
-        cols = coord_w[..., None] + offsets
-        row_ok = (rows >= top[..., None]) & (rows <= down[..., None]) & hit[..., None]
-        col_ok = (cols >= left[..., None]) & (cols <= right[..., None])
-        keep = (row_ok[..., :, None] & col_ok[..., None, :]).flatten(2)  # [B, N, 9]
-        cell = (rows[..., :, None] * num_grid + cols[..., None, :]).flatten(2) + cell_offset
-        level_cells.append(torch.where(keep, cell, torch.zeros_like(cell)).flatten(1))  # [B, N*9]
-        level_keep.append(keep.flatten(1))
-        cell_offset += num_grid * num_grid
-
-    labels = torch.cat(level_labels, dim=1)  # [B, M]
-    pos_cells = torch.cat(level_pos, dim=1)  # [B, M]
-    cand_cell = torch.cat(level_cells, dim=1)  # [B, L*N*9], level-major, instance, window position
-    cand_keep = torch.cat(level_keep, dim=1)
+    # Candidate pairs: the 3 x 3 window around the centre cell, kept where it lies inside [start, end]
+    # (rows and columns: [B, L, 2, N, 3]); level-major, then instance, then window position.
+    window = centre[..., None] + geometry.window
+    ok = (window >= start[..., None]) & (window <= end[..., None])
+    keep = ((ok[:, :, 0] & hit[..., None])[..., :, None] & ok[:, :, 1, :, None, :]).flatten(1)
+    cand_cell = window[:, :, 0, :, :, None] * geometry.grid.view(1, -1, 1, 1, 1) + window[:, :, 1, :, None, :]
+    cand_cell = (cand_cell + geometry.offset.view(1, -1, 1, 1, 1)).flatten(1)  # [B, L*N*9]
     cand_inst = torch.arange(num_inst, device=device).view(1, 1, num_inst, 1)
     cand_inst = cand_inst.expand(batch, len(num_grids), num_inst, 9).reshape(batch, -1)
 
     # Compact the kept candidates into P slots; slot P swallows the unkept ones and the overflow.
-    position = torch.cumsum(cand_keep.long(), dim=1) - 1
-    slot = torch.where(
-        cand_keep & (position < max_positives), position, torch.full_like(position, max_positives)
-    )
+    position = torch.cumsum(keep, dim=1) - 1
+    slot = torch.where(keep & (position < max_positives), position, max_positives)
     buffer = torch.zeros(batch, max_positives + 1, dtype=torch.int64, device=device)
     pair_cell = buffer.scatter(1, slot, cand_cell)[:, :max_positives]
-    pair_instance = buffer.scatter(1, slot, torch.where(cand_keep, cand_inst, 0))[:, :max_positives]
-    total = cand_keep.sum(dim=1)  # [B]
+    pair_instance = buffer.scatter(1, slot, cand_inst)[:, :max_positives]
+    total = position[:, -1] + 1  # [B]
     pair_valid = torch.arange(max_positives, device=device) < total[:, None]
     num_dropped = (total - max_positives).clamp(min=0)
     return Targets(labels, pos_cells, pair_cell, pair_instance, pair_valid, num_dropped)

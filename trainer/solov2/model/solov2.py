@@ -9,7 +9,7 @@ from ..config import Config
 from ..losses import solov2_losses
 from ..postprocess import predict
 from ..structures import MASK_STRIDE, CompactGroundTruth, Detections, GroundTruth
-from ..targets import build_targets, downsample_masks
+from ..targets import LevelGeometry, build_targets, downsample_masks
 from .backbone import FPN, build_backbone
 from .head import MaskFeatureBranch, SOLOv2Head
 
@@ -52,6 +52,7 @@ class SOLOv2(nn.Module):
             end_level=m.mask_feature.end_level,
             norm_groups=m.head.norm_groups,
         )
+        self.target_geometry = LevelGeometry(m.head.num_grids, m.head.scale_ranges)
         self.register_buffer("pixel_mean", torch.tensor(cfg.data.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.data.std).view(1, 3, 1, 1), persistent=False)
 
@@ -97,6 +98,7 @@ class SOLOv2(nn.Module):
                 pos_scale=m.head.pos_scale,
                 num_classes=m.head.num_classes,
                 max_positives=m.targets.max_positives,
+                geometry=self.target_geometry,
             )
             compact = isinstance(gt, CompactGroundTruth)
             gt_masks_s4 = gt.masks if compact else downsample_masks(gt.masks, MASK_STRIDE)
