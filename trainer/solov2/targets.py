@@ -226,8 +226,6 @@ def build_targets(
     Returns:
         :class:`Targets` with ``labels``/``pos_cells`` ``[B, M]`` and pair buffers ``[B, P]``.
     """
-    if len(num_grids) != len(scale_ranges):
-        raise ValueError(f"num_grids has {len(num_grids)} levels but scale_ranges has {len(scale_ranges)}")
     if max_positives < 1:
         raise ValueError(f"max_positives must be at least 1, got {max_positives}")
     boxes, gt_labels, masks, valid = gt[:4]

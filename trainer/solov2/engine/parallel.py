@@ -71,7 +71,7 @@ def ddp_options(model: nn.Module) -> dict[str, bool]:
     - Buffers are broadcast from rank 0 before every forward only where the processes' BatchNorm
       statistics would drift apart (:func:`running_statistics_diverge`). The COCO recipes freeze
       them (``model.backbone.norm_eval``), so every process keeps the same buffers, and each forward
-      saves that collective and the copy back into every buffer (161 in R50). Torch before 2.13 names
+      saves that collective and the copy back into every buffer (169 in the R50 model). Torch before 2.13 names
       the option ``broadcast_buffers`` and then also leaves buffers out of the start-up broadcast:
       every process builds the same model from the same seed and weights anyway.
     """
