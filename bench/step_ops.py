@@ -6,12 +6,13 @@ launches, not the device's arithmetic, set the pace (small batches on GPUs and N
 
 Counts the aten operators (and c10d collectives) of one steady-state step of the real training step
 (``solov2.engine.step.TrainStep``: forward, targets, losses, backward, clipping, the config's optimiser
-in the implementation training picks for the device), recorded by a ``TorchDispatchMode``. Views and
-``detach`` are left out: they launch nothing. Each counted operator is about one kernel launch on a
-GPU or NPU (a fused optimiser's one operator launches a few). The counts do not depend on the canvas,
-so a small one is used. With ``--processes 2`` (the default also runs it) two gloo processes on the
-CPU run the step under DistributedDataParallel as training does (``engine.parallel.replicate``), and
-rank 0's counts are reported. Phases: ``input`` (normalising the images, and what DDP dispatches
+in the implementation training picks for the device), recorded by the dispatch mode the tests count
+with (``DispatchedOps`` in ``tests/trainer/host_reads.py``). Views and ``detach`` are left out: they
+launch nothing. Each counted operator is about one kernel launch on a GPU or NPU (a fused optimiser's
+one operator launches a few). The counts do not depend on the canvas, so a small one is used. With
+``--processes 2`` (the default also runs it) two gloo processes on the CPU run the step under
+DistributedDataParallel as training does (``engine.parallel.replicate``), and rank 0's counts are
+reported. Phases: ``input`` (normalising the images, and what DDP dispatches
 before the model's forward), the model's parts, ``targets``, ``losses``, ``backward`` (with DDP's
 gradient all-reduce), ``update`` (unscaling, clipping, the finiteness check, the optimiser).
 
@@ -21,7 +22,6 @@ Prints one JSON line per configuration and process count, with the machine it ra
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
 import platform
@@ -30,12 +30,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.trainer.host_reads
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainer"))
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.utils._python_dispatch import TorchDispatchMode
+from tests.trainer.host_reads import DispatchedOps
 
 import solov2.model.solov2 as solov2_model
 from solov2.amp import make_scaler
@@ -53,30 +54,12 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}
 MODEL_PARTS = ("backbone", "fpn", "head", "mask_feature")
 
 
-class OpCounter(TorchDispatchMode):
-    """Counts dispatched operators per phase; :meth:`mark` moves to the next phase."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.phase = "input"
-        self.counts: collections.Counter[tuple[str, str]] = collections.Counter()
-
-    def mark(self, phase: str) -> None:
-        self.phase = phase
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = str(func.overloadpacket)
-        if name.split(".")[0] in ("aten", "c10d") and not func.is_view and name != "aten.detach":
-            self.counts[(self.phase, name)] += 1
-        return func(*args, **(kwargs or {}))
-
-
 def count_step(config: str, *, batch: int, canvas: tuple[int, int], device: str, amp: str | None,
                runtime: Runtime) -> dict[str, Any]:  # fmt: skip
     cfg = load_config(config, [f"data.canvases=[[{canvas[0]},{canvas[1]}]]"])
     torch.manual_seed(0)
     model = build_model(cfg, pretrained=False).to(device).train()
-    counter = OpCounter()  # records only while its mode is entered; the marks run every step
+    counter = DispatchedOps()  # counts only while its mode is entered; the marks run every step
     for part in MODEL_PARTS:
         getattr(model, part).register_forward_pre_hook(lambda _m, _i, part=part: counter.mark(part))
     build_targets = solov2_model.build_targets
@@ -119,11 +102,7 @@ def count_step(config: str, *, batch: int, canvas: tuple[int, int], device: str,
             step(images, gt, 4)
     finally:
         solov2_model.build_targets = build_targets  # type: ignore[assignment]
-    phases: collections.Counter[str] = collections.Counter()
-    by_op: collections.Counter[str] = collections.Counter()
-    for (phase, op), n in counter.counts.items():
-        phases[phase] += n
-        by_op[op] += n
+    phases = counter.by_phase
     order = ["input", *MODEL_PARTS, "targets", "losses", "backward", "update"]
     return {
         "config": config,
@@ -132,9 +111,9 @@ def count_step(config: str, *, batch: int, canvas: tuple[int, int], device: str,
         "device": device,
         "amp": amp or "fp32",
         "optimizer": describe_optimizer(optimizer),
-        "ops_per_step": sum(phases.values()),
+        "ops_per_step": counter.total,
         "by_phase": {p: phases[p] for p in order if phases[p]},
-        "most_frequent": dict(by_op.most_common(6)),
+        "most_frequent": dict(counter.counts.most_common(6)),
     }
 
 

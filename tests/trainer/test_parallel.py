@@ -40,6 +40,13 @@ def _model(*opts: str):
     return build_model(cfg, pretrained=False).train(), images, compact_ground_truth(gt)
 
 
+def _steady(replica, model, images, gt) -> None:
+    """Three steps: DDP rebuilds its buckets in the second, so the next one is a steady-state step."""
+    for _ in range(3):
+        model.zero_grad(set_to_none=True)
+        total_loss(replica(images, gt)).backward()
+
+
 def test_running_statistics_diverge_only_where_batch_norm_trains() -> None:
     assert running_statistics_diverge(_model()[0])  # the tiny config trains BatchNorm statistics
     assert not running_statistics_diverge(_model("model.backbone.norm_eval=true")[0])  # the COCO recipes
@@ -56,9 +63,7 @@ def test_buffers_are_broadcast_before_a_forward_only_where_statistics_train(
 ) -> None:
     model, images, gt = _model(f"model.backbone.norm_eval={norm_eval}")
     replica = replicate(model, RUNTIME)
-    for _ in range(3):  # DDP rebuilds its buckets in the second step
-        model.zero_grad(set_to_none=True)
-        total_loss(replica(images, gt)).backward()
+    _steady(replica, model, images, gt)
     with DispatchedOps() as ops:
         replica(images, gt)
     assert (ops.counts["c10d.broadcast_"] > 0) is broadcasts
@@ -73,9 +78,7 @@ def test_gradients_reach_the_buckets_in_a_few_operations_with_the_same_values(pr
     model, images, gt = _model("model.backbone.norm_eval=true")
     replica = replicate(model, RUNTIME)
     params = [p for p in model.parameters() if p.requires_grad]
-    for _ in range(3):
-        model.zero_grad(set_to_none=True)
-        total_loss(replica(images, gt)).backward()
+    _steady(replica, model, images, gt)
     model.zero_grad(set_to_none=True)
     loss = total_loss(replica(images, gt))
     with DispatchedOps() as ddp:
