@@ -7,19 +7,37 @@ write, the children to create or delete, and the events to post. The handlers ca
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .manifests import LABEL_INDEX, build_podgroup, build_pods, build_service, worker_name
+from .manifests import (
+    GANG_SIZE_ANNOTATION,
+    LABEL_INDEX,
+    build_podgroup,
+    build_pods,
+    build_service,
+    worker_name,
+)
 from .spec import SpecError, TrainingSpec, read_spec
-from .status import Condition, Phase, Reason, is_true, now_iso, parse_time, set_condition
+from .status import Condition, Phase, Reason, condition, is_true, now_iso, parse_time, set_condition
 from .trainer_output import Failure, parse_failure, parse_results, terminated_state
 
-__all__ = ["SUSPENDED_SECONDS_ANNOTATION", "Plan", "WorkerFailure", "invalid", "plan"]
+__all__ = [
+    "SUSPENDED_SECONDS_ANNOTATION",
+    "SUSPENSION_COUNTED_ANNOTATION",
+    "Plan",
+    "WorkerFailure",
+    "invalid",
+    "plan",
+    "refused",
+]
 
 SUSPENDED_SECONDS_ANNOTATION = "solov2.io/suspended-seconds"
-"""Seconds the training spent suspended so far (excluded from ``activeDeadlineSeconds``)."""
+"""Seconds the training spent suspended after its first start (excluded from ``activeDeadlineSeconds``)."""
+SUSPENSION_COUNTED_ANNOTATION = "solov2.io/suspension-counted"
+"""Start (``lastTransitionTime``) of the last suspension already added to the seconds above, so that a
+resume retried after a failed status write does not add it twice."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +155,21 @@ def _why_waiting(pod: Mapping[str, Any], limit: int = 240) -> str | None:
     return why if len(why) <= limit else why[: limit - 3] + "..."
 
 
+def _owner_uid(pod: Mapping[str, Any]) -> str | None:
+    refs = (pod.get("metadata") or {}).get("ownerReferences") or ()
+    return next((ref.get("uid") for ref in refs if ref.get("controller")), None)
+
+
+def _gang_size(pods: Sequence[Mapping[str, Any]], default: int) -> int:
+    """The size the gang of ``pods`` was created with (each pod carries it), else ``default``."""
+    sizes = [((p.get("metadata") or {}).get("annotations") or {}).get(GANG_SIZE_ANNOTATION) for p in pods]
+    return max((int(s) for s in sizes if s and s.isdigit()), default=default)
+
+
+def _names(pods: Sequence[Mapping[str, Any]]) -> list[str]:
+    return [p["metadata"]["name"] for p in pods]
+
+
 def _succeeded(pod: Mapping[str, Any]) -> bool:
     terminated = terminated_state(pod)
     return _phase(pod) == "Succeeded" or (terminated is not None and terminated.get("exitCode") == 0)
@@ -190,6 +223,46 @@ def _suspended_seconds(annotations: Mapping[str, str]) -> float:
         return 0.0
 
 
+@dataclass
+class _Gang:
+    """One reconciliation's view: the training, its spec and its pods."""
+
+    training: Mapping[str, Any]
+    spec: TrainingSpec
+    w: _Writer
+    out: Plan
+    now: datetime.datetime
+    ours: list[Mapping[str, Any]]
+    """Pods of this training (a pod without an owner counts as one)."""
+    earlier: list[Mapping[str, Any]]
+    """Pods with this training's labels that an earlier training of the same name owns: deleted with it,
+    they may still be stopping, and they hold the names the new gang needs."""
+
+    @property
+    def meta(self) -> Mapping[str, Any]:
+        return self.training.get("metadata") or {}
+
+    @property
+    def status(self) -> Mapping[str, Any]:
+        return self.training.get("status") or {}
+
+    @property
+    def phase(self) -> str | None:
+        return self.status.get("phase")
+
+    @property
+    def name(self) -> str:
+        return self.meta["name"]
+
+    @property
+    def live(self) -> list[Mapping[str, Any]]:
+        return [p for p in self.ours if not _deleting(p)]
+
+    def annotations(self) -> dict[str, str]:
+        """The training's annotations with this plan's changes."""
+        return {**(self.meta.get("annotations") or {}), **self.out.annotations}
+
+
 def plan(
     training: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: datetime.datetime | None = None
 ) -> Plan:
@@ -201,161 +274,251 @@ def plan(
     status = training.get("status") or {}
     w = _Writer(status, meta.get("generation"), now_iso(now))
     out = Plan()
-    live = [p for p in pods if not _deleting(p)]
-    phase = status.get("phase")
 
     def done() -> Plan:
         out.status = w.result()
         out.events = w.events
         return out
 
-    if phase in Phase.FINAL:
+    if status.get("phase") in Phase.FINAL:
         ttl = (training.get("spec") or {}).get("ttlSecondsAfterFinished")
         finished = parse_time(status.get("completionTime"))
-        if ttl is not None and finished is not None and (now - finished).total_seconds() >= ttl:
-            out.delete_training = True
+        out.delete_training = (
+            ttl is not None and finished is not None and (now - finished).total_seconds() >= ttl
+        )
         return done()
 
     try:
         spec = out.spec = read_spec(name, training.get("spec") or {})
-        service = build_service(name, namespace, spec)
-        podgroup = build_podgroup(name, namespace, spec)
+        children = [build_service(name, namespace, spec), build_podgroup(name, namespace, spec)]
         pod_bodies = build_pods(name, namespace, spec)
     except (SpecError, KeyError, TypeError, ValueError) as exc:
         _fail(w, out, Reason.INVALID_SPEC, f"{type(exc).__name__}: {exc}", pods)
         return done()
 
-    w.patch.setdefault("workers", {"ready": sum(_ready(p) for p in live), "total": spec.nodes})
+    uid = meta.get("uid")
+    gang = _Gang(
+        training, spec, w, out, now,
+        ours=[p for p in pods if _owner_uid(p) in (None, uid)],
+        earlier=[p for p in pods if _owner_uid(p) not in (None, uid)],
+    )  # fmt: skip
+    created = is_true(w.conditions, Condition.CREATED)
+    # A running gang keeps the size it was created with: a new `nodes` takes effect with the next gang.
+    size = _gang_size(gang.ours, spec.nodes) if created else spec.nodes
+    w.patch.setdefault("workers", {"ready": sum(_ready(p) for p in gang.live), "total": size})
+
     if spec.suspend:
-        w.cond(Condition.SUSPENDED, True, Reason.SUSPENDED, "spec.suspend is true")
-        w.cond(Condition.RUNNING, False, Reason.SUSPENDED, "")
-        w.cond(Condition.CREATED, False, Reason.SUSPENDED, "")
-        out.delete_pods = [p["metadata"]["name"] for p in live]
-        if not pods:
-            w.phase(Phase.SUSPENDED, Reason.SUSPENDED, "workers deleted; checkpoints kept")
+        _suspend(gang)
         return done()
     if is_true(status.get("conditions"), Condition.SUSPENDED):
-        since = parse_time((_cond(status, Condition.SUSPENDED) or {}).get("lastTransitionTime"))
-        total = _suspended_seconds(meta.get("annotations") or {})
-        total += max(0.0, (now - since).total_seconds()) if since else 0.0
-        out.annotations[SUSPENDED_SECONDS_ANNOTATION] = f"{total:.0f}"
-        w.cond(Condition.SUSPENDED, False, Reason.RESUMED, "spec.suspend is false")
-        w.events.append(("Normal", Reason.RESUMED, "re-creating the gang; it resumes from its checkpoint"))
+        _resume(gang)
 
-    started = parse_time(status.get("startTime"))
-    if spec.active_deadline_seconds and started is not None:
-        suspended = float(out.annotations.get(SUSPENDED_SECONDS_ANNOTATION) or 0) or _suspended_seconds(
-            meta.get("annotations") or {}
+    by_index = {_index(p): p for p in gang.live}
+    if len(by_index) == size and all(_succeeded(p) for p in by_index.values()):
+        _succeed(gang, by_index[0])  # before the deadline: a training that finished in time is not failed
+        return done()
+    if _past_deadline(gang):
+        return done()
+    if not created and _previous_gang_leaving(gang):
+        return done()
+    if _failed(gang, by_index, size if created else 0):
+        return done()
+    _create_or_watch(gang, by_index, size, [c for c in children if c is not None], pod_bodies)
+    return done()
+
+
+def _suspend(gang: _Gang) -> None:
+    w = gang.w
+    w.cond(Condition.SUSPENDED, True, Reason.SUSPENDED, "spec.suspend is true")
+    w.cond(Condition.RUNNING, False, Reason.SUSPENDED, "")
+    w.cond(Condition.CREATED, False, Reason.SUSPENDED, "")
+    gang.out.delete_pods = _names(gang.live)
+    if not gang.ours:
+        w.phase(Phase.SUSPENDED, Reason.SUSPENDED, "workers deleted; checkpoints kept")
+
+
+def _resume(gang: _Gang) -> None:
+    """``suspend`` went back to false: count the suspension's time (only time after the first start
+    counts towards the deadline, so a training created suspended has nothing to add) and say so."""
+    since_text = (condition(gang.status.get("conditions"), Condition.SUSPENDED) or {}).get(
+        "lastTransitionTime"
+    )
+    since = parse_time(since_text)
+    annotations = gang.meta.get("annotations") or {}
+    if (
+        since
+        and gang.status.get("startTime")
+        and annotations.get(SUSPENSION_COUNTED_ANNOTATION) != since_text
+    ):
+        total = _suspended_seconds(annotations) + max(0.0, (gang.now - since).total_seconds())
+        gang.out.annotations[SUSPENDED_SECONDS_ANNOTATION] = f"{total:.0f}"
+        gang.out.annotations[SUSPENSION_COUNTED_ANNOTATION] = str(since_text)
+    gang.w.cond(Condition.SUSPENDED, False, Reason.RESUMED, "spec.suspend is false")
+    gang.w.events.append(("Normal", Reason.RESUMED, "re-creating the gang; it resumes from its checkpoint"))
+
+
+def _succeed(gang: _Gang, worker0: Mapping[str, Any]) -> None:
+    w = gang.w
+    message = "every worker exited 0"
+    results = parse_results((terminated_state(worker0) or {}).get("message"))
+    if results is not None:
+        w.patch["results"] = results
+        if "segmAP" in results:
+            message += f"; mask AP {results['segmAP']}"
+    w.phase(Phase.SUCCEEDED, Reason.TRAINING_SUCCEEDED, message)
+    w.cond(Condition.SUCCEEDED, True, Reason.TRAINING_SUCCEEDED, message)
+    w.cond(Condition.RUNNING, False, Reason.FINISHED, "")
+    w.patch["completionTime"] = w.now
+
+
+def _past_deadline(gang: _Gang) -> bool:
+    """``Failed`` once the active time (from the first start, suspensions excluded) passes the deadline."""
+    started = parse_time(gang.status.get("startTime"))
+    limit = gang.spec.active_deadline_seconds
+    if not limit or started is None:
+        return False
+    active = (gang.now - started).total_seconds() - _suspended_seconds(gang.annotations())
+    if active <= limit:
+        return False
+    message = f"active for {active:.0f}s, more than activeDeadlineSeconds={limit}"
+    _fail(gang.w, gang.out, Reason.DEADLINE_EXCEEDED, message, gang.ours)
+    return True
+
+
+def _previous_gang_leaving(gang: _Gang) -> bool:
+    """Before a gang is created, the previous one (after a failure or a suspension, or an earlier training
+    of the same name) must be gone: its pods hold the names, and a stopping worker may still write its
+    checkpoint. True while that is being waited for (the live pods of a failed gang are deleted)."""
+    w, out = gang.w, gang.out
+    restarting = gang.phase == Phase.RESTARTING
+    leaving = [*gang.earlier, *(p for p in gang.ours if _deleting(p)), *(gang.live if restarting else ())]
+    if not leaving:
+        return False
+    if restarting:
+        out.delete_pods = _names(gang.live)
+        # A worker of the failed gang whose own failure was not retryable ends the training, even if
+        # a peer's consequential error was seen first.
+        fatal = next(
+            (f for f in map(_failure, gang.ours) if f and f.failure and not f.failure.retryable), None
         )
-        active = (now - started).total_seconds() - suspended
-        if active > spec.active_deadline_seconds:
-            message = (
-                f"active for {active:.0f}s, more than activeDeadlineSeconds={spec.active_deadline_seconds}"
-            )
-            _fail(w, out, Reason.DEADLINE_EXCEEDED, message, pods)
-            return done()
-
-    created = is_true(w.conditions, Condition.CREATED)
-    if phase == Phase.RESTARTING and not created:
-        if pods:  # the old gang is still going away
-            out.delete_pods = [p["metadata"]["name"] for p in live]
-            return done()
-        created = False
-
-    by_index = {_index(p): p for p in live}
-    failures = [f for f in (_failure(p) for p in live) if f is not None]
-    if created:
-        failures += [
-            WorkerFailure(worker_name(name, i), None, "pod deleted", None)
-            for i in range(spec.nodes)
-            if i not in by_index
-        ]
-    failures = [f for f in failures if not (f.failure and f.failure.terminated and phase == Phase.SUSPENDED)]
-    if failures:
-        first = min(failures, key=lambda f: f.finished_at or "~")  # the root cause: the first to stop
-        fatal = next((f for f in failures if f.failure is not None and not f.failure.retryable), None)
         if fatal is not None:
-            _fail(w, out, Reason.NOT_RETRYABLE, fatal.describe(), pods)
-            return done()
-        restarts, disruptions = int(status.get("restarts", 0)), int(status.get("disruptions", 0))
-        disrupted = next((why for why in map(_disruption, pods) if why), None)
-        if disrupted is not None:  # the cluster's doing, not the training's: backoffLimit is not spent
-            reason, message = Reason.WORKER_DISRUPTED, f"{disrupted}; not counted against backoffLimit"
-            w.patch["disruptions"] = disruptions + 1
-        elif restarts - disruptions >= spec.backoff_limit:
-            message = f"{first.describe()}; backoffLimit {spec.backoff_limit} reached"
-            _fail(w, out, Reason.BACKOFF_LIMIT_EXCEEDED, message, pods)
-            return done()
-        else:
-            reason, message = Reason.WORKER_FAILED, first.describe()
-        w.patch["restarts"] = restarts + 1
-        w.phase(Phase.RESTARTING, reason, message, warning=True)
-        w.cond(Condition.RESTARTING, True, reason, message)
-        w.cond(Condition.RUNNING, False, Reason.GANG_RESTARTING, "")
-        w.cond(Condition.CREATED, False, Reason.GANG_RESTARTING, "")
-        out.delete_pods = [p["metadata"]["name"] for p in live]
-        return done()
+            _fail(w, out, Reason.NOT_RETRYABLE, fatal.describe(), gang.ours)
+        return True
+    names = ", ".join(_names(leaving)[:3]) + (f" and {len(leaving) - 3} more" if len(leaving) > 3 else "")
+    message = f"waiting for the previous gang's pods to go away: {names}"
+    w.phase(Phase.PENDING, Reason.WORKERS_PENDING, message)
+    w.cond(Condition.RUNNING, False, Reason.WORKERS_PENDING, message)
+    return True
 
-    if len(by_index) == spec.nodes and all(_succeeded(p) for p in by_index.values()):
-        message = "every worker exited 0"
-        results = parse_results((terminated_state(by_index[0]) or {}).get("message"))
-        if results is not None:
-            w.patch["results"] = results
-            if "segmAP" in results:
-                message += f"; mask AP {results['segmAP']}"
-        w.phase(Phase.SUCCEEDED, Reason.TRAINING_SUCCEEDED, message)
-        w.cond(Condition.SUCCEEDED, True, Reason.TRAINING_SUCCEEDED, message)
-        w.cond(Condition.RUNNING, False, Reason.FINISHED, "")
-        w.patch["completionTime"] = w.now
-        return done()
 
-    missing = [i for i in range(spec.nodes) if i not in by_index and not any(_index(p) == i for p in pods)]
+def _failed(gang: _Gang, by_index: Mapping[int | None, Mapping[str, Any]], size: int) -> bool:
+    """A failed or missing worker (of ``size``: 0 before the gang is created) fails the gang: ``Failed``
+    if it cannot be retried, else ``Restarting``. True if so."""
+    w, out, spec, status = gang.w, gang.out, gang.spec, gang.status
+    failures = [f for f in map(_failure, gang.live) if f is not None]
+    failures += [
+        WorkerFailure(worker_name(gang.name, i), None, "pod deleted", None)
+        for i in range(size)
+        if i not in by_index
+    ]
+    suspended = gang.phase == Phase.SUSPENDED
+    failures = [f for f in failures if not (f.failure and f.failure.terminated and suspended)]
+    if not failures:
+        return False
+    first = min(failures, key=lambda f: f.finished_at or "~")  # the root cause: the first to stop
+    fatal = next((f for f in failures if f.failure is not None and not f.failure.retryable), None)
+    if fatal is not None:
+        _fail(w, out, Reason.NOT_RETRYABLE, fatal.describe(), gang.ours)
+        return True
+    restarts, disruptions = int(status.get("restarts", 0)), int(status.get("disruptions", 0))
+    disrupted = next((why for why in map(_disruption, gang.ours) if why), None)
+    if disrupted is not None:  # the cluster's doing, not the training's: backoffLimit is not spent
+        reason, message = Reason.WORKER_DISRUPTED, f"{disrupted}; not counted against backoffLimit"
+        w.patch["disruptions"] = disruptions + 1
+    elif restarts - disruptions >= spec.backoff_limit:
+        message = f"{first.describe()}; backoffLimit {spec.backoff_limit} reached"
+        _fail(w, out, Reason.BACKOFF_LIMIT_EXCEEDED, message, gang.ours)
+        return True
+    else:
+        reason, message = Reason.WORKER_FAILED, first.describe()
+    w.patch["restarts"] = restarts + 1
+    w.phase(Phase.RESTARTING, reason, message, warning=True)
+    w.cond(Condition.RESTARTING, True, reason, message)
+    w.cond(Condition.RUNNING, False, Reason.GANG_RESTARTING, "")
+    w.cond(Condition.CREATED, False, Reason.GANG_RESTARTING, "")
+    out.delete_pods = _names(gang.live)
+    return True
+
+
+def _create_or_watch(
+    gang: _Gang,
+    by_index: Mapping[int | None, Mapping[str, Any]],
+    size: int,
+    children: list[dict[str, Any]],
+    pod_bodies: Sequence[dict[str, Any]],
+) -> None:
+    """Create what the gang lacks (before it is created), and report how far its workers are."""
+    w, out, status, name = gang.w, gang.out, gang.status, gang.name
+    created = is_true(w.conditions, Condition.CREATED)
+    missing = [i for i in range(size) if i not in by_index and not any(_index(p) == i for p in gang.ours)]
     if missing or not created:
-        out.create = [service, *([podgroup] if podgroup else []), *(pod_bodies[i] for i in missing)]
+        out.create = [*children, *(pod_bodies[i] for i in missing)]
         if not status.get("startTime"):
             w.patch["startTime"] = w.now
-        w.cond(Condition.CREATED, True, Reason.GANG_CREATED, f"Service and {spec.nodes} worker pods")
-        last_failure = (_cond(status, Condition.RESTARTING) or {}).get("message", "")
+        w.cond(Condition.CREATED, True, Reason.GANG_CREATED, f"Service and {size} worker pods")
+        last_failure = (condition(status.get("conditions"), Condition.RESTARTING) or {}).get("message", "")
         w.cond(Condition.RESTARTING, False, Reason.GANG_CREATED, last_failure)
-        if missing and len(missing) == spec.nodes:
-            w.events.append(("Normal", Reason.GANG_CREATED, f"created {spec.nodes} worker pods"))
+        if missing and len(missing) == size:
+            w.events.append(("Normal", Reason.GANG_CREATED, f"created {size} worker pods"))
     running = [p for p in by_index.values() if _phase(p) in ("Running", "Succeeded")]
-    if len(running) == spec.nodes and not missing:
-        w.phase(Phase.RUNNING, Reason.WORKERS_RUNNING, f"all {spec.nodes} workers run")
+    if len(running) == size and not missing:
+        w.phase(Phase.RUNNING, Reason.WORKERS_RUNNING, f"all {size} workers run")
         w.cond(Condition.RUNNING, True, Reason.WORKERS_RUNNING, "")
     else:
         w.phase(Phase.PENDING, Reason.WORKERS_PENDING, "creating or scheduling the gang")
         waiting = [
             f"{worker_name(name, i)}: {why}"
-            for i in range(spec.nodes)
+            for i in range(size)
             if (pod := by_index.get(i)) is not None
             and _phase(pod) == "Pending"
             and (why := _why_waiting(pod))
         ]
-        message = "; ".join([f"{len(running)}/{spec.nodes} workers run", *waiting[:2]])
+        message = "; ".join([f"{len(running)}/{size} workers run", *waiting[:2]])
         if len(waiting) > 2:
             message += f"; and {len(waiting) - 2} more pods waiting"
         w.cond(Condition.RUNNING, False, Reason.WORKERS_PENDING, message)
     worker0 = by_index.get(0)
     if worker0 is not None and _phase(worker0) == "Running":
         out.read_progress_from = (worker0.get("status") or {}).get("podIP")
-    return done()
 
 
-def _cond(status: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
-    for cond in status.get("conditions") or ():
-        if cond.get("type") == type_:
-            return cond
-    return None
+def _decided_alone(training: Mapping[str, Any], decide: Callable[[_Writer, Plan], None]) -> Plan:
+    meta = training.get("metadata") or {}
+    w = _Writer(training.get("status") or {}, meta.get("generation"), now_iso())
+    out = Plan()
+    decide(w, out)
+    out.status = w.result()
+    out.events = w.events
+    return out
 
 
 def invalid(training: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], message: str) -> Plan:
     """``Failed`` with ``InvalidSpec``: the API server rejected a child built from the spec. Workers
     already created are deleted, so that no half gang is left."""
-    meta = training.get("metadata") or {}
-    w = _Writer(training.get("status") or {}, meta.get("generation"), now_iso())
-    out = Plan()
-    _fail(w, out, Reason.INVALID_SPEC, message, pods)
-    out.status = w.result()
-    out.events = w.events
-    return out
+    return _decided_alone(training, lambda w, out: _fail(w, out, Reason.INVALID_SPEC, message, pods))
+
+
+def refused(training: Mapping[str, Any], message: str) -> Plan:
+    """The API server refused a child for a reason that may pass (a quota, an admission policy, RBAC, no
+    PodGroup CRD): the gang is not created. Says why (condition ``Created``, reason ``CreateRefused``; a
+    new training is ``Pending``) with one Warning event per new message; the next resync tries again."""
+
+    def decide(w: _Writer, out: Plan) -> None:
+        old = condition(w.conditions, Condition.CREATED) or {}
+        if w.get("phase") is None:
+            w.patch["phase"] = Phase.PENDING
+        w.cond(Condition.CREATED, False, Reason.CREATE_REFUSED, message)
+        if old.get("message") != message or old.get("reason") != Reason.CREATE_REFUSED:
+            w.events.append(("Warning", Reason.CREATE_REFUSED, message))
+
+    return _decided_alone(training, decide)

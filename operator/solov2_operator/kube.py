@@ -18,14 +18,19 @@ from kubernetes.client.exceptions import ApiException
 from . import __version__
 from .manifests import LABEL_NAME, LABEL_TRAINING, PODGROUP_API, selector
 
-__all__ = ["GROUP", "PLURAL", "VERSION", "Kube", "Rejected", "load_api_client"]
+__all__ = ["GROUP", "PLURAL", "VERSION", "Kube", "Refused", "Rejected", "load_api_client"]
 
 GROUP, VERSION, PLURAL = "solov2.io", "v1alpha1", "solov2trainings"
 _MERGE_PATCH = "application/merge-patch+json"
 
 
 class Rejected(Exception):
-    """The API server refused to create a child built from the spec (HTTP 400 or 422)."""
+    """The API server found a child built from the spec invalid (HTTP 400 or 422): it never will accept it."""
+
+
+class Refused(Exception):
+    """The API server refused to create a child for a reason that may pass (HTTP 403: a ResourceQuota, an
+    admission policy, missing RBAC; 404: a resource type the cluster lacks, as Volcano's PodGroup)."""
 
 
 def load_api_client() -> ApiClient:
@@ -78,7 +83,9 @@ class Kube:
         ]
 
     async def create(self, body: dict[str, Any]) -> bool:
-        """Create a child; False if it exists already. Raises :class:`Rejected` on 400/422.
+        """Create a child; False if it exists already. An existing Service or PodGroup is brought to
+        ``body`` (labels, owner, spec: ports or ``minMember`` may have changed since it was made); an
+        existing pod is left as it is. Raises :class:`Rejected` on 400/422, :class:`Refused` on 403/404.
 
         The client's methods are typed for its models (``V1Pod``, ...), but they validate their
         arguments with pydantic, which turns an API-shaped dict into the model: hence the casts.
@@ -106,12 +113,39 @@ class Kube:
             else:
                 raise ValueError(f"cannot create a {kind}")
         except ApiException as exc:
+            what = f"{kind} {body['metadata']['name']}: {_reason(exc)}"
             if exc.status == 409:
+                if kind != "Pod":
+                    await self._update(body)
                 return False
             if exc.status in (400, 422):
-                raise Rejected(f"{kind} {body['metadata']['name']}: {_reason(exc)}") from exc
+                raise Rejected(what) from exc
+            if exc.status in (403, 404):
+                raise Refused(what) from exc
             raise
         return True
+
+    async def _update(self, body: dict[str, Any]) -> None:
+        """Merge ``body``'s labels, owner and spec into the existing Service or PodGroup of its name (an
+        earlier gang's, or an earlier training's of the same name that the garbage collector would
+        otherwise delete under the new one)."""
+        meta = body["metadata"]
+        patch = {
+            "metadata": {"labels": meta.get("labels"), "ownerReferences": meta.get("ownerReferences")},
+            "spec": body["spec"],
+        }
+        if body["kind"] == "Service":
+            await asyncio.to_thread(
+                self.core.patch_namespaced_service, meta["name"], meta["namespace"], patch,
+                _content_type=_MERGE_PATCH, _preload_content=False,
+            )  # fmt: skip
+        else:
+            group, version, plural = PODGROUP_API
+            await asyncio.to_thread(
+                self.custom.patch_namespaced_custom_object,
+                group, version, meta["namespace"], plural, meta["name"], patch,
+                _content_type=_MERGE_PATCH, _preload_content=False,
+            )  # fmt: skip
 
     async def delete_pod(self, namespace: str, name: str) -> None:
         try:
@@ -121,18 +155,29 @@ class Kube:
                 raise
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        await asyncio.to_thread(
-            self.custom.patch_namespaced_custom_object_status,
-            GROUP, VERSION, namespace, PLURAL, name, {"status": dict(status)},
-            _content_type=_MERGE_PATCH, _preload_content=False,
-        )  # fmt: skip
+        """Merge ``status`` into the training's; nothing if it was deleted meanwhile."""
+        await self._patch_training(namespace, name, {"status": dict(status)}, status=True)
 
     async def patch_annotations(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
-        await asyncio.to_thread(
-            self.custom.patch_namespaced_custom_object,
-            GROUP, VERSION, namespace, PLURAL, name, {"metadata": {"annotations": dict(annotations)}},
-            _content_type=_MERGE_PATCH, _preload_content=False,
-        )  # fmt: skip
+        """Merge ``annotations`` into the training's; nothing if it was deleted meanwhile."""
+        await self._patch_training(namespace, name, {"metadata": {"annotations": dict(annotations)}})
+
+    async def _patch_training(
+        self, namespace: str, name: str, patch: dict[str, Any], status: bool = False
+    ) -> None:
+        method = (
+            self.custom.patch_namespaced_custom_object_status
+            if status
+            else self.custom.patch_namespaced_custom_object
+        )
+        try:
+            await asyncio.to_thread(
+                method, GROUP, VERSION, namespace, PLURAL, name, patch,
+                _content_type=_MERGE_PATCH, _preload_content=False,
+            )  # fmt: skip
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
     async def delete_training(self, namespace: str, name: str) -> None:
         try:

@@ -37,6 +37,7 @@ from .spec import TrainingSpec
 
 __all__ = [
     "DNS_WAIT_SECONDS",
+    "GANG_SIZE_ANNOTATION",
     "GRACE_PERIOD_SECONDS",
     "GROUP_NAME_ANNOTATION",
     "LABEL_INDEX",
@@ -60,6 +61,9 @@ LABEL_TRAINING = "solov2.io/training"
 LABEL_INDEX = "solov2.io/worker-index"
 LABEL_METRICS = "solov2.io/metrics"
 GROUP_NAME_ANNOTATION = "scheduling.k8s.io/group-name"
+GANG_SIZE_ANNOTATION = "solov2.io/nodes"
+"""On every worker: the size of its gang (``spec.nodes`` when the gang was created). A running gang keeps
+its size when ``nodes`` changes; the next gang takes the new one."""
 PODGROUP_API = ("scheduling.volcano.sh", "v1beta1", "podgroups")
 GRACE_PERIOD_SECONDS = 180
 """Time between SIGTERM and SIGKILL: the trainer saves a checkpoint on SIGTERM before it exits."""
@@ -246,7 +250,9 @@ def build_pod(name: str, namespace: str, spec: TrainingSpec, index: int) -> dict
         termination_message_path=TERMINATION_LOG,
         termination_message_policy="FallbackToLogsOnError",
     )
-    annotations = {GROUP_NAME_ANNOTATION: name} if spec.gang is not None else None
+    annotations = {GANG_SIZE_ANNOTATION: str(spec.nodes)}
+    if spec.gang is not None:
+        annotations[GROUP_NAME_ANNOTATION] = name
     pod_spec = V1PodSpec(
         containers=[container],
         restart_policy="Never",

@@ -10,8 +10,8 @@ from typing import Any, cast
 import aiohttp
 import kopf
 
-from .gang import Plan, invalid, plan
-from .kube import Kube, Rejected
+from .gang import Plan, invalid, plan, refused
+from .kube import Kube, Refused, Rejected
 from .metrics import OperatorMetrics
 from .status import now_iso
 from .trainer_output import parse_progress
@@ -95,10 +95,17 @@ class Reconciler:
         pods = [] if fresh else await self.kube.list_workers(namespace, name)
         decided = plan(training, pods)
         try:
-            await self._create(training, decided)
+            if not await self._create(training, decided) and fresh:
+                # A worker of that name exists: one an earlier operator made for this training, or one of
+                # an earlier training of the same name, still stopping. Decide on what is really there.
+                pods = await self.kube.list_workers(namespace, name)
+                decided = plan(training, pods)
+                await self._create(training, decided)
         except Rejected as exc:
             pods = await self.kube.list_workers(namespace, name)
             decided = invalid(training, pods, str(exc))
+        except Refused as exc:
+            decided = refused(training, str(exc))
         for pod in decided.delete_pods:
             await self.kube.delete_pod(namespace, pod)
         if decided.read_progress_from and want_progress:
@@ -119,11 +126,15 @@ class Reconciler:
         self.metrics.observe(namespace, name, phase, decided.status.get("results", status.get("results")))
         return phase
 
-    async def _create(self, training: Mapping[str, Any], decided: Plan) -> None:
+    async def _create(self, training: Mapping[str, Any], decided: Plan) -> bool:
+        """Create the plan's children; False if a worker pod of that name existed already."""
+        all_new = True
         for body in decided.create:
             body = dict(body)
             kopf.adopt(body, owner=_as_body(training))
-            await self.kube.create(body)
+            if not await self.kube.create(body) and body["kind"] == "Pod":
+                all_new = False
+        return all_new
 
     async def _progress(self, decided: Plan, host: str) -> None:
         assert decided.spec is not None

@@ -37,6 +37,7 @@ class Condition:
 
 class Reason:
     GANG_CREATED = "GangCreated"
+    CREATE_REFUSED = "CreateRefused"
     WORKERS_RUNNING = "WorkersRunning"
     WORKERS_PENDING = "WorkersPending"
     GANG_RESTARTING = "GangRestarting"

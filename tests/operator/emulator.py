@@ -50,8 +50,9 @@ class Emulator(kmock.KubernetesEmulator):
         super().__attrs_post_init__()
         self.api_requests = set()
         self._in_flight: set[int] = set()
-        self.reject: dict[str, str] = {}
-        """Names whose create is refused with 422 and this message."""
+        self.reject: dict[str, tuple[int, str]] = {}
+        """Names whose create is refused with this HTTP status (422: invalid, 403: forbidden by a quota or
+        an admission policy, 404: an unknown resource type) and message."""
         crd = yaml.safe_load((ROOT / "crds" / "solov2trainings.yaml").read_text())
         names = crd["spec"]["names"]
         self.resources[TRAININGS] = kmock.ResourceInfo(
@@ -117,10 +118,13 @@ class Emulator(kmock.KubernetesEmulator):
     async def _handle_stamped(self, request: kmock.Request) -> Any:
         if request.resource is not None and request.action == kmock.action.CREATE:
             name = ((request.data or {}).get("metadata") or {}).get("name")
-            if name in self.reject:  # as an admission webhook or a quota would
+            if name in self.reject:  # as validation, an admission webhook or a quota would
                 self._record(request)
-                error = kmock.KubernetesError(status=422, reason="Invalid", message=self.reject[name])
-                return await self._render_error(error)
+                code, message = self.reject[name]
+                reason = {403: "Forbidden", 404: "NotFound", 422: "Invalid"}[code]
+                return await self._render_error(
+                    kmock.KubernetesError(status=code, reason=reason, message=message)
+                )
         if request.resource is not None:
             self._record(request)
             self._stamp(request)

@@ -490,3 +490,12 @@ def test_the_cel_mirrors_reject_what_the_rules_reject(field, value, expected):
     _set(obj, field, value)
     errors = cel_violations(apply_defaults(obj, openapi_schema()))
     assert any(e.startswith(expected) for e in errors), errors
+
+
+def test_the_api_doc_names_every_phase_and_condition_reason():
+    from solov2_operator.status import Phase, Reason
+
+    doc = (ROOT / "docs" / "api.md").read_text()
+    names = [v for cls in (Phase, Reason) for k, v in vars(cls).items() if k.isupper() and isinstance(v, str)]
+    assert len(names) > 20
+    assert [n for n in names if f"`{n}`" not in doc] == []

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 
-from solov2_operator.gang import plan
+from solov2_operator.gang import plan, refused
 
 TRAINING = {
     "apiVersion": "solov2.io/v1alpha1", "kind": "SOLOv2Training",
@@ -15,7 +16,8 @@ TRAINING = {
 }  # fmt: skip
 
 
-def pod(i: int, phase: str, **terminated) -> dict:
+def pod(i: int, phase: str, *, gang: int = 2, owner: str = "u1", **terminated) -> dict:
+    """Worker ``i`` of a gang of ``gang`` pods that training ``owner`` (a uid) created."""
     status: dict = {"phase": phase}
     if terminated:
         status["containerStatuses"] = [{"name": "trainer", "state": {"terminated": terminated}}]
@@ -24,7 +26,27 @@ def pod(i: int, phase: str, **terminated) -> dict:
         "solov2.io/training": "t",
         "solov2.io/worker-index": str(i),
     }
-    return {"metadata": {"name": f"t-worker-{i}", "labels": labels}, "status": status}
+    meta = {
+        "name": f"t-worker-{i}",
+        "labels": labels,
+        "annotations": {"solov2.io/nodes": str(gang)},
+        "ownerReferences": [{"kind": "SOLOv2Training", "name": "t", "uid": owner, "controller": True}],
+    }
+    return {"metadata": meta, "status": status}
+
+
+def deleting(p: dict) -> dict:
+    p["metadata"]["deletionTimestamp"] = "2026-01-01T00:10:00Z"
+    return p
+
+
+def with_spec(training: dict, **spec) -> dict:
+    return {**training, "spec": {**training["spec"], **spec}}
+
+
+def condition(decided, type_: str) -> dict:
+    (cond,) = [c for c in decided.status["conditions"] if c["type"] == type_]
+    return cond
 
 
 def test_the_first_worker_to_fail_is_named_as_the_cause():
@@ -92,7 +114,7 @@ def test_a_long_wait_is_cut_and_many_waiting_workers_are_counted():
     training = {**TRAINING, "spec": {**TRAINING["spec"], "nodes": 4}}
     pods = []
     for i in range(4):
-        pods.append(pod(i, "Pending"))
+        pods.append(pod(i, "Pending", gang=4))
         pods[-1]["status"]["conditions"] = [
             {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "x" * 1000}
         ]
@@ -145,3 +167,96 @@ def test_only_failures_that_are_no_disruption_spend_the_backoff_limit():
     assert decided.status["phase"] == "Failed"
     (cond,) = [c for c in decided.status["conditions"] if c["type"] == "Failed"]
     assert cond["reason"] == "BackoffLimitExceeded"
+
+
+def test_a_running_gang_keeps_its_size_when_nodes_changes():
+    for nodes in (1, 3):
+        resized = with_spec(TRAINING, nodes=nodes)
+        decided = plan(resized, [pod(0, "Running"), pod(1, "Running")])
+        assert "phase" not in decided.status and decided.status["workers"]["total"] == 2  # still Running
+        assert not decided.create and not decided.delete_pods and "restarts" not in decided.status
+        done = [pod(0, "Succeeded", exitCode=0), pod(1, "Succeeded", exitCode=0)]
+        assert plan(resized, done).status["phase"] == "Succeeded"
+
+
+def test_the_next_gang_takes_the_new_size():
+    restarting = {**with_spec(TRAINING, nodes=3), "status": {**TRAINING["status"], "phase": "Restarting",
+                  "conditions": [{"type": "Created", "status": "False", "reason": "GangRestarting"}]}}  # fmt: skip
+    decided = plan(restarting, [])
+    assert [b["metadata"]["name"] for b in decided.create if b["kind"] == "Pod"] == [
+        "t-worker-0", "t-worker-1", "t-worker-2"]  # fmt: skip
+    assert all(
+        b["metadata"]["annotations"]["solov2.io/nodes"] == "3" for b in decided.create if b["kind"] == "Pod"
+    )
+
+
+def test_a_new_gang_waits_until_the_previous_ones_pods_are_gone():
+    resumed = {**TRAINING, "status": {**TRAINING["status"], "conditions": [
+        {"type": "Created", "status": "False", "reason": "Suspended"},
+        {"type": "Suspended", "status": "True", "reason": "Suspended", "lastTransitionTime": "2026-01-01T01:00:00Z"},
+    ]}}  # fmt: skip
+    stopping = [deleting(pod(0, "Running")), deleting(pod(1, "Running"))]
+    decided = plan(resumed, stopping)
+    assert not decided.create and "restarts" not in decided.status and decided.status["phase"] == "Pending"
+    assert condition(decided, "Running")["message"] == (
+        "waiting for the previous gang's pods to go away: t-worker-0, t-worker-1"
+    )
+    assert condition(decided, "Suspended")["reason"] == "Resumed"
+    # An earlier training of the same name (another uid), deleted but its workers still stopping.
+    fresh = {**TRAINING, "status": {}}
+    decided = plan(fresh, [pod(0, "Running", owner="u0"), pod(1, "Running", owner="u0")])
+    assert not decided.create and not decided.delete_pods and decided.status["phase"] == "Pending"
+    assert [b["kind"] for b in plan(fresh, []).create] == ["Service", "Pod", "Pod"]
+
+
+def test_a_restart_ends_the_training_when_a_stopping_worker_says_it_cannot_be_retried():
+    restarting = {**TRAINING, "status": {**TRAINING["status"], "phase": "Restarting", "restarts": 1,
+                  "conditions": [{"type": "Created", "status": "False", "reason": "GangRestarting"}]}}  # fmt: skip
+    bad = json.dumps(
+        {"error": "no such file: /data/annotations", "error_type": "DataError", "retryable": False}
+    )
+    decided = plan(restarting, [deleting(pod(0, "Failed", exitCode=1, message=bad)), pod(1, "Running")])
+    assert decided.status["phase"] == "Failed" and condition(decided, "Failed")["reason"] == "NotRetryable"
+    assert "DataError: no such file" in condition(decided, "Failed")["message"]
+
+
+def _at(text: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def test_a_training_that_finished_in_time_succeeds_even_if_seen_after_its_deadline():
+    timed = with_spec(TRAINING, activeDeadlineSeconds=3600)
+    done = [pod(0, "Succeeded", exitCode=0), pod(1, "Succeeded", exitCode=0)]
+    decided = plan(timed, done, now=_at("2026-01-01T01:00:05Z"))
+    assert decided.status["phase"] == "Succeeded"
+    decided = plan(timed, [pod(0, "Running"), pod(1, "Running")], now=_at("2026-01-01T01:00:05Z"))
+    assert (
+        decided.status["phase"] == "Failed" and condition(decided, "Failed")["reason"] == "DeadlineExceeded"
+    )
+
+
+def test_only_suspensions_after_the_first_start_extend_the_deadline_and_each_counts_once():
+    suspended = {"type": "Suspended", "status": "True", "reason": "Suspended",
+                 "lastTransitionTime": "2026-01-01T00:00:00Z"}  # fmt: skip
+    never_started = {**TRAINING, "status": {"phase": "Suspended", "conditions": [suspended]}}
+    decided = plan(never_started, [], now=_at("2026-01-01T01:00:00Z"))
+    assert not decided.annotations  # an hour suspended before the first start: nothing to exclude
+    started = {**TRAINING, "status": {"phase": "Suspended", "startTime": "2025-12-31T23:00:00Z",
+               "conditions": [suspended]}}  # fmt: skip
+    decided = plan(started, [], now=_at("2026-01-01T01:00:00Z"))
+    assert decided.annotations == {
+        "solov2.io/suspended-seconds": "3600", "solov2.io/suspension-counted": "2026-01-01T00:00:00Z"}  # fmt: skip
+    # The status write failed and the resume runs again: the same suspension is not added twice.
+    retried = {**started, "metadata": {**started["metadata"], "annotations": decided.annotations}}
+    assert not plan(retried, [], now=_at("2026-01-01T01:00:10Z")).annotations
+
+
+def test_a_refused_create_says_why_once():
+    message = 'Pod t-worker-1: pods "t-worker-1" is forbidden: exceeded quota: compute'
+    decided = refused({**TRAINING, "status": {}}, message)
+    assert decided.status["phase"] == "Pending"
+    created = condition(decided, "Created")
+    assert (created["status"], created["reason"], created["message"]) == ("False", "CreateRefused", message)
+    assert decided.events == [("Warning", "CreateRefused", message)]
+    again = refused({**TRAINING, "status": decided.status}, message)
+    assert not again.events and "phase" not in again.status

@@ -309,7 +309,10 @@ async def test_gang_scheduling_creates_an_owned_podgroup(cluster: Cluster):
 
 
 async def test_a_pod_the_api_server_rejects_fails_the_training_and_leaves_no_half_gang(cluster: Cluster):
-    cluster.emulator.reject["half-worker-1"] = 'Pod "half-worker-1" is invalid: spec.nodeSelector: bad label'
+    cluster.emulator.reject["half-worker-1"] = (
+        422,
+        'Pod "half-worker-1" is invalid: spec.nodeSelector: bad label',
+    )
     await cluster.create("half", CPU_2)
     await cluster.wait(lambda: cluster.phase("half") == "Failed")
     failed = cluster.condition("half", "Failed")
@@ -317,3 +320,115 @@ async def test_a_pod_the_api_server_rejects_fails_the_training_and_leaves_no_hal
     await cluster.wait(lambda: not cluster.pods("half"), message="worker 0 deleted again")
     await asyncio.sleep(0.5)
     assert not cluster.pods("half")
+
+
+async def _linger(cluster: Cluster, name: str) -> None:
+    """Play a kubelet's graceful stop: the workers of ``name``, once deleted, stay until :func:`_release`."""
+    for pod in cluster.pods(name):
+        await asyncio.to_thread(
+            cluster.core.patch_namespaced_pod, pod, "default", {"metadata": {"finalizers": ["test/stopping"]}}
+        )
+
+
+async def _release(cluster: Cluster, name: str) -> None:
+    for pod in cluster.pods(name):
+        await asyncio.to_thread(
+            cluster.core.patch_namespaced_pod, pod, "default", {"metadata": {"finalizers": None}}
+        )
+
+
+async def test_a_resume_waits_for_the_suspended_workers_to_stop(cluster: Cluster):
+    await cluster.create("nap", {**CPU_2, "backoffLimit": 0})
+    await all_running(cluster, "nap")
+    old = {p["metadata"]["uid"] for p in cluster.pods("nap").values()}
+    await _linger(cluster, "nap")
+    await cluster.patch_spec("nap", {"suspend": True})
+    await cluster.wait(
+        lambda: all(p["metadata"].get("deletionTimestamp") for p in cluster.pods("nap").values())
+    )
+    await cluster.patch_spec("nap", {"suspend": False})  # while the workers still save their checkpoint
+    await cluster.wait(
+        lambda: "previous gang" in cluster.condition("nap", "Running")["message"], message="wait"
+    )
+    await asyncio.sleep(0.5)
+    assert {p["metadata"]["uid"] for p in cluster.pods("nap").values()} == old and cluster.phase(
+        "nap"
+    ) == "Pending"
+    await _release(cluster, "nap")
+    await cluster.wait(
+        lambda: (
+            len(cluster.pods("nap")) == 2
+            and not old & {p["metadata"]["uid"] for p in cluster.pods("nap").values()}
+        ),
+        message="the new gang",
+    )
+    await all_running(cluster, "nap")
+    assert cluster.training("nap")["status"].get("restarts", 0) == 0
+
+
+async def test_a_training_created_again_under_its_name_waits_for_the_old_workers(cluster: Cluster):
+    from .emulator import SERVICES, objects_of
+
+    await cluster.create("again", CPU_2)
+    await all_running(cluster, "again")
+    await _linger(cluster, "again")
+    await cluster.delete("again")
+    for pod in cluster.pods("again"):  # what the garbage collector does to the workers of a deleted owner
+        await asyncio.to_thread(cluster.core.delete_namespaced_pod, pod, "default", _preload_content=False)
+    await cluster.create("again", {**CPU_2, "backoffLimit": 0})
+    await cluster.wait(lambda: "previous gang" in cluster.condition("again", "Running")["message"])
+    uid = cluster.training("again")["metadata"]["uid"]
+    await _release(cluster, "again")
+    pods = await cluster.wait(
+        lambda: (
+            len(cluster.pods("again")) == 2
+            and all(p["metadata"]["ownerReferences"][0]["uid"] == uid for p in cluster.pods("again").values())
+            and cluster.pods("again")
+        ),
+        message="the new training's own workers",
+    )
+    await all_running(cluster, "again")
+    assert set(pods) == {"again-worker-0", "again-worker-1"}
+    # The old Service (the garbage collector had not deleted it yet) is adopted, so it is not deleted later.
+    (service_owner,) = objects_of(cluster.emulator, SERVICES)["again"]["metadata"]["ownerReferences"]
+    assert service_owner["uid"] == uid
+    assert cluster.training("again")["status"].get("restarts", 0) == 0
+
+
+async def test_a_create_the_cluster_refuses_is_reported_and_tried_again(cluster: Cluster):
+    quota = 'pods "quota-worker-1" is forbidden: exceeded quota: team, requested: cpu=8, limited: cpu=4'
+    cluster.emulator.reject["quota-worker-1"] = (403, quota)
+    await cluster.create("quota", CPU_2)
+    created = await cluster.wait(
+        lambda: (
+            cluster.condition("quota", "Created")["reason"] == "CreateRefused"
+            and cluster.condition("quota", "Created")
+        ),
+        message="the refusal in the Created condition",
+    )
+    assert (
+        created["status"] == "False" and quota in created["message"] and cluster.phase("quota") == "Pending"
+    )
+    await asyncio.sleep(0.6)  # a few resyncs try again: one event for one refusal
+    assert len(cluster.event_messages("quota", "CreateRefused")) == 1
+    del cluster.emulator.reject["quota-worker-1"]  # the quota was raised
+    await all_running(cluster, "quota")
+    assert cluster.condition("quota", "Created")["reason"] == "GangCreated"
+
+
+async def test_a_new_gang_brings_the_podgroup_and_the_service_to_the_spec(cluster: Cluster):
+    from .emulator import PODGROUPS, SERVICES, objects_of
+
+    spec = {**CPU_2, "schedulerName": "volcano", "gangScheduling": {"queue": "q"}}
+    await cluster.create("grow", spec)
+    await all_running(cluster, "grow")
+    await cluster.patch_spec("grow", {"nodes": 3, "metricsPort": 9500})
+    await asyncio.sleep(0.5)
+    assert cluster.phase("grow") == "Running" and len(cluster.pods("grow")) == 2  # the running gang stays
+    await cluster.set_pod("grow-worker-1", "Failed", exitCode=1, reason="Error")
+    await cluster.wait(lambda: len(cluster.pods("grow")) == 3, message="a gang of 3")
+    assert objects_of(cluster.emulator, PODGROUPS)["grow"]["spec"]["minMember"] == 3
+    ports = objects_of(cluster.emulator, SERVICES)["grow"]["spec"]["ports"]
+    assert [p["port"] for p in ports] == [29500, 9500]
+    await all_running(cluster, "grow", n=3)
+    assert cluster.training("grow")["status"]["workers"]["total"] == 3

@@ -101,7 +101,10 @@ def test_gpu_workers_request_nvidia_gpus_without_hccl():
     assert res["limits"] == {"nvidia.com/gpu": "4"}
     assert res["requests"] == {"cpu": "16", "nvidia.com/gpu": "4"}
     assert not any(name.startswith("HCCL_") for name in env_of(pod))
-    assert "annotations" not in pod["metadata"] and build_podgroup("det", "ml", spec) is None
+    assert (
+        GROUP_NAME_ANNOTATION not in pod["metadata"]["annotations"]
+        and build_podgroup("det", "ml", spec) is None
+    )
 
 
 def test_cpu_workers_request_only_cpu_and_memory():
