@@ -81,6 +81,21 @@ def test_ranks_get_equal_numbers_of_disjoint_batches_on_the_same_canvas(drop_las
         assert set(seen) == set(range(len(sizes)))  # every image, a few twice to complete batches
 
 
+def test_a_bucket_smaller_than_one_global_batch_is_listed_as_never_trained():
+    """8 ranks x 2 images: the 3 portrait images never fill a global batch of 16, so no epoch samples them."""
+    sizes = [(480, 640)] * 97 + [(640, 480)] * 3
+    ranks = [make(sizes, rank=r, world_size=8) for r in range(8)]
+    assert ranks[0].untrained() == {1: 3}
+    seen = set()
+    for epoch in range(4):
+        for s in ranks:
+            s.set_epoch(epoch)
+            seen.update(i for b in s for i in b)
+    assert seen.isdisjoint({97, 98, 99})
+    assert make(sizes, world_size=8, drop_last=False).untrained() == {}
+    assert make(sizes, world_size=1).untrained() == {}  # a batch of 2 fills
+
+
 def test_resume_mid_epoch_reproduces_the_remaining_batches():
     sizes = coco_like_sizes(80)
     full = make(sizes, rank=1, world_size=2)

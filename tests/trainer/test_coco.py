@@ -109,6 +109,30 @@ def test_degenerate_and_empty_annotations_are_dropped(tmp_path):
     assert s.masks.shape[0] == s.boxes.shape[0] == s.labels.shape[0] == 1
 
 
+def test_annotations_whose_mask_has_no_pixel_are_counted_as_dropped(tmp_path):
+    """Annotations that pass every check on their numbers yet rasterise to no pixel are dropped, and
+    counted; a polygon with one sub-pixel part and one real part stays an instance."""
+    sliver = [10, 10, 10.001, 10, 10, 10.1]  # 3 points, area 0.00005
+    speck = [5.1, 5.1, 5.4, 5.1, 5.1, 5.4]  # a triangle inside one pixel
+    zeros = mask_utils.encode(np.asfortranarray(np.zeros((H, W), dtype=np.uint8)))
+    anns = [
+        {"image_id": 1, "segmentation": [square(20, 5, 10)]},
+        {"image_id": 1, "segmentation": [sliver], "bbox": [10, 10, 1, 1], "area": 0.001},
+        {"image_id": 1, "segmentation": [speck], "bbox": [5, 5, 1, 1], "area": 0.05},
+        {"image_id": 1, "segmentation": [speck, square(40, 20, 6)], "bbox": [5, 5, 41, 21], "area": 36.0},
+        {
+            "image_id": 2,
+            "segmentation": {"size": [H, W], "counts": zeros["counts"].decode("ascii")},
+            "bbox": [0, 0, 2, 2],
+            "area": 4.0,
+        },
+    ]
+    ds = CocoInstances(*write_set(tmp_path, [{"id": 1}, {"id": 2}], anns))
+    assert ds.annotation_counts() == {"dropped_annotations": 3, "degenerate_polygons": 0, "clamped_boxes": 0}
+    assert ds[0].masks.shape[0] == 2 and ds[1].masks.shape[0] == 0
+    assert ds.load_resized(0, (H, W)).masks.shape[0] == 2
+
+
 def test_image_without_annotations_is_background(tmp_path):
     ds = CocoInstances(*write_set(tmp_path, [{"id": 1}], []))
     s = ds[0]

@@ -3,6 +3,8 @@ reproducible and resumable epochs (with and without worker processes), bad-image
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 import shutil
 import warnings
@@ -185,6 +187,43 @@ def test_bad_images_are_replaced_in_training_and_padded_in_evaluation(root, tmp_
     assert val.image_ids[1] not in ids and sorted(i for i in ids if i >= 0) == sorted(
         set(val.image_ids) - {val.image_ids[1]}
     )
+
+
+def test_a_bad_image_in_a_worker_raises_the_workers_one_line_error(tmp_path):
+    """With worker processes the error is the one a worker raised (type and message), not torch's copy
+    carrying the worker's traceback, in training and in evaluation."""
+    root = write_synthetic_coco(tmp_path, train=4, val=2, image_sizes=[(48, 64)], instances=(1, 2))
+    for split in ("train", "val"):
+        ds = dataset(root, split)
+        bad = root / f"{split}2017" / ds.coco.imgs[ds.image_ids[1]]["file_name"]
+        bad.write_bytes(bad.read_bytes()[:200])  # a truncated JPEG
+        with pytest.raises(DataError) as direct:
+            ds.load(1)
+        build = build_train_loader if split == "train" else build_eval_loader
+        with pytest.raises(DataError) as raised:
+            list(build(ds, config("data.workers=1")))
+        assert type(raised.value) is DataError
+        assert str(raised.value) == str(direct.value) and str(raised.value).startswith(f"{bad}: ")
+
+
+def test_images_of_a_canvas_smaller_than_one_global_batch_are_named_in_a_warning(tmp_path, caplog):
+    """8 ranks x 2 images, 97 landscape and 3 portrait images (no image file is read): the 3 never train."""
+    images = [
+        {"id": i, "file_name": f"{i}.jpg", "height": 640 if i < 3 else 480, "width": 480 if i < 3 else 640}
+        for i in range(100)
+    ]
+    ann_file = tmp_path / "instances.json"
+    categories = [{"id": c, "name": f"c{c}"} for c in (1, 2, 3)]
+    ann_file.write_text(json.dumps({"images": images, "annotations": [], "categories": categories}))
+    ds = CocoInstances(tmp_path, ann_file)
+    with caplog.at_level(logging.WARNING, logger="solov2.data.loader"):
+        build_train_loader(ds, config(), rank=0, world_size=8)
+    [warning] = [r.getMessage() for r in caplog.records if "never train" in r.getMessage()]
+    assert warning.startswith("3 images never train (3 on the 256x192 canvas)")
+    assert "data.samples_per_device=2 x 8 ranks" in warning
+    caplog.clear()
+    build_train_loader(ds, config(), rank=0, world_size=1)
+    assert not [r for r in caplog.records if "never train" in r.getMessage()]
 
 
 def test_loader_checks_num_classes(root):

@@ -98,8 +98,9 @@ class BucketBatchSampler(_Buckets):
 
     Per epoch, each bucket is shuffled (a generator seeded from ``(seed, epoch)``), cut into global
     batches, and the global batches of all buckets are shuffled together. With ``drop_last`` the fewer
-    than ``batch_size * world_size`` images left in a bucket sit out this epoch (others the next);
-    without it the last global batch of a bucket is completed with images from the same bucket.
+    than ``batch_size * world_size`` images left in a bucket sit out this epoch (others the next), so
+    a bucket smaller than one global batch is never sampled (:meth:`untrained` lists them); without it
+    the last global batch of a bucket is completed with images from the same bucket.
     ``set_epoch(epoch, start_batch=k)`` skips this rank's first ``k`` batches of the epoch (resume);
     ``len()`` is the number of batches the next iteration yields.
     """
@@ -138,6 +139,14 @@ class BucketBatchSampler(_Buckets):
 
     def __len__(self) -> int:
         return max(0, self.batches_per_epoch - self.start_batch)
+
+    def untrained(self) -> dict[int, int]:
+        """Images that no epoch ever samples, by canvas index: with ``drop_last``, those of a bucket with
+        fewer images than one global batch of ``batch_size * world_size``."""
+        if not self.drop_last:
+            return {}
+        g = self.batch_size * self.world_size
+        return {k: len(b) for k, b in enumerate(self.buckets) if 0 < len(b) < g}
 
     def _global_batches(self) -> list[tuple[int, list[int]]]:
         generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))

@@ -218,6 +218,27 @@ def _segmentation(
     raise DataError(f"{ann_file}: annotation {ann.get('id')} has an unknown segmentation format")
 
 
+def _empty_masks(anns: list[dict[str, Any]], height: int, width: int, ann_file: Path) -> int:
+    """How many of one ``height x width`` image's usable annotations have a mask without a pixel at that
+    size (a sliver or a sub-pixel polygon), so that loading drops them. Every polygon part of the image
+    is rasterised in one pycocotools call; an annotation's mask is empty when all its parts are."""
+    parts: list[list[float]] = []
+    owners: list[int] = []
+    empty = 0
+    for k, ann in enumerate(anns):
+        segm = _segmentation(ann, height, width, ann_file)
+        if isinstance(segm, list):
+            parts += segm
+            owners += [k] * len(segm)
+        elif segm is not None:
+            empty += int(mask_utils.area(segm)) == 0
+    if parts:
+        filled = (mask_utils.area(mask_utils.frPyObjects(parts, height, width)) > 0).tolist()
+        drawn = {k for k, f in zip(owners, filled, strict=True) if f}
+        empty += len(set(owners) - drawn)
+    return empty
+
+
 def _xyxy(bboxes: list[list[float]], height: int, width: int) -> Tensor:
     """COCO ``x, y, w, h`` boxes -> ``[n, 4]`` float32 ``x1, y1, x2, y2`` clipped to the image."""
     boxes = torch.tensor(bboxes, dtype=torch.float32).reshape(-1, 4)
@@ -267,7 +288,7 @@ class CocoInstances(Dataset):
                     "which is not in 'categories'"
                 )
             _check_bbox(ann, self.ann_file)
-        self._annotation_counts = self._count_degenerate(coco)
+        self._annotation_counts = self._count_degenerate(coco, self.ann_file)
         self.skip_bad_images = skip_bad_images
         # One flag per image in shared memory: data-loading workers mark the bad images they meet.
         self._bad = torch.zeros(len(self.image_ids), dtype=torch.uint8).share_memory_()
@@ -297,8 +318,9 @@ class CocoInstances(Dataset):
             )
 
     @staticmethod
-    def _count_degenerate(coco: COCO) -> dict[str, int]:
+    def _count_degenerate(coco: COCO, ann_file: Path) -> dict[str, int]:
         dropped = degenerate = clamped = 0
+        by_image: dict[Any, list[dict[str, Any]]] = {}
         for ann in coco.anns.values():
             if ann.get("iscrowd", 0):
                 continue
@@ -310,13 +332,19 @@ class CocoInstances(Dataset):
                 continue
             info = coco.imgs.get(ann.get("image_id"), {})
             clamped += _outside(ann, int(info.get("height", 0)), int(info.get("width", 0)))
+            by_image.setdefault(ann.get("image_id"), []).append(ann)
+        for image_id, anns in by_image.items():
+            if image_id in coco.imgs:  # annotations of images not in the file are never loaded
+                info = coco.imgs[image_id]
+                dropped += _empty_masks(anns, int(info["height"]), int(info["width"]), ann_file)
         return {"dropped_annotations": dropped, "degenerate_polygons": degenerate, "clamped_boxes": clamped}
 
     def annotation_counts(self) -> dict[str, int]:
         """Annotations that do not train as they are written: ``dropped_annotations`` (not crowd, yet no
-        instance: zero area, a box thinner than a pixel, no segmentation, or only polygons with fewer than 3
-        points), ``degenerate_polygons`` (polygon parts with fewer than 3 points, dropped) and
-        ``clamped_boxes`` (boxes reaching outside their image, clamped to it)."""
+        instance: zero area, a box thinner than a pixel, no segmentation, only polygons with fewer than 3
+        points, or a mask without a pixel at the stored image size), ``degenerate_polygons`` (polygon parts
+        with fewer than 3 points, dropped) and ``clamped_boxes`` (boxes reaching outside their image,
+        clamped to it)."""
         return dict(self._annotation_counts)
 
     @property
@@ -335,6 +363,11 @@ class CocoInstances(Dataset):
     def skipped(self) -> int:
         """Distinct bad images met so far (only with ``skip_bad_images``), across all workers."""
         return int(self._bad.sum())
+
+    def bad_images(self) -> Tensor:
+        """``[len(self)]`` uint8: 1 for each image found bad so far (only with ``skip_bad_images``), across
+        all workers of this process."""
+        return self._bad.clone()
 
     def __len__(self) -> int:
         return len(self.image_ids)

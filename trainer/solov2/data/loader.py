@@ -17,7 +17,7 @@ busiest images have somewhat fewer than the default 100; building a loader logs 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from ..config import Config
-from ..errors import DataError
+from ..errors import DataError, UserError
 from ..structures import MASK_STRIDE, Batch, CompactGroundTruth
 from ..targets import mask_statistics
 from .buckets import BucketBatchSampler, EvalBatchSampler, mix_seed
@@ -245,8 +245,37 @@ class _EvalSamples(Dataset):
         return canvas, None if sample is None else self.transform(sample, canvas=self.canvases[canvas])
 
 
+def _worker_error(exc: UserError) -> UserError | None:
+    """The error a data-loading worker raised, as it raised it, from the copy that ``DataLoader`` raises
+    in the main process (same type, but the worker's whole traceback as its message); None if ``exc`` is
+    not such a copy."""
+    kind, text = type(exc), str(exc)
+    if not text.startswith(f"Caught {kind.__name__} in ") or "\nOriginal Traceback" not in text:
+        return None
+    name = kind.__qualname__
+    if kind.__module__ not in ("__main__", "builtins"):  # how ``traceback`` names the type
+        name = f"{kind.__module__}.{name}"
+    start = text.rfind(f"\n{name}: ")  # the traceback's last line is "module.Type: message"
+    if start < 0:
+        return None
+    return kind(text[start + len(name) + 3 :].rstrip("\n"))
+
+
 class Loader(DataLoader):
-    """A ``DataLoader`` of :class:`~solov2.structures.Batch` es with the few things a training loop asks of it."""
+    """A ``DataLoader`` of :class:`~solov2.structures.Batch` es with the few things a training loop asks of it.
+
+    A bad image or annotation met by a worker process stops iteration with the worker's
+    :class:`~solov2.errors.UserError` (a one-line message naming the file), as without workers, not with
+    the worker's traceback."""
+
+    def __iter__(self) -> Iterator[Batch]:  # type: ignore[override]
+        try:
+            yield from super().__iter__()
+        except UserError as exc:
+            original = _worker_error(exc)
+            if original is None:
+                raise
+            raise original from None
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Batches and augmentation of ``epoch`` from now on, starting at its batch ``start_batch``."""
@@ -297,6 +326,25 @@ def _loader(
     )
 
 
+def _warn_untrained(sampler: BucketBatchSampler, cfg: Config, world_size: int) -> None:
+    """Log the images that never train because their canvas gets fewer of them than one global batch."""
+    untrained = sampler.untrained()
+    if not untrained:
+        return
+    canvases = ", ".join(
+        f"{n} on the {sampler.canvases[k][0]}x{sampler.canvases[k][1]} canvas" for k, n in untrained.items()
+    )
+    _log.warning(
+        "%d images never train (%s): a canvas with fewer images than one global batch of "
+        "data.samples_per_device=%d x %d ranks never fills one; a smaller data.samples_per_device, or "
+        "data.canvases that put these images with others, trains them",
+        sum(untrained.values()),
+        canvases,
+        cfg.data.samples_per_device,
+        world_size,
+    )
+
+
 def build_train_loader(
     dataset: CocoInstances,
     cfg: Config,
@@ -335,6 +383,7 @@ def build_train_loader(
             f"data.samples_per_device: {dataset.ann_file} has too few images for one batch of "
             f"{cfg.data.samples_per_device} x {world_size} ranks on any canvas (images per canvas: {sizes})"
         )
+    _warn_untrained(sampler, cfg, world_size)
     max_instances = cfg.model.targets.max_instances
     over = [n - max_instances for n in dataset.instance_counts() if n > max_instances]
     if over:
