@@ -53,6 +53,41 @@ def test_config_flag_and_device_errors_write_the_termination_message(
     assert message == {"error": error, "error_type": error_type, "retryable": False}
 
 
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (["--metrics-port", "abc"], "argument --metrics-port: invalid int value: 'abc'"),
+        (["--compile-mode", "fastest"], "argument --compile-mode: invalid choice: 'fastest'"),
+        (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    ],
+)
+def test_flags_argparse_refuses_write_the_termination_message_too(small_coco, tmp_path, capsys, extra, named):
+    log = tmp_path / "termination-log"
+    with pytest.raises(SystemExit) as exc:
+        _train(small_coco, tmp_path / "work", log, *extra)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: solov2") and named in err.splitlines()[-1]
+    message = json.loads(log.read_text())
+    assert (
+        named in message["error"] and message["error_type"] == "ConfigError" and message["retryable"] is False
+    )
+
+
+def test_the_default_termination_log_is_used_only_where_kubernetes_made_it(small_coco, tmp_path, capsys):
+    from solov2.cli_parser import DEFAULT_TERMINATION_LOG, build_parser, termination_log
+
+    args = build_parser().parse_args(["train", "--data-path", "d", "--work-dir", "w"])
+    assert args.termination_log is DEFAULT_TERMINATION_LOG
+    assert termination_log(args.termination_log) == (
+        DEFAULT_TERMINATION_LOG if DEFAULT_TERMINATION_LOG.exists() else None
+    )
+    explicit = tmp_path / "missing-dir" / "termination-log"
+    assert termination_log(explicit) == explicit  # given explicitly, it is checked: the run refuses it
+    assert _train(small_coco, tmp_path / "work", explicit) == 2
+    assert "--termination-log" in _one_line_error(capsys, "train")
+
+
 def test_metrics_port_in_use_is_named(small_coco, tmp_path, capsys):
     with socket.socket() as busy:
         busy.bind(("0.0.0.0", 0))

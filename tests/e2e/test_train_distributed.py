@@ -1,8 +1,10 @@
-"""Two gloo processes on the CPU train one model: their parameters stay identical and do change.
+"""Two gloo processes on the CPU train one model: their parameters stay identical and do change, and
+both evaluate the model the checkpoint holds.
 
-(BatchNorm running statistics are buffers, not parameters: rank 0's are broadcast before each forward,
-then each rank updates them with its own batch, as in any DDP run without SyncBatchNorm, which gloo
-lacks. Checkpoints hold rank 0's.)
+(BatchNorm running statistics are buffers, not parameters: in the tiny config they train, so rank 0's
+are broadcast before each forward, then each rank updates them with its own batch, as in any DDP run
+without SyncBatchNorm, which gloo lacks. Checkpoints hold rank 0's, and so does every rank's model when
+the evaluation after training starts.)
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch.multiprocessing as mp
 
 from solov2.config import load_config
 from solov2.device import setup_runtime, shutdown
+from solov2.engine.splits import distinct_over_ranks
 from solov2.engine.train import TrainOptions, _Trainer
 
 pytestmark = pytest.mark.slow
@@ -34,7 +37,7 @@ def _worker(rank: int, world: int, port: int, data: str, out: str) -> None:
     torch.set_num_threads(1)
     cfg = load_config("solov2_tiny_cpu", ["train.epochs=1", "train.log_interval=1"])
     opts = TrainOptions(
-        data_path=Path(data), work_dir=Path(out), device="cpu", evaluate=False, termination_log=None
+        data_path=Path(data), work_dir=Path(out), device="cpu", evaluate=True, termination_log=None
     )
     runtime = setup_runtime("cpu")
     try:
@@ -42,9 +45,12 @@ def _worker(rank: int, world: int, port: int, data: str, out: str) -> None:
         initial = {k: v.clone() for k, v in trainer.model.state_dict().items()}
         trainer.run()
         params = {name for name, _ in trainer.model.named_parameters()}
-        final = {k: v for k, v in trainer.model.state_dict().items() if k in params}
+        state = trainer.model.state_dict()
+        final = {k: v for k, v in state.items() if k in params}
+        statistics = {k: v for k, v in state.items() if "running_" in k}
         torch.save({"initial": {k: v for k, v in initial.items() if k in params}, "final": final,
-                    "iterations": trainer.iteration}, Path(out) / f"rank{rank}.pt")  # fmt: skip
+                    "statistics": statistics, "iterations": trainer.iteration},
+                   Path(out) / f"rank{rank}.pt")  # fmt: skip
     finally:
         shutdown(runtime)
 
@@ -62,5 +68,28 @@ def test_two_gloo_ranks_train_the_same_parameters(small_coco, tmp_path):
         assert torch.allclose(r0["final"][key], r1["final"][key], rtol=0, atol=1e-6), (
             f"{key} diverged across ranks"
         )
-    # Rank 0 alone wrote the checkpoint.
-    assert (tmp_path / "checkpoints" / "epoch_1.pth").is_file()
+    # Rank 0 alone wrote the checkpoint; both ranks evaluated what it holds.
+    checkpoint = torch.load(tmp_path / "checkpoints" / "epoch_1.pth", weights_only=False)["model"]
+    assert r0["statistics"] and r0["statistics"].keys() == r1["statistics"].keys()
+    for key, value in checkpoint.items():
+        if "running_" in key:
+            assert torch.equal(r0["statistics"][key], value) and torch.equal(r1["statistics"][key], value), (
+                key
+            )
+
+
+def _count_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))  # fmt: skip
+    runtime = setup_runtime("cpu")
+    try:
+        # Image 0 was bad for both processes (they met it in different epochs), 1 and 2 for one each.
+        flags = torch.tensor([[1, 0, 1, 0], [1, 1, 0, 0]][rank], dtype=torch.uint8)
+        (Path(out) / f"count{rank}").write_text(str(distinct_over_ranks(flags, runtime)))
+    finally:
+        shutdown(runtime)
+
+
+def test_a_bad_image_met_by_two_processes_counts_once(tmp_path):
+    mp.start_processes(_count_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    assert [(tmp_path / f"count{r}").read_text() for r in (0, 1)] == ["3", "3"]

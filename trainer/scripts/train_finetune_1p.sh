@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fine-tune from a trained checkpoint's weights (not its optimizer) on one device, e.g. on your own
-# COCO-format data set with another class count (the category branch is then re-initialised).
+# COCO-format data set with another class count (the category branch is then re-initialised); give that
+# count after `--`, e.g. `-- --opts model.head.num_classes=3` (the COCO configs have 80).
 #   bash train_finetune_1p.sh --data_path=DIR --checkpoint=FILE [--work_dir=DIR] [--epochs=N] [-- solov2 args]
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .cli_parser import build_parser
+from .cli_parser import DEFAULT_TERMINATION_LOG, FlagError, build_parser, termination_log
 from .config import Config, config_from_dict, load_config
 from .engine.failures import Terminated
 from .errors import ConfigError, UserError
@@ -36,17 +36,18 @@ def _train(args: argparse.Namespace) -> int:
     from .engine.failures import report_failure
     from .engine.train import TrainOptions, train
 
+    log = termination_log(args.termination_log)
     try:
         if not (math.isfinite(args.stop_timeout) and args.stop_timeout > 0):
             raise ConfigError(f"--stop-timeout {args.stop_timeout:g}: must be a positive number of seconds")
         cfg = _config(args)
     except UserError as exc:  # the operator reads why the run never started
-        report_failure(args.termination_log, exc)
+        report_failure(log, exc)
         raise
     opts = TrainOptions(
         data_path=args.data_path, work_dir=args.work_dir, device=args.device, resume=args.resume,
         load_from=args.load_from, compile=args.compile, compile_mode=args.compile_mode, evaluate=not args.no_eval,
-        termination_log=args.termination_log, metrics_port=args.metrics_port,
+        termination_log=log, metrics_port=args.metrics_port,
         skip_bad_images=args.skip_bad_images, config_name=str(args.config), stop_timeout=args.stop_timeout,
     )  # fmt: skip
     train(cfg, opts)
@@ -171,8 +172,28 @@ COMMANDS = {
 }  # fmt: skip
 
 
+def _flag_error_of_train(argv: Sequence[str], exc: FlagError) -> None:
+    """``solov2 train`` with a flag argparse refuses: write the termination message (non-retryable) to
+    the ``--termination-log`` of ``argv``, else to the default one where it exists."""
+    from .engine.failures import report_failure
+
+    path: Path | None = DEFAULT_TERMINATION_LOG
+    for i, arg in enumerate(argv):
+        if arg == "--termination-log" and i + 1 < len(argv):
+            path = Path(argv[i + 1]) if argv[i + 1] else None
+        elif arg.startswith("--termination-log="):
+            path = Path(arg.split("=", 1)[1]) if arg.split("=", 1)[1] else None
+    report_failure(termination_log(path), ConfigError(str(exc)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except FlagError as exc:
+        if "train" in argv[:1]:
+            _flag_error_of_train(argv, exc)
+        exc.exit()
     try:
         return COMMANDS[args.command](args)
     except UserError as exc:

@@ -8,15 +8,50 @@ shared by several sub-commands (``--config``/``--opts``, ``--data-path``, ``--de
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 from .config import CONFIG_DIR
 
 DATA_LAYOUT = "COCO layout: annotations/instances_{train,val}2017.json, train2017/, val2017/"
 
 
+DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
+"""Where Kubernetes reads a container's termination message (it creates the file in every container).
+``solov2 train`` writes there by default only where the file exists; a path given explicitly must work."""
+
+
 def _optional_path(text: str) -> Path | None:
     return Path(text) if text else None
+
+
+def termination_log(value: Path | None) -> Path | None:
+    """``--termination-log`` as given, or, left at its default, Kubernetes' file where it exists."""
+    if value is DEFAULT_TERMINATION_LOG and not value.exists():
+        return None
+    return value
+
+
+class FlagError(Exception):
+    """A command line argparse refuses; ``parser`` is the (sub-)parser that refused it."""
+
+    def __init__(self, message: str, parser: argparse.ArgumentParser) -> None:
+        super().__init__(message)
+        self.parser = parser
+
+    def exit(self) -> None:
+        """What argparse does with it: the usage and the error on stderr, exit status 2."""
+        self.parser.print_usage(sys.stderr)
+        self.parser.exit(2, f"{self.parser.prog}: error: {self}\n")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Raises :class:`FlagError` where argparse would exit, so that ``solov2 train`` can first write
+    its termination message (a bad flag is no reason for Kubernetes to retry)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise FlagError(message, self)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,10 +176,11 @@ def _add_train_end_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--termination-log",
         type=_optional_path,
-        default=Path("/dev/termination-log"),
+        default=DEFAULT_TERMINATION_LOG,
         help="file that receives the final metrics as compact JSON (< 4 KiB), for Kubernetes, or on "
         "failure the error and whether a retry can help (of several processes, the first to fail writes "
-        "it); checked before training starts; '' disables. Default: %(default)s",
+        "it); checked before training starts; '' disables. Default: %(default)s if it exists (Kubernetes "
+        "makes it in every container), else none",
     )
     p.add_argument(
         "--stop-timeout",
@@ -345,12 +381,12 @@ _SUBCOMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="solov2",
         description="Static-shape SOLOv2 instance segmentation: train, evaluate, predict and audit on CPU, CUDA or "
         "Ascend NPU. Run under torchrun for several processes.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for add in _SUBCOMMANDS:
         add(sub)
     return parser

@@ -10,7 +10,7 @@ name                                              type     meaning
                                                            (world size x batch / step time, smoothed)
 ``solov2_train_loss{component}``                  gauge    last logged loss; ``component`` is ``total``,
                                                            ``cls`` or ``mask``
-``solov2_train_learning_rate``                    gauge    current learning rate
+``solov2_train_learning_rate``                    gauge    learning rate of the last step
 ``solov2_train_epoch``                            gauge    current epoch, 1-based
 ``solov2_train_total_epochs``                     gauge    epochs of the whole run
 ``solov2_train_iteration``                        gauge    global iterations done
@@ -80,7 +80,7 @@ class TrainingMetrics:
             Metrics.IMAGES_PER_SECOND, "Training images per second over all ranks", registry=r
         )
         self.loss = Gauge(Metrics.LOSS, "Last logged training loss", [Metrics.LOSS_LABEL], registry=r)
-        self.learning_rate = Gauge(Metrics.LEARNING_RATE, "Current learning rate", registry=r)
+        self.learning_rate = Gauge(Metrics.LEARNING_RATE, "Learning rate of the last step", registry=r)
         self.epoch = Gauge(Metrics.EPOCH, "Current epoch (1-based)", registry=r)
         self.total_epochs = Gauge(Metrics.TOTAL_EPOCHS, "Epochs of the whole run", registry=r)
         self.iteration = Gauge(Metrics.ITERATION, "Global iterations done", registry=r)

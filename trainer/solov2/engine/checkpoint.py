@@ -49,6 +49,8 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 _NUMBERED = re.compile(r"^(iter|epoch)_(\d+)\.pth$")
+_PARTIAL = re.compile(r"^\.((diverged_)?(iter|epoch)_\d+\.pth|last_checkpoint)\..+\.tmp$")
+"""A temporary file of :func:`~solov2.atomic.write_atomically` for a checkpoint or the marker."""
 
 
 def prune_checkpoints(directory: Path, *, keep_iter: int, epoch_every: int) -> list[Path]:
@@ -73,6 +75,15 @@ def prune_checkpoints(directory: Path, *, keep_iter: int, epoch_every: int) -> l
             path.unlink(missing_ok=True)
             deleted.append(path)
     return deleted
+
+
+def remove_partial_writes(directory: Path) -> list[Path]:
+    """Delete the temporary files of checkpoint writes that never finished (a process killed while it
+    saved: each can be as large as a checkpoint). Call it only while no process of the run writes."""
+    partial = [p for p in directory.glob(".*.tmp") if p.is_file() and _PARTIAL.match(p.name)]
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return partial
 
 
 def periodic_checkpoint_due(iteration: int, interval: int) -> bool:

@@ -53,6 +53,17 @@ def running_statistics_diverge(model: nn.Module) -> bool:
     return diverge
 
 
+def share_running_statistics(model: nn.Module, runtime: Runtime) -> None:
+    """Give every process rank 0's BatchNorm running statistics where they trained per process (see
+    :func:`running_statistics_diverge`), so that every rank evaluates the model the checkpoint holds."""
+    if not runtime.distributed or not running_statistics_diverge(model):
+        return
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            for buffer in module.buffers(recurse=False):
+                dist.broadcast(buffer, src=0)
+
+
 def replicate(model: nn.Module, runtime: Runtime) -> nn.Module:
     """``model`` wrapped in DistributedDataParallel under several processes (gradients all-reduced),
     else ``model`` itself, with :func:`ddp_options`."""

@@ -58,7 +58,7 @@ def evaluate_split(
         autocast_dtype=autocast_dtype,
         log=log,
     )
-    skipped = sum_over_ranks(dataset.skipped, runtime)
+    skipped = distinct_over_ranks(dataset.bad_images(), runtime)
     if runtime.is_main and metrics:
         log(format_ap_table(metrics))
         if skip_bad_images:
@@ -66,10 +66,11 @@ def evaluate_split(
     return metrics
 
 
-def sum_over_ranks(count: int, runtime: Runtime) -> int:
-    """``count`` summed over every process (each one's own when not distributed)."""
+def distinct_over_ranks(flags: torch.Tensor, runtime: Runtime) -> int:
+    """How many entries of ``flags`` (one per image, 1 where bad) are set on any process: an image that
+    several processes met (in different epochs) counts once."""
     if not runtime.distributed:
-        return count
-    t = torch.tensor([count], dtype=torch.int64, device=runtime.device)
-    dist.all_reduce(t)
-    return int(t.item())
+        return int(flags.sum())
+    t = flags.to(device=runtime.device, dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.sum().item())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,7 @@ from .checkpoint import (
     load_weights,
     periodic_checkpoint_due,
     prune_checkpoints,
+    remove_partial_writes,
     restore_rng,
     rng_state,
     save_checkpoint,
@@ -38,7 +40,7 @@ from .checkpoint import (
 from .counters import StepCounters
 from .failures import Terminated, report_failure
 from .optim import build_optimizer, describe_optimizer, init_state
-from .parallel import compile_forward, replicate, stop_group, sync_batch_norm
+from .parallel import compile_forward, replicate, share_running_statistics, stop_group, sync_batch_norm
 from .reporting import (
     RunClock,
     ThroughputWindow,
@@ -50,7 +52,7 @@ from .reporting import (
 )
 from .schedule import lr_factor, scaled_lr, schedule_warnings
 from .sigterm import SigtermStop, agree
-from .splits import coco_split, evaluate_split, sum_over_ranks
+from .splits import coco_split, distinct_over_ranks, evaluate_split
 from .startup import check_outputs
 from .step import TrainStep
 from .training_setup import TrainOptions, open_metrics, seed_everything, train_dataset, train_loader
@@ -95,9 +97,7 @@ class _Trainer:
         )
         if runtime.is_main and log is print:
             self.log = self.progress.write
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda it: lr_factor(it, iters_per_epoch=self.iters_per_epoch, cfg=cfg.train)
-        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: self.lr_factor(it))
         self.epoch, self.iteration, self.batch_in_epoch = 0, 0, 0
         self.nonfinite, self.truncated = 0, 0
         self.last_losses: dict[str, float] = {}
@@ -157,6 +157,10 @@ class _Trainer:
         if self.metrics.port is not None:
             self.log(f"metrics: Prometheus metrics on http://0.0.0.0:{self.metrics.port}/metrics")
 
+    def lr_factor(self, iteration: int) -> float:
+        """Multiplier of the scaled learning rate at a global iteration (0-based)."""
+        return lr_factor(iteration, iters_per_epoch=self.iters_per_epoch, cfg=self.cfg.train)
+
     # -- state -------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {
@@ -171,9 +175,15 @@ class _Trainer:
             "config": to_dict(self.cfg),
             "class_names": list(self.dataset.class_names),
             "world_size": self.rt.world_size,
+            "total_batch": self.total_batch,
+            "nonfinite_steps": self.nonfinite,
         }
 
     def restore(self) -> None:
+        if self.rt.is_main:
+            partial = remove_partial_writes(self.ckpt_dir)
+            if partial:
+                self.log(f"checkpoints: removed {len(partial)} unfinished write(s) of an interrupted run")
         if self.opts.resume:
             path = latest_checkpoint(self.ckpt_dir)
             if path is None:
@@ -190,11 +200,6 @@ class _Trainer:
 
     def _resume_from(self, path: Path) -> None:
         state = load_checkpoint(path)
-        if state.get("world_size", self.rt.world_size) != self.rt.world_size:
-            self.log(
-                f"resume: checkpoint was written by {state['world_size']} processes, now "
-                f"{self.rt.world_size}: the data order of the current epoch changes"
-            )
         load_training_state(
             path, state, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
             config=to_dict(self.cfg),
@@ -203,8 +208,43 @@ class _Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.iteration = state["epoch"], state["iteration"]
         self.batch_in_epoch = state["batch_in_epoch"]
+        self.nonfinite = state.get("nonfinite_steps", 0)
         restore_rng(state["rng"])
+        old_batch = state.get("total_batch", self.total_batch)
+        if old_batch != self.total_batch:
+            self._rebatch(old_batch, state.get("world_size"))
+        self._follow_schedule()
         self.log(f"resume: {path.name} at epoch {self.epoch + 1}, iteration {self.iteration}")
+
+    def _rebatch(self, old_batch: int, old_world_size: int | None) -> None:
+        """The checkpoint was written with another total batch (another process count, or
+        ``data.samples_per_device``): keep the epoch and the images done in it, in batches of the new size,
+        so that the iteration count, the schedule's epochs and the end of the run stay right."""
+        done = self.batch_in_epoch * old_batch
+        self.batch_in_epoch = min(done // self.total_batch, self.iters_per_epoch)
+        self.iteration = self.epoch * self.iters_per_epoch + self.batch_in_epoch
+        self.log(
+            f"resume: the checkpoint was written with a total batch of {old_batch}"
+            + (f" ({old_world_size} processes)" if old_world_size else "")
+            + f", now {self.total_batch}: {done} images into epoch {self.epoch + 1} are iteration "
+            f"{self.iteration} now; the data order of the current epoch changes"
+        )
+
+    def _follow_schedule(self) -> None:
+        """The learning rate follows this run's config and total batch from the resumed iteration on (the
+        checkpoint's scheduler state holds the rate it was started with)."""
+        old = self.scheduler.base_lrs[0]
+        self.scheduler.base_lrs = [self.base_lr for _ in self.optimizer.param_groups]
+        self.scheduler.last_epoch = self.iteration
+        rate = self.base_lr * self.lr_factor(self.iteration)
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = self.base_lr
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(rate)
+            else:
+                group["lr"] = rate
+        if not math.isclose(old, self.base_lr, rel_tol=1e-9):
+            self.log(f"resume: learning rate {self.base_lr:g} (the checkpoint's run had {old:g})")
 
     def save(self, name: str) -> Path:
         path = self.ckpt_dir / name
@@ -228,9 +268,10 @@ class _Trainer:
         flag = self.sigterm is not None and self.sigterm.requested
         return agree(flag, self.stop_group) if self.rt.distributed else flag
 
-    def _terminate(self) -> Terminated:
-        """Checkpoint at this step boundary and return the :class:`Terminated` to raise."""
-        path = self.save(f"iter_{self.iteration}.pth")
+    def _terminate(self, saved: Path | None = None) -> Terminated:
+        """Checkpoint at this step boundary (unless ``saved`` holds it already) and return the
+        :class:`Terminated` to raise."""
+        path = saved or self.save(f"iter_{self.iteration}.pth")
         if self.rt.distributed:
             agree(True, self.stop_group)  # the others wait until rank 0 has written it
         self.log(f"SIGTERM: stopped at iteration {self.iteration}, checkpoint {path}")
@@ -257,10 +298,11 @@ class _Trainer:
             self._read_counters()
             self._report(out)
         interval = self.cfg.train.checkpoint_interval
+        saved = None
         if periodic_checkpoint_due(self.iteration, interval) and not end_of_epoch:
-            self.save(f"iter_{self.iteration}.pth")
+            saved = self.save(f"iter_{self.iteration}.pth")
         if self._stop_requested():
-            raise self._terminate()
+            raise self._terminate(saved)
 
     def _read_counters(self) -> None:
         """Read the step counters (a host sync: logging iterations only); log and count skipped steps
@@ -284,7 +326,8 @@ class _Trainer:
         self.last_losses = loss_values(out)
         values = dict(
             losses=self.last_losses,
-            lr=float(self.optimizer.param_groups[0]["lr"]),
+            # the rate the last step trained with (the scheduler has moved on to the next one's)
+            lr=self.scheduler.base_lrs[0] * self.lr_factor(self.iteration - 1),
             eta_seconds=self.clock.eta(now, self.iteration, self.total_iters),
             **self.window.figures(now),
         )
@@ -308,10 +351,13 @@ class _Trainer:
             self.sigterm.deferred = True  # from here on SIGTERM waits for the next step boundary
         while self.epoch < self.cfg.train.epochs:
             self._run_epoch()
+        if self.epoch and self._stop_requested():  # SIGTERM came while the last checkpoint was written
+            raise Terminated(self.termination_text(self.ckpt_dir / f"epoch_{self.epoch}.pth"))
         if self.sigterm is not None:
             self.sigterm.deferred = False  # evaluation stops at once on SIGTERM
         results = self._results()
         if self.opts.evaluate:
+            share_running_statistics(self.model, self.rt)
             results.update(self.evaluate())
         return results
 
@@ -357,7 +403,7 @@ class _Trainer:
             "checkpoint": str(self.ckpt_dir / f"epoch_{self.epoch}.pth"),
             **results_losses(self.last_losses),
             **self.dataset.annotation_counts(),
-            "skipped_images": sum_over_ranks(self.dataset.skipped, self.rt),
+            "skipped_images": distinct_over_ranks(self.dataset.bad_images(), self.rt),
         }
 
     def evaluate(self) -> dict[str, Any]:

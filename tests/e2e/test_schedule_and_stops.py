@@ -1,0 +1,117 @@
+"""The learning rate a run reports and follows, also when it resumes with another total batch or
+base_lr; a SIGTERM that arrives while the last checkpoint is written; a SIGTERM at a periodic
+checkpoint; the leftovers of a write that a kill interrupted."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from solov2.cli import main
+from solov2.config import load_config
+from solov2.device import setup_runtime
+from solov2.engine.failures import Terminated
+from solov2.engine.sigterm import SigtermStop
+from solov2.engine.train import TrainOptions, _Trainer
+
+pytestmark = pytest.mark.slow
+
+# 8 training images, 2 per step: 4 iterations per epoch.
+SCHEDULE = ["train.log_interval=1", "train.warmup_factor=0.1", "train.lr_steps=[]", "train.base_lr=0.001"]
+
+
+def _train(data: Path, work: Path, *extra: str, opts: list[str]) -> None:
+    argv = ["train", "--config", "solov2_tiny_cpu", "--data-path", str(data), "--work-dir", str(work),
+            "--device", "cpu", "--no-eval", "--termination-log", "", *extra, "--opts", *SCHEDULE, *opts]  # fmt: skip
+    assert main(argv) == 0
+
+
+def _rates(out: str) -> dict[int, float]:
+    """Learning rate of each logged iteration, as the progress lines show it."""
+    return {int(m[1]): float(m[2]) for m in re.finditer(r"iter (\d+)/\d+ .*? lr (\S+)", out)}
+
+
+def test_the_logged_rate_is_the_one_the_step_trained_with(small_coco, tmp_path, capsys):
+    _train(small_coco, tmp_path / "w", opts=["train.epochs=1", "train.warmup_iters=4"])
+    rates = _rates(capsys.readouterr().out)
+    # base_lr 0.001 for base_batch_size 2; warm-up from 0.1x over 4 iterations: 0.1, 0.325, 0.55, 0.775
+    assert rates == pytest.approx({1: 1e-4, 2: 3.25e-4, 3: 5.5e-4, 4: 7.75e-4}, rel=1e-2)
+
+
+def test_a_resume_with_another_total_batch_and_base_lr_keeps_the_epochs_and_follows_the_new_rate(
+    small_coco, tmp_path, capsys
+):
+    work = tmp_path / "w"
+    _train(small_coco, work, opts=["train.epochs=1", "train.warmup_iters=1"])
+    capsys.readouterr()
+    # Twice the images per step and a base_lr of 0.004: 2 iterations per epoch, rate 0.004 x 4 / 2.
+    resumed = ["train.epochs=2", "train.warmup_iters=1", "data.samples_per_device=4", "train.base_lr=0.004"]
+    _train(small_coco, work, "--resume", opts=resumed)
+    out = capsys.readouterr().out
+    assert "resume: the checkpoint was written with a total batch of 2 (1 processes), now 4" in out
+    assert "resume: learning rate 0.008 (the checkpoint's run had 0.001)" in out
+    assert _rates(out) == pytest.approx({3: 0.008, 4: 0.008})
+    results = json.loads((work / "results.json").read_text())
+    assert results["iterations"] == 4  # epoch 1 = iterations 1-2 at the new batch, epoch 2 = 3-4
+
+
+def _trainer(data: Path, work: Path, *opts: str) -> _Trainer:
+    cfg = load_config("solov2_tiny_cpu", ["train.log_interval=1", *opts])
+    options = TrainOptions(data_path=data, work_dir=work, device="cpu", evaluate=True, termination_log=None)
+    (work / "checkpoints").mkdir(parents=True)
+    return _Trainer(
+        cfg,
+        options,
+        setup_runtime("cpu"),
+        log=lambda _m: None,
+        sigterm=SigtermStop(lambda: "", timeout_s=60.0, on_timeout=lambda _text: None),
+    )
+
+
+def test_a_sigterm_during_the_last_checkpoint_stops_before_the_evaluation(small_coco, tmp_path):
+    trainer = _trainer(small_coco, tmp_path / "w", "train.epochs=1")
+    save, saved = trainer.save, []
+
+    def save_then_signal(name: str) -> Path:
+        saved.append(name)
+        if name == "epoch_1.pth":
+            assert trainer.sigterm is not None
+            trainer.sigterm.requested = True  # as the handler does while training defers the stop
+        return save(name)
+
+    trainer.save = save_then_signal  # type: ignore[method-assign]
+    trainer.evaluate = lambda: pytest.fail("evaluated after SIGTERM")  # type: ignore[method-assign]
+    with pytest.raises(Terminated, match=r"at iteration 4; checkpoint .*epoch_1\.pth"):
+        trainer.run()
+    assert saved == ["epoch_1.pth"]
+
+
+def test_a_sigterm_at_a_periodic_checkpoint_writes_it_once(small_coco, tmp_path):
+    trainer = _trainer(small_coco, tmp_path / "w", "train.epochs=1", "train.checkpoint_interval=2")
+    save, saved = trainer.save, []
+
+    def save_then_signal(name: str) -> Path:
+        saved.append(name)
+        assert trainer.sigterm is not None
+        trainer.sigterm.requested = True
+        return save(name)
+
+    trainer.save = save_then_signal  # type: ignore[method-assign]
+    with pytest.raises(Terminated, match=r"at iteration 2; checkpoint .*iter_2\.pth"):
+        trainer.run()
+    assert saved == ["iter_2.pth"]
+
+
+def test_unfinished_checkpoint_writes_are_removed_at_the_start(small_coco, tmp_path):
+    work = tmp_path / "w"
+    ckpt = work / "checkpoints"
+    ckpt.mkdir(parents=True)
+    partial = [ckpt / ".iter_6.pth.k2j4x1.tmp", ckpt / ".last_checkpoint.a8b9c0.tmp"]
+    kept = [ckpt / ".notes.tmp", ckpt / "iter_6.pth.bak"]
+    for path in partial + kept:
+        path.write_bytes(b"x" * 10)
+    _train(small_coco, work, "--resume", opts=["train.epochs=1"])
+    assert not any(p.exists() for p in partial) and all(p.exists() for p in kept)
