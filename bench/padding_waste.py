@@ -31,10 +31,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainer"))
 
+from solov2.config import DataConfig
 from solov2.data.buckets import choose_canvas
 from solov2.data.transforms import fit_size
 
-DEFAULT_CANVASES = [(800, 1344), (1344, 800), (1088, 1088)]
+DEFAULT_CANVASES = list(DataConfig().canvases)
 MULTISCALE_SHORT_SIDES = (640, 672, 704, 736, 768, 800)
 
 

@@ -6,7 +6,7 @@ would overflow P for several P.
 
 - ``python bench/positives.py --ann instances_train2017.json``: real COCO annotations, each image
   resized to fit 1333 x 800 as in training and placed on the smallest configured canvas that holds it
-  (800x1344, 1344x800, 1088x1088). Crowd annotations and boxes under 1 px are skipped and images without
+  (``DataConfig``'s default canvases). Crowd annotations and boxes under 1 px are skipped and images without
   an instance dropped, as mmdetection's CocoDataset does. The centre of mass is the box centre unless
   ``--mask-com`` decodes every mask (slow: minutes).
 - Without ``--ann``: a synthetic COCO-like distribution (documented in :func:`synthetic_instances`).
@@ -32,10 +32,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "trainer")]
 
+from solov2.config import DataConfig  # noqa: E402
+
 NUM_GRIDS = (40, 36, 24, 16, 12)
 SCALE_RANGES = ((1.0, 96.0), (48.0, 192.0), (96.0, 384.0), (192.0, 768.0), (384.0, 2048.0))
 POS_SCALE = 0.2
-CANVASES = ((800, 1344), (1344, 800), (1088, 1088))
+CANVASES = DataConfig().canvases
 IMG_SCALE = (1333, 800)
 BUFFERS = (128, 192, 256, 384, 512)
 
