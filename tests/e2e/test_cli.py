@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,23 @@ def test_eval_reproduces_the_training_evaluation(trained, small_coco, tmp_path, 
     assert "segm" in out and "AP50" in out
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["segm_AP"] == json.loads((trained / "results.json").read_text())["segm_AP"]
+
+
+def test_eval_refuses_a_split_whose_categories_are_not_the_models(trained, small_coco, tmp_path, capsys):
+    data = tmp_path / "coco"
+    shutil.copytree(small_coco, data)
+    ann = data / "annotations" / "instances_val2017.json"
+    coco = json.loads(ann.read_text())
+    names = [c["name"] for c in coco["categories"]]
+    for cat, name in zip(coco["categories"], reversed(names), strict=True):  # the same ids, other classes
+        cat["name"] = name
+    ann.write_text(json.dumps(coco))
+    code = main(["eval", "--data-path", str(data), "--checkpoint", str(trained / "checkpoints" / "epoch_1.pth"),
+                 "--device", "cpu"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("solov2 eval: error: ") and "categories, in id order, are not the model's" in err
+    assert f"label 0: {names[0]!r} vs {names[-1]!r}" in err
 
 
 def test_predict_writes_overlays_and_json(trained, small_coco, tmp_path):

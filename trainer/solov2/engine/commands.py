@@ -21,7 +21,7 @@ def run_eval(
     runtime = setup_runtime(device)
     try:
         model = build_model(cfg, pretrained=False).to(runtime.device)
-        load_model_weights(model, checkpoint)
+        extras = load_model_weights(model, checkpoint)
         return evaluate_split(
             model,
             cfg,
@@ -31,6 +31,7 @@ def run_eval(
             autocast_dtype=amp_dtype(runtime.kind, cfg.train.amp),
             out_dir=work_dir,
             log=print if runtime.is_main else (lambda _msg: None),
+            class_names=extras.get("class_names"),
         )
     finally:
         shutdown(runtime)
@@ -78,6 +79,7 @@ def run_eval_onnx(
             autocast_dtype=None,
             out_dir=work_dir,
             log=print if runtime.is_main else (lambda _msg: None),
+            class_names=runner.class_names or None,
         )
     finally:
         shutdown(runtime)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -13,6 +13,7 @@ from ..config import Config
 from ..data.coco import CocoInstances
 from ..data.loader import build_eval_loader
 from ..device import Runtime
+from ..errors import DataError
 from .evaluate import evaluate, format_ap_table
 from .inference import Runner
 
@@ -33,8 +34,13 @@ def evaluate_split(
     out_dir: Path | None,
     log: Callable[[str], None],
     skip_bad_images: bool = False,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, float]:
     """COCO segm and bbox AP of ``model`` (a PyTorch model or a runner) on ``split``, images shared across ranks.
+
+    ``class_names``: the model's classes, label by label, as the training set named them (None: not
+    known). A split whose categories, in category id order, have other names raises :class:`DataError`:
+    its category ids would score each label as another class.
 
     Rank 0 logs the AP table, writes ``detections_segm.json`` and ``metrics.json`` to ``out_dir`` (if
     given) and returns the metrics (with ``skipped_eval_images``, unreadable images of all ranks, when
@@ -44,6 +50,16 @@ def evaluate_split(
     dataset = CocoInstances(
         image_dir, ann, num_classes=cfg.model.head.num_classes, skip_bad_images=skip_bad_images
     )
+    if class_names is not None and list(class_names) != dataset.class_names:
+        differ = [
+            f"{i}: {a!r} vs {b!r}"
+            for i, (a, b) in enumerate(zip(class_names, dataset.class_names, strict=True))
+            if a != b
+        ]
+        raise DataError(
+            f"{ann}: its categories, in id order, are not the model's (label {', '.join(differ[:3])}, "
+            "trained vs here): give both annotation files the same category ids and names"
+        )
     loader = build_eval_loader(dataset, cfg, rank=runtime.rank, world_size=runtime.world_size)
     metrics = evaluate(
         model,

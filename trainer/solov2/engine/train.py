@@ -421,6 +421,7 @@ class _Trainer:
             out_dir=self.opts.work_dir,
             log=self.log,
             skip_bad_images=self.opts.skip_bad_images,
+            class_names=self.dataset.class_names,
         )
 
 
