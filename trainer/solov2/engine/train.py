@@ -210,7 +210,7 @@ class _Trainer:
         self.batch_in_epoch = state["batch_in_epoch"]
         self.nonfinite = state.get("nonfinite_steps", 0)
         restore_rng(state["rng"])
-        old_batch = state.get("total_batch", self.total_batch)
+        old_batch = _total_batch(state) or self.total_batch
         if old_batch != self.total_batch:
             self._rebatch(old_batch, state.get("world_size"))
         self._follow_schedule()
@@ -423,6 +423,14 @@ class _Trainer:
             skip_bad_images=self.opts.skip_bad_images,
             class_names=self.dataset.class_names,
         )
+
+
+def _total_batch(state: dict[str, Any]) -> int | None:
+    """Images per step of the run that wrote a checkpoint (older ones record only the process count)."""
+    if "total_batch" in state:
+        return int(state["total_batch"])
+    per_device = ((state.get("config") or {}).get("data") or {}).get("samples_per_device")
+    return int(per_device) * int(state["world_size"]) if per_device and state.get("world_size") else None
 
 
 def train(cfg: Config, opts: TrainOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
