@@ -394,8 +394,11 @@ def _previous_gang_leaving(gang: _Gang) -> bool:
     leaving = [*gang.earlier, *(p for p in gang.ours if _deleting(p)), *(gang.live if restarting else ())]
     if not leaving:
         return False
+    names = ", ".join(_names(leaving)[:3]) + (f" and {len(leaving) - 3} more" if len(leaving) > 3 else "")
+    message = f"waiting for the previous gang's pods to go away: {names}"
     if restarting:
         out.delete_pods = _names(gang.live)
+        w.cond(Condition.RUNNING, False, Reason.GANG_RESTARTING, message)
         # A worker of the failed gang whose own failure was not retryable ends the training, even if
         # a peer's consequential error was seen first.
         fatal = next(
@@ -404,8 +407,6 @@ def _previous_gang_leaving(gang: _Gang) -> bool:
         if fatal is not None:
             _fail(w, out, Reason.NOT_RETRYABLE, fatal.describe(), gang.ours)
         return True
-    names = ", ".join(_names(leaving)[:3]) + (f" and {len(leaving) - 3} more" if len(leaving) > 3 else "")
-    message = f"waiting for the previous gang's pods to go away: {names}"
     w.phase(Phase.PENDING, Reason.WORKERS_PENDING, message)
     w.cond(Condition.RUNNING, False, Reason.WORKERS_PENDING, message)
     return True

@@ -218,6 +218,12 @@ def test_a_restart_ends_the_training_when_a_stopping_worker_says_it_cannot_be_re
     decided = plan(restarting, [deleting(pod(0, "Failed", exitCode=1, message=bad)), pod(1, "Running")])
     assert decided.status["phase"] == "Failed" and condition(decided, "Failed")["reason"] == "NotRetryable"
     assert "DataError: no such file" in condition(decided, "Failed")["message"]
+    retryable = json.dumps({"error": "peer closed", "error_type": "DistBackendError", "retryable": True})
+    decided = plan(restarting, [deleting(pod(0, "Failed", exitCode=1, message=retryable)), pod(1, "Running")])
+    assert "phase" not in decided.status and decided.delete_pods == ["t-worker-1"]  # still Restarting
+    assert condition(decided, "Running")["message"] == (
+        "waiting for the previous gang's pods to go away: t-worker-0, t-worker-1"
+    )
 
 
 def _at(text: str) -> datetime.datetime:
