@@ -4,6 +4,7 @@ should stop a run at its start, not after hours of training."""
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,17 @@ def check_termination_log(path: Path | None) -> None:
 
 
 def check_metrics_port(port: int | None) -> None:
+    """The port is valid and, in the process that will serve it (rank 0), free to listen on."""
     if port is not None and not 0 <= port <= 65535:
         raise ConfigError(f"--metrics-port {port}: must lie in 0..65535 (0 = any free port)")
+    if not port or os.environ.get("RANK", "0") != "0":
+        return
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the metrics server binds it
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError as exc:
+            raise ConfigError(f"--metrics-port {port}: cannot listen ({exc.strerror or exc})") from None
 
 
 def check_work_dir(work_dir: Path, *, resume: bool) -> None:
