@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from kubernetes import config
 from kubernetes.client import ApiClient, Configuration, CoreV1Api, CustomObjectsApi, V1Pod, V1Service
@@ -113,16 +113,14 @@ class Kube:
             else:
                 raise ValueError(f"cannot create a {kind}")
         except ApiException as exc:
-            what = f"{kind} {body['metadata']['name']}: {_reason(exc)}"
-            if exc.status == 409:
-                if kind != "Pod":
+            if exc.status != 409:
+                _raise_refusal(exc, body)
+            if kind != "Pod":
+                try:
                     await self._update(body)
-                return False
-            if exc.status in (400, 422):
-                raise Rejected(what) from exc
-            if exc.status in (403, 404):
-                raise Refused(what) from exc
-            raise
+                except ApiException as update_exc:  # e.g. a Service of that name that is not headless
+                    _raise_refusal(update_exc, body)
+            return False
         return True
 
     async def _update(self, body: dict[str, Any]) -> None:
@@ -188,6 +186,17 @@ class Kube:
         except ApiException as exc:
             if exc.status != 404:
                 raise
+
+
+def _raise_refusal(exc: ApiException, body: Mapping[str, Any]) -> NoReturn:
+    """Raise what a refused create or update of ``body`` means: :class:`Rejected` (400, 422),
+    :class:`Refused` (403, 404), else ``exc`` itself."""
+    what = f"{body['kind']} {body['metadata']['name']}: {_reason(exc)}"
+    if exc.status in (400, 422):
+        raise Rejected(what) from exc
+    if exc.status in (403, 404):
+        raise Refused(what) from exc
+    raise exc
 
 
 def _reason(exc: ApiException) -> str:
