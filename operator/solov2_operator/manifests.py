@@ -21,6 +21,7 @@ from kubernetes.client import (
     V1ObjectMeta,
     V1PersistentVolumeClaimVolumeSource,
     V1Pod,
+    V1PodSecurityContext,
     V1PodSpec,
     V1ResourceRequirements,
     V1Service,
@@ -65,6 +66,9 @@ GANG_SIZE_ANNOTATION = "solov2.io/nodes"
 """On every worker: the size of its gang (``spec.nodes`` when the gang was created). A running gang keeps
 its size when ``nodes`` changes; the next gang takes the new one."""
 PODGROUP_API = ("scheduling.volcano.sh", "v1beta1", "podgroups")
+TRAINER_GROUP = 1000
+"""The group the trainer image runs as (the Dockerfile's ``USER 1000:1000``): the workers' ``fsGroup``, so
+that a freshly provisioned checkpoint volume (root's, mode 0755) is writable to it."""
 GRACE_PERIOD_SECONDS = 180
 """Time between SIGTERM and SIGKILL: the trainer saves a checkpoint on SIGTERM before it exits."""
 DNS_WAIT_SECONDS = 600
@@ -263,6 +267,11 @@ def build_pod(name: str, namespace: str, spec: TrainingSpec, index: int) -> dict
         priority_class_name=(spec.gang or {}).get("priorityClassName"),
         node_selector=dict(spec.node_selector) or None,
         tolerations=[V1Toleration(**_snake(t)) for t in spec.tolerations] or None,
+        # OnRootMismatch: the kubelet changes ownership only where the volume's root is not the group's
+        # already (a large checkpoint volume is not walked at every start; read-only ones are skipped).
+        security_context=V1PodSecurityContext(
+            fs_group=TRAINER_GROUP, fs_group_change_policy="OnRootMismatch"
+        ),
     )
     pod = V1Pod(
         api_version="v1",

@@ -21,6 +21,9 @@ __all__ = ["OperatorMetrics"]
 
 _AP_KEY = re.compile(r"^(segm|bbox)(AP(?:50|75|s|m|l)?)$")  # status.results keys: segmAP50 ...
 _PHASES = (Phase.PENDING, Phase.RUNNING, Phase.RESTARTING, Phase.SUCCEEDED, Phase.FAILED, Phase.SUSPENDED)
+_CAUSES = ("failure", "disruption")
+HANDLERS = ("training", "pod", "resync")
+"""The ``handler`` label values of ``solov2_operator_handler_errors_total``."""
 
 
 class OperatorMetrics:
@@ -40,6 +43,10 @@ class OperatorMetrics:
         self.handler_errors = Counter(
             "solov2_operator_handler_errors", "Handler calls that raised", ["handler"], registry=r
         )
+        # Counter series exist at 0 before their first event (each handler's now, each namespace's
+        # restarts when the namespace is first seen), so that increase() counts the first one.
+        for handler in HANDLERS:
+            self.handler_errors.labels(handler=handler)
         self.progress_read_failures = Counter(
             "solov2_operator_progress_read_failures", "Reads of rank 0's metrics that got nothing", registry=r
         )
@@ -63,7 +70,10 @@ class OperatorMetrics:
         else:
             self._phases[(namespace, name)] = phase
         self._observe_ap(namespace, name, results if phase is not None else None)
-        self._namespaces.add(namespace)
+        if namespace not in self._namespaces:
+            self._namespaces.add(namespace)
+            for cause in _CAUSES:
+                self.gang_restarts.labels(namespace=namespace, cause=cause)
         counts = Tally((ns, phase) for (ns, _), phase in self._phases.items())
         for ns in self._namespaces:  # a namespace whose trainings are gone keeps its series at 0
             for p in _PHASES:

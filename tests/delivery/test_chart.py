@@ -197,6 +197,29 @@ def test_notes_print_the_next_commands(tool):
     assert "namespaces team-a" in notes
 
 
+def test_notes_warn_when_alerts_come_without_a_scrape_of_the_operator(tool):
+    def notes(*sets: str) -> str:
+        args = [a for s in sets for a in ("--set", s)]
+        out = run(tool("helm"), "install", "r", str(CHART), "--dry-run=client", *args).stdout
+        return out[out.index("NOTES:") :]
+
+    assert "SOLOv2OperatorDown" in notes("monitoring.prometheusRule.enabled=true")
+    assert "SOLOv2OperatorDown" not in notes(
+        "monitoring.prometheusRule.enabled=true", "monitoring.serviceMonitor.enabled=true"
+    )
+
+
+def test_every_name_stays_a_dns_label_with_the_longest_release_name(tool):
+    release = "r" * 53  # Helm's limit
+    out = run(tool("helm"), "template", release, str(CHART), "--set", "monitoring.podMonitor.enabled=true",
+              "--set", "monitoring.serviceMonitor.enabled=true", "--set", "monitoring.prometheusRule.enabled=true",
+              "--show-only", "templates/service.yaml", "--show-only", "templates/podmonitor.yaml",
+              "--show-only", "templates/dashboard-configmap.yaml", "--show-only", "templates/deployment.yaml",
+              "--show-only", "templates/tests/test-metrics.yaml").stdout  # fmt: skip
+    names = [doc["metadata"]["name"] for doc in yaml.safe_load_all(out) if doc]
+    assert len(names) == 5 and all(len(n) <= 63 for n in names), names
+
+
 def test_chart_readme_commands_match_the_chart():
     readme = (ROOT / "README.md").read_text()
     assert "helm install solov2-operator charts/solov2-operator" in readme

@@ -194,3 +194,20 @@ def test_worker_gives_up_on_an_unresolvable_master_with_a_clear_message(tmp_path
 
     message = json.loads(log.read_text())
     assert message["error_type"] == "RendezvousTimeout" and message["retryable"] is True
+
+
+def test_workers_get_the_trainer_images_group_so_a_fresh_volume_is_writable():
+    import re
+    from pathlib import Path
+
+    from solov2_operator.manifests import TRAINER_GROUP
+
+    pod = build_pod("coco", "ml", read_spec("coco", NPU_2x8), 0)
+    assert pod["spec"]["securityContext"] == {
+        "fsGroup": TRAINER_GROUP,
+        "fsGroupChangePolicy": "OnRootMismatch",
+    }
+    dockerfile = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
+    trainer_stage = dockerfile[dockerfile.rindex("AS trainer") :]
+    (user,) = re.findall(r"^USER (\d+):(\d+)$", trainer_stage, flags=re.M)
+    assert int(user[1]) == TRAINER_GROUP
