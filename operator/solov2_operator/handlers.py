@@ -44,6 +44,8 @@ class OperatorConfig:
 def _counted(
     metrics: OperatorMetrics, handler: str, fn: Callable[..., Awaitable[Any]]
 ) -> Callable[..., Awaitable[Any]]:
+    metrics.count_errors_of(handler)
+
     @functools.wraps(fn)
     async def wrapper(**kwargs: Any) -> Any:
         try:
@@ -64,6 +66,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = No
 
     known: set[tuple[str, str]] = set()
     tasks: list[asyncio.Task[None]] = []
+    metrics.count_errors_of("resync")
 
     async def resync() -> None:
         """Every ``resync_seconds``: reconcile every known training and read its progress. (Not a

@@ -22,8 +22,6 @@ __all__ = ["OperatorMetrics"]
 _AP_KEY = re.compile(r"^(segm|bbox)(AP(?:50|75|s|m|l)?)$")  # status.results keys: segmAP50 ...
 _PHASES = (Phase.PENDING, Phase.RUNNING, Phase.RESTARTING, Phase.SUCCEEDED, Phase.FAILED, Phase.SUSPENDED)
 _CAUSES = ("failure", "disruption")
-HANDLERS = ("training", "pod", "resync")
-"""The ``handler`` label values of ``solov2_operator_handler_errors_total``."""
 
 
 class OperatorMetrics:
@@ -43,10 +41,6 @@ class OperatorMetrics:
         self.handler_errors = Counter(
             "solov2_operator_handler_errors", "Handler calls that raised", ["handler"], registry=r
         )
-        # Counter series exist at 0 before their first event (each handler's now, each namespace's
-        # restarts when the namespace is first seen), so that increase() counts the first one.
-        for handler in HANDLERS:
-            self.handler_errors.labels(handler=handler)
         self.progress_read_failures = Counter(
             "solov2_operator_progress_read_failures", "Reads of rank 0's metrics that got nothing", registry=r
         )
@@ -71,6 +65,7 @@ class OperatorMetrics:
             self._phases[(namespace, name)] = phase
         self._observe_ap(namespace, name, results if phase is not None else None)
         if namespace not in self._namespaces:
+            # Its restart series exist at 0 before the first restart, so that increase() counts that one.
             self._namespaces.add(namespace)
             for cause in _CAUSES:
                 self.gang_restarts.labels(namespace=namespace, cause=cause)
@@ -92,6 +87,11 @@ class OperatorMetrics:
             self.training_ap.remove(namespace, name, iou_type, metric)
         if values:
             self._ap_labels[(namespace, name)] = set(values)
+
+    def count_errors_of(self, handler: str) -> None:
+        """Create ``handler``'s error series at 0 (when it is registered), so that increase() counts its
+        first error."""
+        self.handler_errors.labels(handler=handler)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         start_http_server(port, addr=addr, registry=self.registry)

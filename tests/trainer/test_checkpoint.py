@@ -97,9 +97,8 @@ def test_retention_keeps_the_newest_iteration_checkpoints_and_every_nth_epoch(tm
     )
 
 
-def test_the_total_batch_of_a_checkpoint_also_from_one_that_records_only_its_process_count():
+def test_the_total_batch_of_a_checkpoint_comes_from_its_config_and_process_count():
     from solov2.engine.train import _total_batch
 
-    assert _total_batch({"total_batch": 16, "world_size": 8}) == 16
     assert _total_batch({"world_size": 8, "config": {"data": {"samples_per_device": 2}}}) == 16
     assert _total_batch({"config": {"data": {"samples_per_device": 2}}}) is None

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .cli_parser import DEFAULT_TERMINATION_LOG, FlagError, build_parser, termination_log
+from .cli_parser import FlagError, build_parser, termination_log, termination_log_of
 from .config import Config, config_from_dict, load_config
 from .engine.failures import Terminated
 from .errors import ConfigError, UserError
@@ -172,27 +172,15 @@ COMMANDS = {
 }  # fmt: skip
 
 
-def _flag_error_of_train(argv: Sequence[str], exc: FlagError) -> None:
-    """``solov2 train`` with a flag argparse refuses: write the termination message (non-retryable) to
-    the ``--termination-log`` of ``argv``, else to the default one where it exists."""
-    from .engine.failures import report_failure
-
-    path: Path | None = DEFAULT_TERMINATION_LOG
-    for i, arg in enumerate(argv):
-        if arg == "--termination-log" and i + 1 < len(argv):
-            path = Path(argv[i + 1]) if argv[i + 1] else None
-        elif arg.startswith("--termination-log="):
-            path = Path(arg.split("=", 1)[1]) if arg.split("=", 1)[1] else None
-    report_failure(termination_log(path), ConfigError(str(exc)))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
     except FlagError as exc:
-        if "train" in argv[:1]:
-            _flag_error_of_train(argv, exc)
+        if "train" in argv[:1]:  # the operator reads why the run never started: not retryable
+            from .engine.failures import report_failure
+
+            report_failure(termination_log_of(argv), ConfigError(str(exc)))
         exc.exit()
     try:
         return COMMANDS[args.command](args)

@@ -170,9 +170,7 @@ def _add_train_compile_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_train_end_args(p: argparse.ArgumentParser) -> None:
-    """How the run ends: ``--no-eval``, ``--termination-log``, ``--stop-timeout``."""
-    p.add_argument("--no-eval", action="store_true", help="skip the COCO evaluation after training")
+def _add_termination_log_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--termination-log",
         type=_optional_path,
@@ -182,6 +180,24 @@ def _add_train_end_args(p: argparse.ArgumentParser) -> None:
         "it); checked before training starts; '' disables. Default: %(default)s if it exists (Kubernetes "
         "makes it in every container), else none",
     )
+
+
+def termination_log_of(argv: list[str]) -> Path | None:
+    """The termination log a ``solov2 train`` command line names (as :func:`termination_log` resolves
+    it), read with that flag's own definition alone, so that a refused other flag does not hide it."""
+    p = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    _add_termination_log_arg(p)
+    try:
+        known, _ = p.parse_known_args(argv)
+    except argparse.ArgumentError:  # the flag itself is broken (no value)
+        return termination_log(DEFAULT_TERMINATION_LOG)
+    return termination_log(known.termination_log)
+
+
+def _add_train_end_args(p: argparse.ArgumentParser) -> None:
+    """How the run ends: ``--no-eval``, ``--termination-log``, ``--stop-timeout``."""
+    p.add_argument("--no-eval", action="store_true", help="skip the COCO evaluation after training")
+    _add_termination_log_arg(p)
     p.add_argument(
         "--stop-timeout",
         type=float,

@@ -175,7 +175,6 @@ class _Trainer:
             "config": to_dict(self.cfg),
             "class_names": list(self.dataset.class_names),
             "world_size": self.rt.world_size,
-            "total_batch": self.total_batch,
             "nonfinite_steps": self.nonfinite,
         }
 
@@ -426,9 +425,7 @@ class _Trainer:
 
 
 def _total_batch(state: dict[str, Any]) -> int | None:
-    """Images per step of the run that wrote a checkpoint (older ones record only the process count)."""
-    if "total_batch" in state:
-        return int(state["total_batch"])
+    """Images per step of the run that wrote a checkpoint: its ``data.samples_per_device`` x its processes."""
     per_device = ((state.get("config") or {}).get("data") or {}).get("samples_per_device")
     return int(per_device) * int(state["world_size"]) if per_device and state.get("world_size") else None
 
