@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .manifests import (
+    GANG_ANNOTATION,
     GANG_SIZE_ANNOTATION,
     LABEL_INDEX,
     build_podgroup,
@@ -133,6 +134,21 @@ def _disruption(pod: Mapping[str, Any]) -> str | None:
     return f"pod {name} was disrupted ({details or 'DisruptionTarget'})"
 
 
+def _disruption_behind(first: WorkerFailure, pods: Sequence[Mapping[str, Any]]) -> str | None:
+    """The disruption behind a gang's failure whose root cause is ``first``: one of ``first``'s pod, or
+    one that began before that pod stopped. A drain that began after a worker failed on its own (out of
+    memory, say) does not make that failure the cluster's."""
+    failed_at = parse_time(first.finished_at)
+    for pod in pods:
+        why = _disruption(pod)
+        if why is None:
+            continue
+        since = parse_time(_pod_condition(pod, "DisruptionTarget").get("lastTransitionTime"))
+        if pod["metadata"]["name"] == first.pod or failed_at is None or since is None or since <= failed_at:
+            return why
+    return None
+
+
 _STARTING = frozenset({"ContainerCreating", "PodInitializing"})
 """Waiting reasons of a container that is on its way: nothing to report."""
 
@@ -164,6 +180,12 @@ def _gang_size(pods: Sequence[Mapping[str, Any]], default: int) -> int:
     """The size the gang of ``pods`` was created with (each pod carries it), else ``default``."""
     sizes = [((p.get("metadata") or {}).get("annotations") or {}).get(GANG_SIZE_ANNOTATION) for p in pods]
     return max((int(s) for s in sizes if s and s.isdigit()), default=default)
+
+
+def _gang_number(pod: Mapping[str, Any]) -> int | None:
+    """The ``status.restarts`` the pod's gang was created at (None on a pod without it)."""
+    value = ((pod.get("metadata") or {}).get("annotations") or {}).get(GANG_ANNOTATION)
+    return int(value) if value is not None and value.isdigit() else None
 
 
 def _names(pods: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -213,7 +235,12 @@ def _fail(w: _Writer, out: Plan, reason: str, message: str, pods: Sequence[Mappi
     w.cond(Condition.RUNNING, False, Reason.FINISHED, "")
     w.cond(Condition.RESTARTING, False, reason, "")
     w.patch["completionTime"] = w.now
-    out.delete_pods = [p["metadata"]["name"] for p in pods if not _deleting(p) and not terminated_state(p)]
+    out.delete_pods = _unfinished(pods)
+
+
+def _unfinished(pods: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Names of the pods whose trainer still runs or waits, and that are not being deleted yet."""
+    return [p["metadata"]["name"] for p in pods if not _deleting(p) and not terminated_state(p)]
 
 
 def _suspended_seconds(annotations: Mapping[str, str]) -> float:
@@ -280,7 +307,10 @@ def plan(
         out.events = w.events
         return out
 
+    uid = meta.get("uid")
     if status.get("phase") in Phase.FINAL:
+        # Workers a failed deletion left running are stopped (the status is written before pods are deleted).
+        out.delete_pods = _unfinished([p for p in pods if _owner_uid(p) in (None, uid)])
         ttl = (training.get("spec") or {}).get("ttlSecondsAfterFinished")
         finished = parse_time(status.get("completionTime"))
         out.delete_training = (
@@ -291,12 +321,11 @@ def plan(
     try:
         spec = out.spec = read_spec(name, training.get("spec") or {})
         children = [build_service(name, namespace, spec), build_podgroup(name, namespace, spec)]
-        pod_bodies = build_pods(name, namespace, spec)
+        pod_bodies = build_pods(name, namespace, spec, gang=int(status.get("restarts", 0)))
     except (SpecError, KeyError, TypeError, ValueError) as exc:
         _fail(w, out, Reason.INVALID_SPEC, f"{type(exc).__name__}: {exc}", pods)
         return done()
 
-    uid = meta.get("uid")
     gang = _Gang(
         training, spec, w, out, now,
         ours=[p for p in pods if _owner_uid(p) in (None, uid)],
@@ -307,16 +336,17 @@ def plan(
     size = _gang_size(gang.ours, spec.nodes) if created else spec.nodes
     w.patch.setdefault("workers", {"ready": sum(_ready(p) for p in gang.live), "total": size})
 
+    by_index = {_index(p): p for p in gang.live}
+    if len(by_index) == size and all(_succeeded(p) for p in by_index.values()):
+        # Before a suspension (its results would be deleted with the pods) and before the deadline (a
+        # training that finished in time is not failed).
+        _succeed(gang, by_index[0])
+        return done()
     if spec.suspend:
         _suspend(gang)
         return done()
     if is_true(status.get("conditions"), Condition.SUSPENDED):
         _resume(gang)
-
-    by_index = {_index(p): p for p in gang.live}
-    if len(by_index) == size and all(_succeeded(p) for p in by_index.values()):
-        _succeed(gang, by_index[0])  # before the deadline: a training that finished in time is not failed
-        return done()
     if _past_deadline(gang):
         return done()
     if not created and _previous_gang_leaving(gang):
@@ -391,13 +421,18 @@ def _previous_gang_leaving(gang: _Gang) -> bool:
     checkpoint. True while that is being waited for (the live pods of a failed gang are deleted)."""
     w, out = gang.w, gang.out
     restarting = gang.phase == Phase.RESTARTING
-    leaving = [*gang.earlier, *(p for p in gang.ours if _deleting(p)), *(gang.live if restarting else ())]
+    # While restarting, live pods of another gang number are the failed gang's (their deletion may have
+    # failed after the status was written); those of the current number are the new gang's, created
+    # already (a status write or a pod create that failed part-way): they stay.
+    current = int(gang.status.get("restarts", 0))
+    stale = [p for p in gang.live if restarting and _gang_number(p) != current]
+    leaving = [*gang.earlier, *(p for p in gang.ours if _deleting(p)), *stale]
     if not leaving:
         return False
     names = ", ".join(_names(leaving)[:3]) + (f" and {len(leaving) - 3} more" if len(leaving) > 3 else "")
     message = f"waiting for the previous gang's pods to go away: {names}"
     if restarting:
-        out.delete_pods = _names(gang.live)
+        out.delete_pods = _names(stale)
         w.cond(Condition.RUNNING, False, Reason.GANG_RESTARTING, message)
         # A worker of the failed gang whose own failure was not retryable ends the training, even if
         # a peer's consequential error was seen first.
@@ -432,7 +467,7 @@ def _failed(gang: _Gang, by_index: Mapping[int | None, Mapping[str, Any]], size:
         _fail(w, out, Reason.NOT_RETRYABLE, fatal.describe(), gang.ours)
         return True
     restarts, disruptions = int(status.get("restarts", 0)), int(status.get("disruptions", 0))
-    disrupted = next((why for why in map(_disruption, gang.ours) if why), None)
+    disrupted = _disruption_behind(first, gang.ours)
     if disrupted is not None:  # the cluster's doing, not the training's: backoffLimit is not spent
         reason, message = Reason.WORKER_DISRUPTED, f"{disrupted}; not counted against backoffLimit"
         w.patch["disruptions"] = disruptions + 1
@@ -518,6 +553,8 @@ def refused(training: Mapping[str, Any], message: str) -> Plan:
         old = condition(w.conditions, Condition.CREATED) or {}
         if w.get("phase") is None:
             w.patch["phase"] = Phase.PENDING
+        if not w.get("startTime"):  # activeDeadlineSeconds also bounds a gang that is never admitted
+            w.patch["startTime"] = w.now
         w.cond(Condition.CREATED, False, Reason.CREATE_REFUSED, message)
         if old.get("message") != message or old.get("reason") != Reason.CREATE_REFUSED:
             w.events.append(("Warning", Reason.CREATE_REFUSED, message))

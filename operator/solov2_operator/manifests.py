@@ -38,6 +38,7 @@ from .spec import TrainingSpec
 
 __all__ = [
     "DNS_WAIT_SECONDS",
+    "GANG_ANNOTATION",
     "GANG_SIZE_ANNOTATION",
     "GRACE_PERIOD_SECONDS",
     "GROUP_NAME_ANNOTATION",
@@ -65,6 +66,9 @@ GROUP_NAME_ANNOTATION = "scheduling.k8s.io/group-name"
 GANG_SIZE_ANNOTATION = "solov2.io/nodes"
 """On every worker: the size of its gang (``spec.nodes`` when the gang was created). A running gang keeps
 its size when ``nodes`` changes; the next gang takes the new one."""
+GANG_ANNOTATION = "solov2.io/gang"
+"""On every worker: the training's ``status.restarts`` when its gang was created. While the training is
+``Restarting`` (``restarts`` already one more), a pod with another number is the failed gang's."""
 PODGROUP_API = ("scheduling.volcano.sh", "v1beta1", "podgroups")
 TRAINER_GROUP = 1000
 """The group the trainer image runs as (the Dockerfile's ``USER 1000:1000``): the workers' ``fsGroup``, so
@@ -236,8 +240,9 @@ def _resources(spec: TrainingSpec) -> V1ResourceRequirements:
     return V1ResourceRequirements(requests=requests or None, limits=limits or None)
 
 
-def build_pod(name: str, namespace: str, spec: TrainingSpec, index: int) -> dict[str, Any]:
-    """Worker ``index``: one container that waits for worker 0's name, then runs torchrun."""
+def build_pod(name: str, namespace: str, spec: TrainingSpec, index: int, gang: int = 0) -> dict[str, Any]:
+    """Worker ``index`` of gang number ``gang`` (the training's ``status.restarts``): one container that
+    waits for worker 0's name, then runs torchrun."""
     volumes, mounts = _volumes(spec)
     script = _WAIT_FOR_MASTER % {"wait": DNS_WAIT_SECONDS, "log": TERMINATION_LOG}
     container = V1Container(
@@ -254,7 +259,7 @@ def build_pod(name: str, namespace: str, spec: TrainingSpec, index: int) -> dict
         termination_message_path=TERMINATION_LOG,
         termination_message_policy="FallbackToLogsOnError",
     )
-    annotations = {GANG_SIZE_ANNOTATION: str(spec.nodes)}
+    annotations = {GANG_SIZE_ANNOTATION: str(spec.nodes), GANG_ANNOTATION: str(gang)}
     if spec.gang is not None:
         annotations[GROUP_NAME_ANNOTATION] = name
     pod_spec = V1PodSpec(
@@ -291,9 +296,9 @@ def build_pod(name: str, namespace: str, spec: TrainingSpec, index: int) -> dict
     return body
 
 
-def build_pods(name: str, namespace: str, spec: TrainingSpec) -> list[dict[str, Any]]:
-    """All workers of the gang, worker 0 first."""
-    return [build_pod(name, namespace, spec, i) for i in range(spec.nodes)]
+def build_pods(name: str, namespace: str, spec: TrainingSpec, gang: int = 0) -> list[dict[str, Any]]:
+    """All workers of gang number ``gang``, worker 0 first."""
+    return [build_pod(name, namespace, spec, i, gang) for i in range(spec.nodes)]
 
 
 def build_podgroup(name: str, namespace: str, spec: TrainingSpec) -> dict[str, Any] | None:

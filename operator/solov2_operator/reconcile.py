@@ -106,14 +106,16 @@ class Reconciler:
             decided = invalid(training, pods, str(exc))
         except Refused as exc:
             decided = refused(training, str(exc))
-        for pod in decided.delete_pods:
-            await self.kube.delete_pod(namespace, pod)
         if decided.read_progress_from and want_progress:
             await self._progress(decided, decided.read_progress_from)
         if decided.annotations:
             await self.kube.patch_annotations(namespace, name, decided.annotations)
         if decided.status:
             await self.kube.patch_status(namespace, name, decided.status)
+        # After the status: what a failed gang's pods said is kept there before they go, and a deletion
+        # that fails is done again by the next reconcile, which still finds them.
+        for pod in decided.delete_pods:
+            await self.kube.delete_pod(namespace, pod)
         if "restarts" in decided.status:  # a status patch holds only what changed: one more restart
             cause = "disruption" if "disruptions" in decided.status else "failure"
             self.metrics.gang_restarts.labels(namespace=namespace, cause=cause).inc()

@@ -20,6 +20,8 @@ from solov2_contract import (
     TERMINATED_ERROR_TYPE,
 )
 
+from .manifests import CONTAINER as TRAINER_CONTAINER
+
 __all__ = ["Failure", "parse_failure", "parse_progress", "parse_results"]
 
 _INTEGER_FIELDS = {"epoch", "totalEpochs", "iteration", "totalIterations"}
@@ -99,9 +101,9 @@ def parse_failure(message: str | None) -> Failure | None:
 
 
 def terminated_state(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The trainer container's ``state.terminated`` (or None while it runs or waits)."""
+    """The trainer container's ``state.terminated`` (or None while it runs or waits); other containers
+    (a sidecar an admission webhook injected) decide nothing."""
     for status in (pod.get("status") or {}).get("containerStatuses") or ():
-        terminated = (status.get("state") or {}).get("terminated")
-        if terminated:
-            return terminated
+        if status.get("name") == TRAINER_CONTAINER:
+            return (status.get("state") or {}).get("terminated") or None
     return None

@@ -9,6 +9,7 @@ is switched off); and serves only declared resources.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime
 import itertools
@@ -53,6 +54,8 @@ class Emulator(kmock.KubernetesEmulator):
         self.reject: dict[str, tuple[int, str]] = {}
         """Names whose create is refused with this HTTP status (422: invalid, 403: forbidden by a quota or
         an admission policy, 404: an unknown resource type) and message."""
+        self.refused: collections.Counter[str] = collections.Counter()
+        """How many creates of each name in ``reject`` were refused."""
         crd = yaml.safe_load((ROOT / "crds" / "solov2trainings.yaml").read_text())
         names = crd["spec"]["names"]
         self.resources[TRAININGS] = kmock.ResourceInfo(
@@ -120,6 +123,7 @@ class Emulator(kmock.KubernetesEmulator):
             name = ((request.data or {}).get("metadata") or {}).get("name")
             if name in self.reject:  # as validation, an admission webhook or a quota would
                 self._record(request)
+                self.refused[name] += 1
                 code, message = self.reject[name]
                 reason = {403: "Forbidden", 404: "NotFound", 422: "Invalid"}[code]
                 return await self._render_error(

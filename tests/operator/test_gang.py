@@ -16,8 +16,11 @@ TRAINING = {
 }  # fmt: skip
 
 
-def pod(i: int, phase: str, *, gang: int = 2, owner: str = "u1", **terminated) -> dict:
-    """Worker ``i`` of a gang of ``gang`` pods that training ``owner`` (a uid) created."""
+def pod(
+    i: int, phase: str, *, gang: int = 2, owner: str = "u1", number: int | None = None, **terminated
+) -> dict:
+    """Worker ``i`` of a gang of ``gang`` pods that training ``owner`` (a uid) created, at ``restarts``
+    ``number`` (None: a pod without that annotation)."""
     status: dict = {"phase": phase}
     if terminated:
         status["containerStatuses"] = [{"name": "trainer", "state": {"terminated": terminated}}]
@@ -29,7 +32,8 @@ def pod(i: int, phase: str, *, gang: int = 2, owner: str = "u1", **terminated) -
     meta = {
         "name": f"t-worker-{i}",
         "labels": labels,
-        "annotations": {"solov2.io/nodes": str(gang)},
+        "annotations": {"solov2.io/nodes": str(gang)}
+        | ({} if number is None else {"solov2.io/gang": str(number)}),
         "ownerReferences": [{"kind": "SOLOv2Training", "name": "t", "uid": owner, "controller": True}],
     }
     return {"metadata": meta, "status": status}
@@ -266,3 +270,92 @@ def test_a_refused_create_says_why_once():
     assert decided.events == [("Warning", "CreateRefused", message)]
     again = refused({**TRAINING, "status": decided.status}, message)
     assert not again.events and "phase" not in again.status
+
+
+RESTARTING = {**TRAINING, "status": {**TRAINING["status"], "phase": "Restarting", "restarts": 1,
+              "conditions": [{"type": "Created", "status": "False", "reason": "GangRestarting"}]}}  # fmt: skip
+
+
+def test_while_restarting_the_pods_of_the_new_gang_stay_and_only_the_failed_gangs_go():
+    # Each new gang's pods carry the restart count they were created at.
+    created = [b for b in plan(RESTARTING, []).create if b["kind"] == "Pod"]
+    assert [b["metadata"]["annotations"]["solov2.io/gang"] for b in created] == ["1", "1"]
+    # The status write after creating the new gang failed (it is still Restarting): its pods are kept,
+    # not deleted as the failed gang's (which cost a second pod start each).
+    decided = plan(RESTARTING, [pod(0, "Pending", number=1), pod(1, "Pending", number=1)])
+    assert not decided.delete_pods and condition(decided, "Created")["status"] == "True"
+    # A quota admitted worker 0 of the new gang and refused worker 1: worker 0 stays, worker 1 is asked for
+    # again (before, worker 0 was deleted and created again at every resync).
+    decided = plan(RESTARTING, [pod(0, "Running", number=1)])
+    assert not decided.delete_pods
+    assert [b["metadata"]["name"] for b in decided.create if b["kind"] == "Pod"] == ["t-worker-1"]
+    # A pod of the failed gang (number 0, or made before pods carried a number) that is still there (its
+    # deletion failed after the status was written) is deleted, and the new gang waits for it.
+    for old in (pod(1, "Running", number=0), pod(1, "Running")):
+        decided = plan(RESTARTING, [pod(0, "Running", number=1), old])
+        assert decided.delete_pods == ["t-worker-1"] and not decided.create
+
+
+def test_a_finished_training_stops_workers_that_still_run():
+    failed = {**TRAINING, "status": {**TRAINING["status"], "phase": "Failed",
+              "completionTime": "2026-01-01T00:10:00Z"}}  # fmt: skip
+    decided = plan(failed, [pod(0, "Failed", exitCode=1), pod(1, "Running"), deleting(pod(2, "Running"))])
+    assert decided.delete_pods == ["t-worker-1"] and "phase" not in decided.status
+
+
+def test_success_wins_over_a_suspension_that_came_after_it():
+    message = json.dumps({"segm_AP": 0.3})
+    done = [pod(0, "Succeeded", exitCode=0, message=message), pod(1, "Succeeded", exitCode=0)]
+    decided = plan(with_spec(TRAINING, suspend=True), done)
+    assert decided.status["phase"] == "Succeeded" and decided.status["results"]["segmAP"] == 0.3
+    assert not decided.delete_pods
+
+
+def test_only_the_trainer_container_decides():
+    sidecar_done = pod(0, "Running")
+    sidecar_done["status"]["containerStatuses"] = [
+        {"name": "istio-proxy", "state": {"terminated": {"exitCode": 0}}},
+        {"name": "trainer", "state": {"running": {}}},
+    ]
+    decided = plan(TRAINING, [sidecar_done, pod(1, "Running")])
+    assert "phase" not in decided.status and not decided.delete_pods  # still Running, not Succeeded
+    sidecar_done["status"]["containerStatuses"][0]["state"] = {"terminated": {"exitCode": 1}}
+    assert "phase" not in plan(TRAINING, [sidecar_done, pod(1, "Running")]).status  # nor failed
+
+
+def test_a_drain_that_began_after_a_worker_failed_on_its_own_does_not_excuse_it():
+    spent = {**TRAINING, "spec": {**TRAINING["spec"], "backoffLimit": 0}}
+    oom = pod(1, "Failed", exitCode=137, reason="OOMKilled", finishedAt="2026-01-01T00:10:00Z")
+
+    def drained(at: str) -> dict:
+        p = _disrupted(pod(0, "Running"))
+        p["status"]["conditions"][-1]["lastTransitionTime"] = at
+        return p
+
+    decided = plan(spent, [drained("2026-01-01T00:12:00Z"), oom])
+    assert (
+        decided.status["phase"] == "Failed"
+        and condition(decided, "Failed")["reason"] == "BackoffLimitExceeded"
+    )
+    assert "OOMKilled" in condition(decided, "Failed")["message"]
+    decided = plan(spent, [drained("2026-01-01T00:09:50Z"), oom])  # the drain came first: its doing
+    assert decided.status["phase"] == "Restarting" and decided.status["disruptions"] == 1
+
+
+def test_the_deadline_counts_from_the_first_attempt_and_leaves_out_suspended_time():
+    # A gang the API server keeps refusing (a quota) is still bounded by activeDeadlineSeconds.
+    fresh = {**with_spec(TRAINING, activeDeadlineSeconds=600), "status": {}}
+    decided = refused(fresh, "exceeded quota")
+    assert decided.status["startTime"]
+    started = {**fresh, "status": {**decided.status, "startTime": "2026-01-01T00:00:00Z"}}
+    decided = plan(started, [], now=_at("2026-01-01T00:10:01Z"))
+    assert (
+        decided.status["phase"] == "Failed" and condition(decided, "Failed")["reason"] == "DeadlineExceeded"
+    )
+    # 10 minutes spent suspended do not count.
+    resumed = {
+        **started,
+        "metadata": {**started["metadata"], "annotations": {"solov2.io/suspended-seconds": "600"}},
+    }
+    decided = plan(resumed, [], now=_at("2026-01-01T00:19:59Z"))
+    assert "phase" not in decided.status and [b["kind"] for b in decided.create] == ["Service", "Pod", "Pod"]
