@@ -73,6 +73,12 @@ def test_used_work_dir_retention_counts_and_a_foreign_checkpoint(small_coco, tmp
     assert "--resume" in error and str(ckpts) in error and "epoch_2.pth" in error
     assert json.loads(log.read_text())["retryable"] is False
 
+    # A resume that has nothing left to train (a restart after training ended, e.g. in evaluation)
+    # still reports the image skipped before it.
+    resumed = _run(_train(data, work, "", "--resume", "--no-eval", "--skip-bad-images", opts=opts))
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((work / "results.json").read_text())["skipped_images"] == 1
+
     other = _run(_train(data, work, log, "--resume", opts=("model.fpn.out_channels=32", "train.epochs=3")))
     assert other.returncode == 2
     message = json.loads(log.read_text())
@@ -92,11 +98,11 @@ def test_sigterm_checkpoints_writes_a_retryable_message_and_exits_143(small_coco
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert marker.exists(), "training never finished its first epoch"
-    signalled = time.monotonic()
     os.killpg(proc.pid, signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
+    _, stderr = proc.communicate(timeout=60)  # well inside the pods' 180 s grace period
+    # The message below names a checkpoint: it stopped in time (after --stop-timeout it would exit
+    # without one).
     assert proc.returncode == 143, stderr
-    assert time.monotonic() - signalled < 25  # the default --stop-timeout
     message = json.loads(log.read_text())
     last = (work / "checkpoints" / "last_checkpoint").read_text().strip()
     iteration = int(last.removeprefix("iter_").removesuffix(".pth"))

@@ -45,6 +45,10 @@ def test_one_nan_step_is_skipped_and_counted(small_coco, tmp_path, monkeypatch):
     assert any("iteration 2: non-finite loss or gradient, step skipped" in m for m in messages)
     weights = torch.load(tmp_path / "checkpoints" / "epoch_1.pth", weights_only=False)["model"]
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+    # A resumed run goes on counting from the checkpoint: the result covers the whole training.
+    resumed = dataclasses.replace(_opts(small_coco, tmp_path), resume=True)
+    results = train(load_config("solov2_tiny_cpu", ["train.epochs=2"]), resumed, log=lambda _m: None)
+    assert results["iterations"] == 8 and results["nonfinite_steps"] == 1
 
 
 def test_too_many_in_a_row_stop_with_a_clear_message(small_coco, tmp_path, monkeypatch):

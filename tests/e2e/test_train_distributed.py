@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 
 from solov2.config import load_config
 from solov2.device import setup_runtime, shutdown
-from solov2.engine.splits import distinct_over_ranks
+from solov2.engine.splits import distinct_over_ranks, union_over_ranks
 from solov2.engine.train import TrainOptions, _Trainer
 
 pytestmark = pytest.mark.slow
@@ -37,7 +37,12 @@ def _worker(rank: int, world: int, port: int, data: str, out: str) -> None:
     torch.set_num_threads(1)
     cfg = load_config("solov2_tiny_cpu", ["train.epochs=1", "train.log_interval=1"])
     opts = TrainOptions(
-        data_path=Path(data), work_dir=Path(out), device="cpu", evaluate=True, termination_log=None
+        data_path=Path(data),
+        work_dir=Path(out),
+        device="cpu",
+        evaluate=True,
+        termination_log=None,
+        skip_bad_images=True,  # each checkpoint write gathers the bad images of both processes
     )
     runtime = setup_runtime("cpu")
     try:
@@ -69,7 +74,9 @@ def test_two_gloo_ranks_train_the_same_parameters(small_coco, tmp_path):
             f"{key} diverged across ranks"
         )
     # Rank 0 alone wrote the checkpoint; both ranks evaluated what it holds.
-    checkpoint = torch.load(tmp_path / "checkpoints" / "epoch_1.pth", weights_only=False)["model"]
+    state = torch.load(tmp_path / "checkpoints" / "epoch_1.pth", weights_only=False)
+    assert state["bad_image_ids"] == []
+    checkpoint = state["model"]
     assert r0["statistics"] and r0["statistics"].keys() == r1["statistics"].keys()
     for key, value in checkpoint.items():
         if "running_" in key:
@@ -85,11 +92,12 @@ def _count_worker(rank: int, world: int, port: int, out: str) -> None:
     try:
         # Image 0 was bad for both processes (they met it in different epochs), 1 and 2 for one each.
         flags = torch.tensor([[1, 0, 1, 0], [1, 1, 0, 0]][rank], dtype=torch.uint8)
-        (Path(out) / f"count{rank}").write_text(str(distinct_over_ranks(flags, runtime)))
+        union = union_over_ranks(flags, runtime).tolist()
+        (Path(out) / f"count{rank}").write_text(f"{distinct_over_ranks(flags, runtime)} {union}")
     finally:
         shutdown(runtime)
 
 
 def test_a_bad_image_met_by_two_processes_counts_once(tmp_path):
     mp.start_processes(_count_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
-    assert [(tmp_path / f"count{r}").read_text() for r in (0, 1)] == ["3", "3"]
+    assert [(tmp_path / f"count{r}").read_text() for r in (0, 1)] == ["3 [1, 1, 1, 0]"] * 2

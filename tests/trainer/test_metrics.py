@@ -181,3 +181,14 @@ def test_failure_message_says_what_failed_and_whether_a_retry_can_help(tmp_path)
     assert len(crash["error"]) == 1000 and crash["error"].endswith("...")
     write_termination_message(tmp_path / "log", crash)
     assert json.loads((tmp_path / "log").read_text()) == crash
+    # Characters that JSON escapes (6 bytes each) or that take 4 bytes in UTF-8: the message is cut
+    # where it still fits, instead of losing its error.
+    for text in ("\x01" * 5000, "\N{SNAKE}" * 5000, "path: " + "\x1b[31m" * 900):
+        clipped = failure_message(RuntimeError(text))
+        write_termination_message(tmp_path / "log", clipped)
+        written = (tmp_path / "log").read_bytes()
+        assert len(written) < TERMINATION_MESSAGE_LIMIT
+        message = json.loads(written)
+        assert message == clipped and "truncated" not in message
+        assert message["error"].endswith("...") and text.startswith(message["error"][:-3])
+        assert len(message["error"]) > 500

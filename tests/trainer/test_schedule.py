@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from solov2.config import load_config
-from solov2.engine.schedule import lr_factor, scaled_lr
+from solov2.engine.schedule import lr_factor, scaled_lr, schedule_warnings
 
 
 def test_learning_rate_schedule():
@@ -21,3 +21,21 @@ def test_learning_rate_schedule():
     one_pass = load_config("solov2_tiny_cpu", ["train.epochs=1", "train.lr_steps=[0.75]"]).train
     assert lr_factor(749, iters_per_epoch=ipe, cfg=one_pass) == 1.0
     assert lr_factor(750, iters_per_epoch=ipe, cfg=one_pass) == pytest.approx(0.1)
+
+
+def test_settings_a_short_run_never_reaches_are_warned_about():
+    cfg = load_config(
+        "solov2_tiny_cpu", ["train.epochs=3", "train.lr_steps=[2,3,5]", "train.warmup_iters=50"]
+    )
+    assert schedule_warnings(cfg.train, total_iters=300) == [
+        "train.lr_steps [3, 5] do not come before the end of the run (train.epochs=3): "
+        "the learning rate is not decayed there"
+    ]
+    assert schedule_warnings(cfg.train, total_iters=30) == [
+        "train.warmup_iters (50) is longer than the run (30 iterations): the learning rate never reaches "
+        "train.base_lr",
+        "train.lr_steps [3, 5] do not come before the end of the run (train.epochs=3): "
+        "the learning rate is not decayed there",
+    ]
+    fine = load_config("solov2_tiny_cpu", ["train.epochs=3", "train.lr_steps=[2]"])
+    assert schedule_warnings(fine.train, total_iters=300) == []

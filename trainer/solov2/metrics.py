@@ -260,12 +260,34 @@ def _fit(results: Mapping[str, Any]) -> bytes:
     return _encode(kept)
 
 
+_ERROR_BYTES = TERMINATION_MESSAGE_LIMIT - 512
+"""Room for ``error`` as JSON (escapes included) in a message that also holds its class name."""
+
+
+def _clip(text: str, chars: int, max_bytes: int) -> str:
+    """``text`` cut to at most ``chars`` characters whose JSON string takes at most ``max_bytes``
+    bytes (control characters escape to 6 bytes each, other characters take up to 4), marked with
+    ``...`` where cut."""
+
+    def fits(n: int) -> bool:
+        clipped = text if n == len(text) else text[:n] + "..."
+        return len(clipped) <= chars and len(json.dumps(clipped, ensure_ascii=False).encode()) <= max_bytes
+
+    if fits(len(text)):
+        return text
+    low, high = 0, min(len(text), chars)  # fits(low) holds; find the longest prefix that fits
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle - 1)
+    return text[:low] + "..."
+
+
 def failure_message(exc: Exception) -> dict[str, Any]:
     """The termination message of a failed process: what went wrong, and whether a retry can help
     (``retryable`` is false for errors of the user's making: config, data, weights, divergence)."""
     text = str(exc) or type(exc).__name__
     return {
-        ERROR: text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 3] + "...",
+        ERROR: _clip(text, ERROR_CHARS, _ERROR_BYTES),
         ERROR_TYPE: type(exc).__name__,
         RETRYABLE: not isinstance(exc, UserError),
     }

@@ -36,6 +36,7 @@ import json
 import logging
 import pickle
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -368,6 +369,15 @@ class CocoInstances(Dataset):
         """``[len(self)]`` uint8: 1 for each image found bad so far (only with ``skip_bad_images``), across
         all workers of this process."""
         return self._bad.clone()
+
+    def mark_bad(self, image_ids: Iterable[int]) -> int:
+        """Flag the images of these COCO ids as bad (met by an earlier run, before a resume), so that
+        :meth:`bad_images` counts them; ids not in this data set are ignored. Returns how many were
+        flagged."""
+        position = {image_id: i for i, image_id in enumerate(self.image_ids)}
+        found = [position[i] for i in image_ids if i in position]
+        self._bad[found] = 1
+        return len(found)
 
     def __len__(self) -> int:
         return len(self.image_ids)

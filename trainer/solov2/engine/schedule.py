@@ -34,7 +34,8 @@ def schedule_warnings(cfg: TrainConfig, total_iters: int) -> list[str]:
     late = [s for s in cfg.lr_steps if s >= cfg.epochs]
     if late:
         out.append(
-            f"train.lr_steps {late} do not come before the end of the run (train.epochs={cfg.epochs}): "
+            f"train.lr_steps [{', '.join(f'{s:g}' for s in late)}] do not come before the end of the run "
+            f"(train.epochs={cfg.epochs}): "
             "the learning rate is not decayed there"
         )
     return out

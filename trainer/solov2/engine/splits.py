@@ -82,11 +82,17 @@ def evaluate_split(
     return metrics
 
 
+def union_over_ranks(flags: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """``flags`` (one per image, 1 where bad) set on any process, on the CPU (a collective when
+    distributed: every process must call it)."""
+    if not runtime.distributed:
+        return flags
+    t = flags.to(device=runtime.device, dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.to(device="cpu", dtype=flags.dtype)
+
+
 def distinct_over_ranks(flags: torch.Tensor, runtime: Runtime) -> int:
     """How many entries of ``flags`` (one per image, 1 where bad) are set on any process: an image that
     several processes met (in different epochs) counts once."""
-    if not runtime.distributed:
-        return int(flags.sum())
-    t = flags.to(device=runtime.device, dtype=torch.int32)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.sum().item())
+    return int(union_over_ranks(flags, runtime).sum())

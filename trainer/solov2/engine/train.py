@@ -52,7 +52,7 @@ from .reporting import (
 )
 from .schedule import lr_factor, scaled_lr, schedule_warnings
 from .sigterm import SigtermStop, agree
-from .splits import coco_split, distinct_over_ranks, evaluate_split
+from .splits import coco_split, distinct_over_ranks, evaluate_split, union_over_ranks
 from .startup import check_outputs
 from .step import TrainStep
 from .training_setup import TrainOptions, open_metrics, seed_everything, train_dataset, train_loader
@@ -162,7 +162,7 @@ class _Trainer:
         return lr_factor(iteration, iters_per_epoch=self.iters_per_epoch, cfg=self.cfg.train)
 
     # -- state -------------------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
+    def state(self, bad_image_ids: list[int]) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -176,7 +176,16 @@ class _Trainer:
             "class_names": list(self.dataset.class_names),
             "world_size": self.rt.world_size,
             "nonfinite_steps": self.nonfinite,
+            "bad_image_ids": bad_image_ids,
         }
+
+    def _bad_image_ids(self) -> list[int]:
+        """COCO ids of the images any process found bad so far (with ``--skip-bad-images``; a collective
+        then, so every process asks)."""
+        if not self.opts.skip_bad_images:
+            return []
+        flags = union_over_ranks(self.dataset.bad_images(), self.rt)
+        return [int(self.dataset.image_ids[i]) for i in flags.nonzero().flatten().tolist()]
 
     def restore(self) -> None:
         if self.rt.is_main:
@@ -208,6 +217,7 @@ class _Trainer:
         self.epoch, self.iteration = state["epoch"], state["iteration"]
         self.batch_in_epoch = state["batch_in_epoch"]
         self.nonfinite = state.get("nonfinite_steps", 0)
+        self.dataset.mark_bad(state.get("bad_image_ids", []))  # skipped_images counts the whole run
         restore_rng(state["rng"])
         old_batch = _total_batch(state) or self.total_batch
         if old_batch != self.total_batch:
@@ -247,8 +257,9 @@ class _Trainer:
 
     def save(self, name: str) -> Path:
         path = self.ckpt_dir / name
+        bad_image_ids = self._bad_image_ids()
         if self.rt.is_main:
-            save_checkpoint(path, self.state())
+            save_checkpoint(path, self.state(bad_image_ids))
             t = self.cfg.train
             prune_checkpoints(
                 self.ckpt_dir, keep_iter=t.keep_iter_checkpoints, epoch_every=t.epoch_checkpoint_every
