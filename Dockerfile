@@ -14,7 +14,8 @@
 ARG BASE_IMAGE=python:3.11-slim
 ARG PYTHON_IMAGE=python:3.11-slim
 
-# The project's wheel, built once for both images.
+# The project's wheel, built once for both images. Both install it by its file (a direct reference), so
+# pip never looks for a package of that name on an index; only the dependencies come from one.
 FROM ${PYTHON_IMAGE} AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -28,7 +29,7 @@ ARG VERSION=0.1.0
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --find-links /wheels "solov2-operator[operator]==${VERSION}" \
+    pip install --no-cache-dir "solov2-operator[operator] @ file:///wheels/solov2_operator-${VERSION}-py3-none-any.whl" \
     && useradd --uid 1000 --user-group --no-create-home --shell /usr/sbin/nologin solov2
 USER 1000:1000
 ENTRYPOINT ["solov2-operator"]
@@ -57,7 +58,7 @@ RUN if [ "$INSTALL_TORCH" = 1 ]; then \
     && if [ -n "$TORCH_NPU_VERSION" ]; then pip install --no-cache-dir "torch-npu==${TORCH_NPU_VERSION}"; fi \
     && python /tmp/check_torch_npu.py
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --find-links /wheels "solov2-operator[${TRAINER_EXTRAS}]==${VERSION}" \
+    pip install --no-cache-dir "solov2-operator[${TRAINER_EXTRAS}] @ file:///wheels/solov2_operator-${VERSION}-py3-none-any.whl" \
     && command -v torchrun \
     && (getent passwd 1000 >/dev/null || useradd --uid 1000 --user-group --create-home --shell /bin/bash solov2) \
     && install -d -o 1000 -g 1000 /workspace

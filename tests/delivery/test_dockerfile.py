@@ -83,11 +83,30 @@ def test_entry_points_named_by_the_chart_and_the_api_doc_exist(render):
     (deployment,) = by_kind(render(), "Deployment")
     command = deployment["spec"]["template"]["spec"]["containers"][0]["command"][0]
     assert 'ENTRYPOINT ["solov2-operator"]' in DOCKERFILE.read_text() and command == "solov2-operator"
-    if command not in scripts:
-        pytest.skip(f"{command}: the operator's console script is not declared in pyproject.toml yet")
+    assert command in scripts, f"{command}: the operator's console script is not in pyproject.toml"
     module, function = scripts[command].split(":")
     path = ROOT / "operator" / (module.replace(".", "/") + ".py")
     assert path.exists() and re.search(rf"^def {function}\(", path.read_text(), re.M), scripts[command]
+
+
+def test_both_images_install_the_wheel_built_in_the_image_never_one_from_an_index(tmp_path):
+    """Installing the project by name with ``--find-links`` would let pip take a higher version of that
+    name from PyPI. Each image installs the wheel stage's file, and that file is what ``pip wheel``
+    makes of this project (checked here with pip, offline)."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    installs = [line for line in text.splitlines() if "pip install" in line and "solov2-operator" in line]
+    assert len(installs) == 2, installs
+    references = [
+        re.search(r'"(solov2-operator\[[^\]]+\] @ file:///wheels/[^"]+)"', line) for line in installs
+    ]
+    assert all(references) and not any("--find-links" in line for line in installs), installs
+    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "--wheel-dir",
+        str(tmp_path), str(ROOT))  # fmt: skip
+    for reference in references:
+        local = reference[1].replace("${VERSION}", project_version()).replace("/wheels/", f"{tmp_path}/")
+        local = re.sub(r"\[\$\{TRAINER_EXTRAS\}\]", "[trainer,export]", local)
+        proc = run(sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--no-index", local)
+        assert f"Would install solov2-operator-{project_version()}" in proc.stdout
 
 
 @pytest.mark.parametrize(
