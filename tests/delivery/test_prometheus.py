@@ -136,7 +136,9 @@ def test_every_panel_returns_data(tool, tmp_path):
         assert not empty, "panels without data:\n" + "\n".join(empty)
         ap = _api(prom, "query_range", query=f'solov2_eval_ap{{training="{TRAINING}", iou_type="segm", metric="AP"}}',
                   start=str(start), end=str(end), step="1")  # fmt: skip
-        assert ap and 0 <= float(ap[0]["values"][-1][1]) <= 1
+        # The scraped AP is the one training reported (its termination message has 4 decimals).
+        reported = json.loads((tmp_path / "term").read_text())["segm_AP"]
+        assert ap and round(float(ap[0]["values"][-1][1]), 4) == reported
     finally:
         for proc in procs:
             proc.terminate()

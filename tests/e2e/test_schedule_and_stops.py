@@ -1,11 +1,15 @@
 """The learning rate a run reports and follows, also when it resumes with another total batch or
 base_lr; a SIGTERM that arrives while the last checkpoint is written; a SIGTERM at a periodic
-checkpoint; the leftovers of a write that a kill interrupted."""
+checkpoint; a SIGTERM outside the training loop (start-up, evaluation); the leftovers of a write that
+a kill interrupted."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -103,6 +107,27 @@ def test_a_sigterm_at_a_periodic_checkpoint_writes_it_once(small_coco, tmp_path)
     with pytest.raises(Terminated, match=r"at iteration 2; checkpoint .*iter_2\.pth"):
         trainer.run()
     assert saved == ["iter_2.pth"]
+
+
+@pytest.mark.parametrize("phase", ["restore", "evaluate"])
+def test_a_sigterm_outside_the_training_loop_stops_at_once(small_coco, tmp_path, phase):
+    """Start-up (restoring a checkpoint) and evaluation have no step boundary to wait for."""
+    trainer = _trainer(small_coco, tmp_path / "w", "train.epochs=1")
+    assert trainer.sigterm is not None
+
+    def signalled(*_args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the work that would go on
+        pytest.fail(f"{phase} went on after SIGTERM")
+
+    setattr(trainer, phase, signalled)
+    trainer.sigterm.install()
+    try:
+        with pytest.raises(Terminated):
+            trainer.run()
+    finally:
+        trainer.sigterm.uninstall()
+    assert trainer.iteration == (0 if phase == "restore" else 4)
 
 
 def test_unfinished_checkpoint_writes_are_removed_at_the_start(small_coco, tmp_path):

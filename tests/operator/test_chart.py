@@ -25,6 +25,8 @@ def test_chart_metadata_and_values_schema():
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["apiVersion"] == "v2" and chart["name"] == "solov2-operator"
     schema = json.loads((CHART / "values.schema.json").read_text())
-    jsonschema.validate(yaml.safe_load((CHART / "values.yaml").read_text()), schema)
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate({"replicas": 2}, schema)
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    jsonschema.validate(values, schema)
+    with pytest.raises(jsonschema.ValidationError) as unknown:  # a key the chart does not know
+        jsonschema.validate({**values, "replicas": 2}, schema)
+    assert unknown.value.validator == "additionalProperties" and "'replicas'" in unknown.value.message

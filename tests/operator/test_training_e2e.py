@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from .conftest import Cluster
-from .emulator import PODS, SERVICES, objects_of
 from .kubelet import Kubelet
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
@@ -65,7 +64,10 @@ def worker_log(root: Path, pod: str) -> str:
 
 async def test_a_training_succeeds_with_mask_ap_and_progress_moves(cluster: Cluster, claims: Path):
     async with Kubelet(cluster.emulator, cluster.core, claims):
-        await cluster.create("e2e-ok", training_spec())
+        # thresholds at 0: the briefly trained model detects something, so the AP is not 0 by default
+        await cluster.create(
+            "e2e-ok", training_spec("model.inference.score_thr=0.0", "model.inference.update_thr=0.0")
+        )
         seen: set[int] = set()
 
         def finished() -> bool:
@@ -78,7 +80,7 @@ async def test_a_training_succeeds_with_mask_ap_and_progress_moves(cluster: Clus
         status = cluster.training("e2e-ok")["status"]
         assert status["phase"] == "Succeeded", status
         assert status.get("restarts", 0) == 0, cluster.event_messages("e2e-ok", "WorkerFailed")
-        assert "segmAP50" in status["results"] and 0 <= status["results"]["segmAP50"] <= 1
+        assert 0 < status["results"]["segmAP50"] <= 1, status["results"]
         assert status["results"]["iterations"] == 8 and status["results"]["epochs"] == 2
         assert len(seen) >= 2, f"progress seen at iterations {sorted(seen)} only"
         assert status["progress"]["totalIterations"] == 8
@@ -137,20 +139,11 @@ async def test_suspend_then_resume_continues_from_the_checkpoint(cluster: Cluste
         await cluster.wait(lambda: cluster.phase("e2e-pause") in ("Succeeded", "Failed"), timeout=180)
         status = cluster.training("e2e-pause")["status"]
         assert status["phase"] == "Succeeded" and status.get("restarts", 0) == 0, status
-        assert resumed(worker_log(claims, "e2e-pause-worker-0"))
-
-
-async def test_deleting_a_training_leaves_no_child_without_its_owner(cluster: Cluster, claims: Path):
-    async with Kubelet(cluster.emulator, cluster.core, claims):
-        await cluster.create("e2e-del", training_spec())
-        await cluster.wait(lambda: cluster.phase("e2e-del") == "Running", timeout=60)
-        uid = cluster.training("e2e-del")["metadata"]["uid"]
-        await cluster.delete("e2e-del")
-        children = [
-            *objects_of(cluster.emulator, PODS).values(),
-            *objects_of(cluster.emulator, SERVICES).values(),
+        # Both ranks stopped at one step boundary on SIGTERM, wrote its checkpoint within the grace
+        # period, and the next gang resumed from exactly that one (worker 0's log keeps both runs).
+        log = worker_log(claims, "e2e-pause-worker-0")
+        stopped = re.search(r"SIGTERM: stopped at iteration (\d+), checkpoint \S*/iter_(\d+)\.pth", log)
+        assert stopped is not None and stopped[1] == stopped[2], log[-3000:]
+        assert re.search(rf"resume: iter_{stopped[1]}\.pth at epoch \d+, iteration {stopped[1]}\b", log), log[
+            -3000:
         ]
-        children = [c for c in children if c["metadata"]["name"].startswith("e2e-del")]
-        assert len(children) == 3
-        for child in children:  # the API server's garbage collector deletes them (kmock has none)
-            assert [o["uid"] for o in child["metadata"]["ownerReferences"]] == [uid]

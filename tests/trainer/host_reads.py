@@ -10,16 +10,49 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 
 class HostReads(TorchDispatchMode):
-    """Records every op that copies a tensor's value to the host (``.item()``, ``.tolist()``, ``bool()``)."""
+    """Records every read of a tensor's value by the host: ``.item()``, ``bool()``, ``int()`` and the like
+    (``aten._local_scalar_dense``), ``.tolist()``, ``.numpy()`` and NumPy's ``__array__`` (which on the CPU
+    read memory without dispatching an operator, so they are wrapped while the mode is active), and a
+    copy from an accelerator to the CPU (``.cpu()``, ``.to("cpu")``)."""
+
+    _WRAPPED = ("tolist", "numpy", "__array__")
 
     def __init__(self) -> None:
         super().__init__()
         self.reads: list[str] = []
+        self._originals: dict[str, object] = {}
+
+    def __enter__(self):
+        for name in self._WRAPPED:
+            original = self._originals[name] = getattr(torch.Tensor, name)
+            setattr(torch.Tensor, name, self._recording(name, original))
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            for name, original in self._originals.items():
+                setattr(torch.Tensor, name, original)
+
+    def _recording(self, name: str, original):
+        def read(tensor, *args, **kwargs):
+            self.reads.append(f"Tensor.{name}")
+            return original(tensor, *args, **kwargs)
+
+        return read
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
         if func is torch.ops.aten._local_scalar_dense.default:
             self.reads.append(str(func))
-        return func(*args, **(kwargs or {}))
+        out = func(*args, **kwargs)
+        if func.overloadpacket in (torch.ops.aten._to_copy, torch.ops.aten.copy_):
+            source = args[1] if func.overloadpacket is torch.ops.aten.copy_ else args[0]
+            target = args[0] if func.overloadpacket is torch.ops.aten.copy_ else out
+            if source.device.type != "cpu" and target.device.type == "cpu":
+                self.reads.append(f"{func} from {source.device}")
+        return out
 
 
 class DispatchedOps(TorchDispatchMode):

@@ -41,18 +41,42 @@ def _batches(trainer: _Trainer, n: int) -> list:
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_steps_between_logging_never_read_a_value_back(coco, tmp_path, optimizer):
-    trainer = _trainer(coco, tmp_path, f"train.optimizer={optimizer}")
+    # A pair buffer of 4 per image: positives are dropped, and counted on the device.
+    trainer = _trainer(coco, tmp_path, f"train.optimizer={optimizer}", "model.targets.max_positives=4")
     batches = _batches(trainer, 3)
     before = [p.detach().clone() for p in trainer.params]
+    dropped = []
     with HostReads() as mode:
         for batch in batches:
-            trainer.step(batch)
+            dropped.append(trainer.step(batch)["dropped_positives"])
             trainer.iteration += 1
     assert mode.reads == []
     # The steps did train, and the counters saw them, once read.
     assert any(not torch.equal(a, p) for a, p in zip(before, trainer.params, strict=True))
     counts = trainer.counters.read()
-    assert counts.nonfinite == 0 and counts.dropped_positives >= 0
+    assert counts.nonfinite == 0
+    assert counts.dropped_positives == int(sum(dropped)) > 0
+
+
+def test_the_host_read_recorder_sees_every_kind_of_read():
+    """What the test above relies on: each way of reading a value back is recorded."""
+    t = torch.arange(4.0)
+    reads = {
+        "item": lambda: t[0].item(),
+        "bool": lambda: bool(t[1]),
+        "int": lambda: int(t[1]),
+        "tolist": lambda: t.tolist(),
+        "numpy": lambda: t.numpy(),
+        "np.asarray": lambda: __import__("numpy").asarray(t),
+    }
+    for name, read in reads.items():
+        with HostReads() as mode:
+            read()
+        assert mode.reads, f"{name} was not recorded"
+    original = torch.Tensor.tolist
+    with HostReads() as mode:
+        (t * 2).sum()  # device work only
+    assert mode.reads == [] and torch.Tensor.tolist is original  # put back on exit
 
 
 def _snapshot(trainer: _Trainer) -> tuple[list[torch.Tensor], dict]:

@@ -148,6 +148,8 @@ def test_eval_transform_is_deterministic_and_unflipped():
     cfg = DataConfig(img_scale=(160, 128), flip_prob=1.0, canvases=((128, 160),))
     s = make_sample(60, 90)
     out = EvalTransform(cfg)(s, canvas=(128, 160))
+    again = EvalTransform(cfg)(s, canvas=(128, 160))
+    assert torch.equal(out.image, again.image) and torch.equal(out.boxes, again.boxes)
     assert out.image_size == (107, 160)
     assert torch.allclose(out.boxes, s.boxes * torch.tensor([160 / 90, 107 / 60, 160 / 90, 107 / 60]))
 
