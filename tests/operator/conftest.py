@@ -100,6 +100,15 @@ class Cluster:
             _content_type="application/merge-patch+json", _preload_content=False,
         )  # fmt: skip
 
+    async def reconciled(self, name: str, times: int = 3) -> None:
+        """Wait until the operator has reconciled training ``name`` about ``times`` more times (it reads
+        the training at the start of each): what "nothing changes on resync" is checked after."""
+        start = self.emulator.training_reads[name]
+        await self.wait(
+            lambda: self.emulator.training_reads[name] >= start + times,
+            message=f"{times} reconciles of {name}",
+        )
+
     async def wait(self, what: Callable[[], Any], timeout: float = 15.0, message: str = "") -> Any:
         deadline = time.monotonic() + timeout
         while True:

@@ -56,6 +56,8 @@ class Emulator(kmock.KubernetesEmulator):
         an admission policy, 404: an unknown resource type) and message."""
         self.refused: collections.Counter[str] = collections.Counter()
         """How many creates of each name in ``reject`` were refused."""
+        self.training_reads: collections.Counter[str] = collections.Counter()
+        """How many times the operator read each training (once per reconcile)."""
         crd = yaml.safe_load((ROOT / "crds" / "solov2trainings.yaml").read_text())
         names = crd["spec"]["names"]
         self.resources[TRAININGS] = kmock.ResourceInfo(
@@ -159,6 +161,8 @@ class Emulator(kmock.KubernetesEmulator):
             return
         agent = str(request.headers.get("User-Agent", ""))
         if agent.startswith(OPERATOR_AGENTS):
+            if verb == "get" and resource.plural == TRAININGS.split("/")[-1] and not request.subresource:
+                self.training_reads[str(request.name)] += 1
             self.api_requests.add(
                 (
                     verb,

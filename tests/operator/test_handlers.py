@@ -134,7 +134,7 @@ async def test_a_users_mistake_fails_at_once_without_restarts(cluster: Cluster):
     assert (
         failed["reason"] == "NotRetryable" and "ConfigError: train.epochs: must be >= 1" in failed["message"]
     )
-    await asyncio.sleep(0.6)  # a few resyncs: nothing is re-created
+    await cluster.reconciled("badcfg")  # nothing is re-created
     assert cluster.training("badcfg")["status"].get("restarts", 0) == 0
     assert "badcfg-worker-1" not in cluster.pods("badcfg")  # the running worker was stopped
 
@@ -198,7 +198,7 @@ async def test_suspend_deletes_the_workers_and_resume_recreates_them(cluster: Cl
     await cluster.patch_spec("pause", {"suspend": True})
     await cluster.wait(lambda: cluster.phase("pause") == "Suspended" and not cluster.pods("pause"))
     assert cluster.condition("pause", "Suspended")["status"] == "True"
-    await asyncio.sleep(0.5)
+    await cluster.reconciled("pause")
     assert not cluster.pods("pause")  # stays suspended
     await cluster.patch_spec("pause", {"suspend": False})
     await cluster.wait(lambda: len(cluster.pods("pause")) == 2, message="re-created gang")
@@ -231,7 +231,7 @@ async def test_a_finished_training_is_deleted_after_its_ttl(cluster: Cluster):
 
     await cluster.wait(lambda: cluster.phase("ttl") == "Succeeded")
     finished = time.monotonic()
-    await asyncio.sleep(1.0)  # several resyncs within the TTL: kept, results readable
+    await cluster.reconciled("ttl")  # within the TTL: kept, results readable
     assert cluster.training("ttl")["status"]["results"]["segmAP"] == 0.41
     await cluster.wait(lambda: "ttl" not in objects_of(cluster.emulator, TRAININGS), message="deleted")
     assert time.monotonic() - finished >= 1.9  # its TTL, less up to 1 s: completionTime has whole seconds
@@ -336,7 +336,7 @@ async def test_a_pod_the_api_server_rejects_fails_the_training_and_leaves_no_hal
     failed = cluster.condition("half", "Failed")
     assert failed["reason"] == "InvalidSpec" and "spec.nodeSelector: bad label" in failed["message"]
     await cluster.wait(lambda: not cluster.pods("half"), message="worker 0 deleted again")
-    await asyncio.sleep(0.5)
+    await cluster.reconciled("half")
     assert not cluster.pods("half")
 
 
@@ -368,7 +368,7 @@ async def test_a_resume_waits_for_the_suspended_workers_to_stop(cluster: Cluster
     await cluster.wait(
         lambda: "previous gang" in cluster.condition("nap", "Running")["message"], message="wait"
     )
-    await asyncio.sleep(0.5)
+    await cluster.reconciled("nap")
     assert {p["metadata"]["uid"] for p in cluster.pods("nap").values()} == old and cluster.phase(
         "nap"
     ) == "Pending"
@@ -427,7 +427,7 @@ async def test_a_create_the_cluster_refuses_is_reported_and_tried_again(cluster:
     assert (
         created["status"] == "False" and quota in created["message"] and cluster.phase("quota") == "Pending"
     )
-    await asyncio.sleep(0.6)  # a few resyncs try again: one event for one refusal
+    await cluster.reconciled("quota")  # each tries again: one event for one refusal
     assert len(cluster.event_messages("quota", "CreateRefused")) == 1
     del cluster.emulator.reject["quota-worker-1"]  # the quota was raised
     await all_running(cluster, "quota")
@@ -459,7 +459,7 @@ async def test_a_new_gang_brings_the_podgroup_and_the_service_to_the_spec(cluste
     await cluster.create("grow", spec)
     await all_running(cluster, "grow")
     await cluster.patch_spec("grow", {"nodes": 3, "metricsPort": 9500})
-    await asyncio.sleep(0.5)
+    await cluster.reconciled("grow")
     assert cluster.phase("grow") == "Running" and len(cluster.pods("grow")) == 2  # the running gang stays
     await cluster.set_pod("grow-worker-1", "Failed", exitCode=1, reason="Error")
     await cluster.wait(lambda: len(cluster.pods("grow")) == 3, message="a gang of 3")
