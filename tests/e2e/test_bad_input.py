@@ -67,7 +67,7 @@ def test_flags_argparse_refuses_write_the_termination_message_too(small_coco, tm
         _train(small_coco, tmp_path / "work", log, *extra)
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("usage: solov2") and named in err.splitlines()[-1]
+    assert err.startswith("usage: solov2 train ") and named in err.splitlines()[-1]  # the sub-command's usage
     message = json.loads(log.read_text())
     assert (
         named in message["error"] and message["error_type"] == "ConfigError" and message["retryable"] is False
@@ -180,3 +180,29 @@ def test_make_synthetic_refuses_a_file_and_an_existing_set(tmp_path, capsys):
     assert main(["make-synthetic", str(out), "--train", "3", "--val", "1"]) == 2
     assert "already holds a data set" in _one_line_error(capsys, "make-synthetic")
     assert len(list((out / "train2017").iterdir())) == 2  # the first set is untouched
+
+
+def test_every_command_checks_its_output_paths_before_it_loads_or_computes(tmp_path, capsys):
+    """A file where a directory must go is named at once (the checkpoint given does not even exist:
+    the output checks come first), not after an evaluation or an export as a traceback."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    missing = str(tmp_path / "no-such.pth")
+    cases = [
+        (["make-synthetic", str(a_file / "set"), "--train", "1", "--val", "0"], f"{a_file / 'set'}: {str(a_file)!r}"),
+        (["predict", str(a_file), "--checkpoint", missing, "--out", str(a_file)], f"--out {a_file}: is a file"),
+        (["eval", "--data-path", str(tmp_path), "--checkpoint", missing, "--work-dir", str(a_file / "sub")],
+         f"--work-dir {a_file / 'sub'}: {str(a_file)!r} is a file, not a directory"),
+        (["export", "--checkpoint", missing, "--out", str(a_file / "m.onnx")],
+         f"--out {a_file / 'm.onnx'}: {str(a_file)!r}"),
+        (["export", "--checkpoint", missing, "--out", str(tmp_path)], f"--out {tmp_path}: is a directory"),
+        (["export", "--checkpoint", missing, "--out", str(tmp_path / "m.onnx"), "--atol", "-1"], "--atol -1: must be"),
+    ]  # fmt: skip
+    for argv, named in cases:
+        assert main(argv) == 2, argv
+        assert _one_line_error(capsys, argv[0]).startswith(named), argv
+    assert _train(tmp_path / "no-data", tmp_path / "work", a_file / "tl") == 2
+    assert (
+        _one_line_error(capsys, "train")
+        == f"--termination-log {a_file / 'tl'}: {str(a_file)!r} is a file, not a directory"
+    )

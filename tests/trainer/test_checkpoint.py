@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from solov2.config import load_config
+from solov2.config import load_config, to_dict
 from solov2.engine.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -68,6 +68,13 @@ def test_load_from_skips_layers_whose_shape_changed(tmp_path):
     assert skipped == ["head.conv_cls.bias", "head.conv_cls.weight"]
     assert torch.equal(target.backbone.layer2[0].conv1.weight, source.backbone.layer2[0].conv1.weight)
     assert target.head.conv_cls.weight.shape[0] == 5
+    # Weights of another backbone: the error names what differs in the config the checkpoint holds.
+    tiny = load_config("solov2_tiny_cpu")
+    torch.save({"model": source.state_dict(), "config": to_dict(tiny)}, tmp_path / "tiny.pth")
+    r50 = load_config("solov2_tiny_cpu", ["model.backbone.depth=50", "model.head.num_classes=5"])
+    with pytest.raises(WeightsError, match=r"does not match this model .*; its config differs in "
+                       r"model\.backbone\.depth \(18 in the checkpoint, 50 now\)$"):  # fmt: skip
+        load_weights(SOLOv2(r50), tmp_path / "tiny.pth", to_dict(r50))
     # Evaluation needs an exact match and says which config to use.
     with pytest.raises(WeightsError, match="pass the --config it was trained with"):
         load_model_weights(
@@ -102,3 +109,16 @@ def test_the_total_batch_of_a_checkpoint_comes_from_its_config_and_process_count
 
     assert _total_batch({"world_size": 8, "config": {"data": {"samples_per_device": 2}}}) == 16
     assert _total_batch({"config": {"data": {"samples_per_device": 2}}}) is None
+
+
+def test_checkpoints_get_the_mode_a_plain_open_gives(tmp_path):
+    """Not mkstemp's 0600: a checkpoint or an exported model on a shared volume is readable by others
+    as far as the umask allows."""
+    import stat
+
+    from solov2.atomic import write_atomically
+
+    write_atomically(tmp_path / "atomic", lambda f: f.write(b"x"))
+    (tmp_path / "plain").write_bytes(b"x")
+    modes = [stat.S_IMODE((tmp_path / name).stat().st_mode) for name in ("atomic", "plain")]
+    assert modes[0] == modes[1]

@@ -224,7 +224,7 @@ def test_format_ap_table_rows_columns_and_missing_values():
     metrics["segm_APs"] = -1.0
     del metrics["bbox_APl"]
     lines = format_ap_table(metrics).splitlines()
-    assert lines[0].split() == list(AP_NAMES)
+    assert lines[0].split() == ["%", *AP_NAMES]  # percent, where the files hold fractions
     assert lines[1].split() == ["segm", "50.0", "50.0", "50.0", "-", "50.0", "50.0"]
     assert lines[2].split() == ["bbox", "25.0", "25.0", "25.0", "25.0", "25.0", "-"]
 

@@ -100,3 +100,25 @@ def test_full_1p_uses_the_modelzoo_pretrained_backbone_or_the_given_one(recorder
     res = _run("train_full_1p.sh", f"--data_path={data}", "--pretrained=mine.pth", env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "model.backbone.weights=mine.pth" in log.read_text().split()
+
+
+def test_a_flag_a_script_does_not_take_is_refused_not_ignored(recorder, tmp_path):
+    env, log = recorder
+    cases = [
+        ("train_finetune_1p.sh", ["--checkpoint=x"], "--pretrained=w.pth"),
+        ("train_eval_1p.sh", ["--checkpoint=x"], "--epochs=3"),
+        ("train_full_1p.sh", [], "--nproc=4"),
+    ]
+    for script, needed, flag in cases:
+        res = _run(script, f"--data_path={tmp_path}", *needed, flag, env=env, cwd=tmp_path)
+        assert res.returncode == 2 and f"unknown argument '{flag}'" in res.stderr, (script, res.stderr)
+        assert not log.exists()
+    res = _run("train_full_1p.sh", "--data_path", str(tmp_path), env=env, cwd=tmp_path)  # not --name=value
+    assert res.returncode == 2 and "each as --name=value" in res.stderr
+    # A checkpoints directory serves as --checkpoint (its newest, as solov2 takes it).
+    ckpts = tmp_path / "output" / "8p" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    res = _run("train_eval_1p.sh", f"--data_path={tmp_path}", f"--checkpoint={ckpts}", env=env, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    call = log.read_text().split()
+    assert call[call.index("--checkpoint") + 1] == str(ckpts)

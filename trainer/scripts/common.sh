@@ -1,6 +1,7 @@
 # Shared argument parsing for the ModelZoo-style entry points. Sourced, not run.
 # Flags (all --name=value): --data_path (required), --work_dir, --config, --device, --nproc, --checkpoint,
-# --epochs, --pretrained; anything after `--` is passed to `solov2` unchanged.
+# --epochs, --pretrained, each script taking those it names in `accepted`; anything after `--` is passed
+# to `solov2` unchanged.
 
 config="solov2_r50_fpn_1x_coco"
 work_dir=""
@@ -11,25 +12,31 @@ epochs=""
 pretrained=""
 data_path=""
 extra=()
+# The flags the sourcing script takes (it sets `accepted` first); any other is refused, not ignored.
+accepted="${accepted:-data_path work_dir config device nproc checkpoint epochs pretrained}"
 
 usage() {
     sed -n '2,/^$/s/^# \{0,1\}//p' "$0" >&2
     exit 2
 }
 
+refuse() {
+    echo "$(basename "$0"): unknown argument '$1' (this script takes --${accepted// /=, --}=, each as --name=value, and passes what follows -- to solov2; see --help)" >&2
+    exit 2
+}
+
 while [ $# -gt 0 ]; do
     case "$1" in
-        --data_path=*) data_path="${1#*=}" ;;
-        --work_dir=*) work_dir="${1#*=}" ;;
-        --config=*) config="${1#*=}" ;;
-        --device=*) device="${1#*=}" ;;
-        --nproc=*) nproc="${1#*=}" ;;
-        --checkpoint=*) checkpoint="${1#*=}" ;;
-        --epochs=*) epochs="${1#*=}" ;;
-        --pretrained=*) pretrained="${1#*=}" ;;
         -h|--help) usage ;;
         --) shift; extra=("$@"); break ;;
-        *) echo "$(basename "$0"): unknown argument '$1' (see --help)" >&2; exit 2 ;;
+        --?*=*)
+            name="${1%%=*}"
+            name="${name#--}"
+            if [[ " $accepted " != *" $name "* ]]; then
+                refuse "$1"
+            fi
+            printf -v "$name" '%s' "${1#*=}" ;;
+        *) refuse "$1" ;;
     esac
     shift
 done

@@ -2,12 +2,16 @@
 # Fine-tune from a trained checkpoint's weights (not its optimizer) on one device, e.g. on your own
 # COCO-format data set with another class count (the category branch is then re-initialised); give that
 # count after `--`, e.g. `-- --opts model.head.num_classes=3` (the COCO configs have 80).
-#   bash train_finetune_1p.sh --data_path=DIR --checkpoint=FILE [--work_dir=DIR] [--epochs=N] [-- solov2 args]
+#   bash train_finetune_1p.sh --data_path=DIR --checkpoint=FILE|DIR [--work_dir=DIR] [--config=NAME] [--device=auto]
+#       [--epochs=N] [-- solov2 args]
+# --config must describe the checkpoint's model (backbone, FPN, head; the class count may differ):
+# default solov2_r50_fpn_1x_coco.
 set -euo pipefail
+accepted="data_path work_dir config device checkpoint epochs"
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 work_dir="${work_dir:-output/finetune}"
-if [ -z "$checkpoint" ] || [ ! -f "$checkpoint" ]; then
-    echo "$(basename "$0"): --checkpoint=FILE is required and must exist (got '$checkpoint')" >&2
+if [ -z "$checkpoint" ] || [ ! -e "$checkpoint" ]; then
+    echo "$(basename "$0"): --checkpoint=FILE|DIR is required and must exist (got '$checkpoint')" >&2
     exit 2
 fi
 mkdir -p "$work_dir"

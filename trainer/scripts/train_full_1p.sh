@@ -5,6 +5,7 @@
 # --pretrained=FILE (a torchvision state dict), by default DIR/../pretrained/resnet50.pth if present.
 # Checkpoints, results.json and train.log go to --work_dir (default: ./output/1p).
 set -euo pipefail
+accepted="data_path work_dir config device epochs pretrained"
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 backbone_opts
 work_dir="${work_dir:-output/1p}"

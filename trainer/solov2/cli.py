@@ -61,7 +61,10 @@ def _no_config_with_onnx(args: argparse.Namespace) -> None:
 
 def _eval(args: argparse.Namespace) -> int:
     from .engine.commands import run_eval
+    from .engine.startup import check_output_dir
 
+    if args.work_dir is not None:
+        check_output_dir(f"--work-dir {args.work_dir}", args.work_dir)
     if args.onnx is not None:
         from .engine.commands import run_eval_onnx
 
@@ -77,7 +80,9 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from .engine.commands import run_predict
+    from .engine.startup import check_output_dir
 
+    check_output_dir(f"--out {args.out}", args.out)
     if args.onnx is not None:
         from .engine.commands import run_predict_onnx
 
@@ -93,6 +98,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _make_synthetic(args: argparse.Namespace) -> int:
     from .data.synthetic import write_synthetic_coco
+    from .engine.startup import check_output_dir
 
     if args.train < 1 or args.val < 0:
         raise ConfigError("--train must be at least 1 and --val at least 0")
@@ -104,6 +110,7 @@ def _make_synthetic(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"{out}: already holds a data set ({', '.join(existing)}); remove it or choose another OUT"
         )
+    check_output_dir(str(out), out)
     root = write_synthetic_coco(args.out, train=args.train, val=args.val, seed=args.seed)
     print(f"wrote {args.train} training and {args.val} validation images to {root}")
     return EXIT_OK
@@ -143,9 +150,13 @@ def _check_static(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from .engine.commands import run_export
+    from .engine.startup import check_output_file
 
     if args.check_batches < 1:
         raise ConfigError("--check-batches: must be at least 1")
+    if not (math.isfinite(args.atol) and args.atol >= 0):
+        raise ConfigError(f"--atol {args.atol:g}: must be a number >= 0")
+    check_output_file(f"--out {args.out}", args.out)
     run_export(_config(args, args.checkpoint), checkpoint=args.checkpoint, out=args.out, canvas=args.canvas,
                batch=args.batch, opset=args.opset, atol=args.atol, check_batches=args.check_batches)  # fmt: skip
     return EXIT_OK

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from .config import CONFIG_DIR
 
@@ -50,8 +51,19 @@ class _Parser(argparse.ArgumentParser):
     """Raises :class:`FlagError` where argparse would exit, so that ``solov2 train`` can first write
     its termination message (a bad flag is no reason for Kubernetes to retry)."""
 
+    subcommands: dict[str, argparse.ArgumentParser]
+
     def error(self, message: str) -> NoReturn:
         raise FlagError(message, self)
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        """As argparse's, but a flag the sub-command does not know is reported with that sub-command's
+        usage (argparse reports it with the top-level one)."""
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            owner = getattr(self, "subcommands", {}).get(getattr(parsed, "command", None), self)
+            owner.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,4 +417,5 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for add in _SUBCOMMANDS:
         add(sub)
+    parser.subcommands = sub.choices
     return parser

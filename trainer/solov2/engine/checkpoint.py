@@ -116,17 +116,28 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def load_weights(model: nn.Module, path: Path) -> list[str]:
+def load_weights(model: nn.Module, path: Path, config: dict[str, Any] | None = None) -> list[str]:
     """Load model weights only (``--load-from`` fine-tuning), from a training checkpoint or a state dict.
 
     Tensors whose shape differs from the model's (a new class count changes the category branch) are
-    skipped; their names are returned so the caller can report them. Missing or unknown keys are errors.
+    skipped; their names are returned so the caller can report them. Missing or unknown keys are errors,
+    which name the model fields whose values differ from the current ``config`` where the checkpoint
+    holds its own.
     """
-    weights = _model_weights(_read(path, "--load-from"), path, "--load-from")
+    state = _read(path, "--load-from")
+    weights = _model_weights(state, path, "--load-from")
     missing, unexpected, skipped = compare_state_dicts(model.state_dict(), weights)
     if missing or unexpected:
+        stored = state.get("config") if isinstance(state, dict) else None
+        changed = [
+            d
+            for d in config_differences(stored, config, "model")
+            if not d.startswith("model.head.num_classes")
+        ]
+        what = f"; its config differs in {', '.join(changed[:3])}" if changed else ""
         raise WeightsError(
             f"--load-from {path}: does not match this model (missing {missing[:5]}, unexpected {unexpected[:5]})"
+            + what
         )
     model.load_state_dict({k: v for k, v in weights.items() if k not in skipped}, strict=False)
     return skipped

@@ -238,12 +238,13 @@ def evaluate(
 
 
 def format_ap_table(metrics: Mapping[str, float]) -> str:
-    """The AP table (rows segm and bbox, columns AP AP50 AP75 APs APm APl) in percent, one decimal.
+    """The AP table (rows segm and bbox, columns AP AP50 AP75 APs APm APl) in percent, one decimal, as
+    its corner says (``metrics.json``, ``results.json`` and the termination message hold fractions).
 
     A missing value, or a negative one (no ground truth in that area range), shows as ``-``.
     """
     width = 7
-    lines = ["".ljust(6) + "".join(name.rjust(width) for name in AP_NAMES)]
+    lines = ["%".ljust(6) + "".join(name.rjust(width) for name in AP_NAMES)]  # the files hold fractions
     for iou_type in IOU_TYPES:
         cells = []
         for name in AP_NAMES:

@@ -1,5 +1,5 @@
-"""Checks of ``solov2 train``'s outputs before anything is loaded: a path that cannot be written
-should stop a run at its start, not after hours of training."""
+"""Checks of a command's outputs before anything is loaded: a path that cannot be written should stop
+a run at its start, not after hours of training (or minutes of evaluation, or an export)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,37 @@ from .checkpoint import LAST
 CHECKPOINTS = "checkpoints"
 
 
+def _file_in_the_way(path: Path) -> Path | None:
+    """The nearest of ``path`` and its parents that exists, if it is not a directory."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
+
+
+def check_output_dir(flag: str, path: Path, *, named: Path | None = None) -> None:
+    """``path`` is, or is now made, a directory this process can create files in. ``named``: the path
+    the flag names, when that is not ``path`` (a file in it)."""
+    blocker = _file_in_the_way(path)
+    if blocker is not None:
+        where = "" if blocker == (named or path) else f"{str(blocker)!r} "
+        raise ConfigError(f"{flag}: {where}is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{flag}: cannot write files in {path} ({exc.strerror or exc})") from None
+
+
+def check_output_file(flag: str, path: Path) -> None:
+    """``path`` can be written as a file: not a directory, in a directory that is, or is now made,
+    writable."""
+    if path.is_dir():
+        raise ConfigError(f"{flag}: is a directory (pass a file path)")
+    check_output_dir(flag, path.parent, named=path)
+
+
 def check_termination_log(path: Path | None) -> None:
     """The termination log can be written: not a directory, in an existing, writable directory."""
     if path is None:
@@ -22,6 +53,9 @@ def check_termination_log(path: Path | None) -> None:
     flag = f"--termination-log {path}"
     if path.is_dir():
         raise ConfigError(f"{flag}: is a directory (pass a file path, or '' to disable the message)")
+    blocker = _file_in_the_way(path.parent)
+    if blocker is not None:
+        raise ConfigError(f"{flag}: {str(blocker)!r} is a file, not a directory")
     if not path.parent.is_dir():
         raise ConfigError(f"{flag}: directory {str(path.parent)!r} does not exist")
     if path.exists() and not os.access(path, os.W_OK):
@@ -48,15 +82,9 @@ def check_work_dir(work_dir: Path, *, resume: bool) -> None:
     """The work directory is (or can be made) a writable directory, and without ``resume`` it holds
     no checkpoints of an earlier run (which a new run would silently mix with its own)."""
     flag = f"--work-dir {work_dir}"
-    if work_dir.exists() and not work_dir.is_dir():
-        raise ConfigError(f"{flag}: is a file, not a directory")
     ckpt_dir = work_dir / CHECKPOINTS
-    try:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=ckpt_dir):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"{flag}: cannot write checkpoints to {ckpt_dir} ({exc.strerror or exc})") from None
+    check_output_dir(flag, work_dir)
+    check_output_dir(flag, ckpt_dir)
     if resume:
         return
     earlier = sorted(p.name for p in ckpt_dir.glob("*.pth"))

@@ -200,7 +200,7 @@ class _Trainer:
                 self._resume_from(path)
                 return
         if self.opts.load_from is not None:
-            skipped = load_weights(self.model, self.opts.load_from)
+            skipped = load_weights(self.model, self.opts.load_from, to_dict(self.cfg))
             self.log(
                 f"load-from: weights of {self.opts.load_from}"
                 + (f" (shape changed, left initialised: {', '.join(skipped)})" if skipped else "")

@@ -19,8 +19,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..atomic import write_atomically
 from ..config import Config, to_dict
 from ..model.solov2 import MASK_STRIDE
 from .check import check_onnx
@@ -162,14 +161,6 @@ def export_onnx(
             f"{out}: not written: onnxruntime's outputs differ from PyTorch's beyond the tolerance"
         )
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(out, lambda f: f.write(data))
     log(f"export: wrote {out} ({len(data) / 2**20:.1f} MiB)")
     return {**report, "export_seconds": seconds}
