@@ -74,6 +74,8 @@ class Plan:
     delete_training: bool = False
     events: list[tuple[str, str, str]] = field(default_factory=list)
     """(type ``Normal``/``Warning``, reason, message)."""
+    vanished: list[str] = field(default_factory=list)
+    """Workers judged "pod deleted": gone, with no last state known (see ``departed`` of :func:`plan`)."""
     read_progress_from: str | None = None
     """Pod IP of worker 0 while it runs: read its metrics."""
     spec: TrainingSpec | None = None
@@ -264,6 +266,8 @@ class _Gang:
     earlier: list[Mapping[str, Any]]
     """Pods with this training's labels that an earlier training of the same name owns: deleted with it,
     they may still be stopping, and they hold the names the new gang needs."""
+    departed: list[Mapping[str, Any]] = field(default_factory=list)
+    """This training's workers that someone else deleted and that are gone, as last seen."""
 
     @property
     def meta(self) -> Mapping[str, Any]:
@@ -291,10 +295,14 @@ class _Gang:
 
 
 def plan(
-    training: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: datetime.datetime | None = None
+    training: Mapping[str, Any],
+    pods: Sequence[Mapping[str, Any]],
+    now: datetime.datetime | None = None,
+    departed: Sequence[Mapping[str, Any]] = (),
 ) -> Plan:
     """Decide the next step of ``training`` (a SOLOv2Training as the API returns it) given the worker
-    pods that carry its labels."""
+    pods that carry its labels, and the last state of those that someone else deleted and that are gone
+    (``departed``: a missing worker is then judged by it)."""
     now = now or datetime.datetime.now(datetime.timezone.utc)
     meta = training.get("metadata") or {}
     name, namespace = meta["name"], meta.get("namespace", "default")
@@ -330,6 +338,7 @@ def plan(
         training, spec, w, out, now,
         ours=[p for p in pods if _owner_uid(p) in (None, uid)],
         earlier=[p for p in pods if _owner_uid(p) not in (None, uid)],
+        departed=[p for p in departed if _owner_uid(p) in (None, uid)],
     )  # fmt: skip
     created = is_true(w.conditions, Condition.CREATED)
     # A running gang keeps the size it was created with: a new `nodes` takes effect with the next gang.
@@ -452,11 +461,14 @@ def _failed(gang: _Gang, by_index: Mapping[int | None, Mapping[str, Any]], size:
     if it cannot be retried, else ``Restarting``. True if so."""
     w, out, spec, status = gang.w, gang.out, gang.spec, gang.status
     failures = [f for f in map(_failure, gang.live) if f is not None]
-    failures += [
-        WorkerFailure(worker_name(gang.name, i), None, "pod deleted", None)
-        for i in range(size)
-        if i not in by_index
-    ]
+    gone = {p["metadata"]["name"]: p for p in gang.departed}
+    for i in range(size):
+        if i not in by_index:
+            name = worker_name(gang.name, i)
+            last = gone.get(name)
+            if last is None:
+                gang.out.vanished.append(name)
+            failures.append((last and _failure(last)) or WorkerFailure(name, None, "pod deleted", None))
     suspended = gang.phase == Phase.SUSPENDED
     failures = [f for f in failures if not (f.failure and f.failure.terminated and suspended)]
     if not failures:
@@ -467,7 +479,7 @@ def _failed(gang: _Gang, by_index: Mapping[int | None, Mapping[str, Any]], size:
         _fail(w, out, Reason.NOT_RETRYABLE, fatal.describe(), gang.ours)
         return True
     restarts, disruptions = int(status.get("restarts", 0)), int(status.get("disruptions", 0))
-    disrupted = _disruption_behind(first, gang.ours)
+    disrupted = _disruption_behind(first, [*gang.ours, *gang.departed])
     if disrupted is not None:  # the cluster's doing, not the training's: backoffLimit is not spent
         reason, message = Reason.WORKER_DISRUPTED, f"{disrupted}; not counted against backoffLimit"
         w.patch["disruptions"] = disruptions + 1

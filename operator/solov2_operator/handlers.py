@@ -133,6 +133,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = No
         )
         if type == "DELETED":
             seen.pop(uid, None)
+            state["reconcile"].departed(namespace, training, dict(body))
         elif seen.get(uid) == key or pod_status.get("phase") is None:
             seen[uid] = key
             return  # nothing the gang's state depends on changed (or the pod was just created)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -50,14 +51,32 @@ class Reconciler:
     """Reconciles trainings one at a time each (a lock per training); requests for a training that is
     already waiting for its turn are merged."""
 
-    def __init__(self, kube: Kube, metrics: OperatorMetrics, progress_timeout: float = 2.0) -> None:
+    def __init__(
+        self, kube: Kube, metrics: OperatorMetrics, progress_timeout: float = 2.0, departure_wait: float = 1.0
+    ) -> None:
         self.kube = kube
+        self.departure_wait = departure_wait
         self.metrics = metrics
         self.progress_timeout = progress_timeout
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._waiting: set[tuple[str, str]] = set()
         self._seen: set[tuple[str, str]] = set()
         self._session: aiohttp.ClientSession | None = None
+        self._departed: dict[tuple[str, str], dict[str, Mapping[str, Any]]] = {}
+        self._vanished: dict[tuple[str, str], float] = {}
+        self._deleted: set[str] = set()
+        """Uids of the pods this operator deleted: their end is no news."""
+
+    def departed(self, namespace: str, training: str, pod: Mapping[str, Any]) -> None:
+        """A worker of ``training`` is gone, and someone else deleted it (a drain, PodGC after a lost
+        node, a user): keep its last state, which the next reconcile no longer finds in the pod list, so
+        that its failure or disruption is judged from it rather than as "pod deleted". Kept until a pod
+        of that name is created again (forgotten if the operator restarts)."""
+        meta = pod.get("metadata") or {}
+        if meta.get("uid") in self._deleted:
+            self._deleted.discard(meta["uid"])
+            return
+        self._departed.setdefault((namespace, training), {})[meta.get("name", "")] = pod
 
     async def close(self) -> None:
         if self._session is not None:
@@ -91,15 +110,24 @@ class Reconciler:
             self.metrics.observe(namespace, name, None)
             self._locks.pop((namespace, name), None)
             self._seen.discard((namespace, name))
+            self._departed.pop((namespace, name), None)
             return None
         pods = [] if fresh else await self.kube.list_workers(namespace, name)
-        decided = plan(training, pods)
+        decided = self._plan(training, pods)
+        if decided.vanished:
+            # A worker is gone without a known last state: its DELETED event, which carries that state,
+            # may still be on its way (kopf batches events). Decide on a later reconcile: the one that event
+            # brings, or, after departure_wait, any.
+            since = self._vanished.setdefault((namespace, name), time.monotonic())
+            if time.monotonic() - since < self.departure_wait:
+                return (training.get("status") or {}).get("phase")
+        self._vanished.pop((namespace, name), None)
         try:
             if not await self._create(training, decided) and fresh:
                 # A worker of that name exists: one an earlier operator made for this training, or one of
                 # an earlier training of the same name, still stopping. Decide on what is really there.
                 pods = await self.kube.list_workers(namespace, name)
-                decided = plan(training, pods)
+                decided = self._plan(training, pods)
                 await self._create(training, decided)
         except Rejected as exc:
             pods = await self.kube.list_workers(namespace, name)
@@ -114,7 +142,9 @@ class Reconciler:
             await self.kube.patch_status(namespace, name, decided.status)
         # After the status: what a failed gang's pods said is kept there before they go, and a deletion
         # that fails is done again by the next reconcile, which still finds them.
+        uids = {p["metadata"]["name"]: p["metadata"].get("uid") for p in pods}
         for pod in decided.delete_pods:
+            self._deleted.add(uids.get(pod) or "")
             await self.kube.delete_pod(namespace, pod)
         if "restarts" in decided.status:  # a status patch holds only what changed: one more restart
             cause = "disruption" if "disruptions" in decided.status else "failure"
@@ -128,11 +158,20 @@ class Reconciler:
         self.metrics.observe(namespace, name, phase, decided.status.get("results", status.get("results")))
         return phase
 
+    def _plan(self, training: Mapping[str, Any], pods: list[dict[str, Any]]) -> Plan:
+        meta = training.get("metadata") or {}
+        departed = self._departed.get((meta.get("namespace", "default"), meta["name"]), {})
+        names = {p["metadata"]["name"] for p in pods}
+        return plan(training, pods, departed=[p for n, p in departed.items() if n not in names])
+
     async def _create(self, training: Mapping[str, Any], decided: Plan) -> bool:
         """Create the plan's children; False if a worker pod of that name existed already."""
         all_new = True
+        meta = training.get("metadata") or {}
+        departed = self._departed.get((meta.get("namespace", "default"), meta["name"]), {})
         for body in decided.create:
             body = dict(body)
+            departed.pop(body["metadata"]["name"], None)  # its name now belongs to the new gang
             kopf.adopt(body, owner=_as_body(training))
             if not await self.kube.create(body) and body["kind"] == "Pod":
                 all_new = False

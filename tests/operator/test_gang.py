@@ -359,3 +359,22 @@ def test_the_deadline_counts_from_the_first_attempt_and_leaves_out_suspended_tim
     }
     decided = plan(resumed, [], now=_at("2026-01-01T00:19:59Z"))
     assert "phase" not in decided.status and [b["kind"] for b in decided.create] == ["Service", "Pod", "Pod"]
+
+
+def test_a_worker_someone_else_deleted_is_judged_by_its_last_state():
+    spent = with_spec(TRAINING, backoffLimit=0)
+    # Evicted, then removed (PodGC after a lost node) before any reconcile saw its condition.
+    evicted = _disrupted(pod(1, "Failed", exitCode=143, reason="Error"), reason="DeletionByPodGC")
+    decided = plan(spent, [pod(0, "Running")], departed=[evicted])
+    assert decided.status["phase"] == "Restarting" and decided.status["disruptions"] == 1
+    assert condition(decided, "Restarting")["reason"] == "WorkerDisrupted"
+    # Killed for memory, then deleted by a user: the failure it had, not "pod deleted".
+    oom = pod(1, "Failed", exitCode=137, reason="OOMKilled")
+    decided = plan(spent, [pod(0, "Running")], departed=[oom])
+    assert condition(decided, "Failed")["message"].startswith(
+        "pod t-worker-1 exited with code 137 (OOMKilled)"
+    )
+    # Without a last state, and for a pod of an earlier training of that name, it is "pod deleted".
+    for departed in ([], [_disrupted(pod(1, "Running", owner="u0"))]):
+        decided = plan(spent, [pod(0, "Running")], departed=departed)
+        assert "(pod deleted)" in condition(decided, "Failed")["message"]

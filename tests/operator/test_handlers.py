@@ -452,6 +452,23 @@ async def test_a_restart_the_quota_admits_only_in_part_keeps_the_admitted_worker
     assert cluster.training("part")["status"]["restarts"] == 1
 
 
+async def test_a_worker_evicted_and_removed_at_once_is_a_disruption_not_a_failure(cluster: Cluster):
+    """The condition and the deletion come within kopf's batching window: the operator only ever sees
+    the pod's DELETED event, whose last state says it was disrupted."""
+    await cluster.create("gone", {**CPU_2, "backoffLimit": 0})
+    await all_running(cluster, "gone")
+    await cluster.set_pod(
+        "gone-worker-1", "Failed", disruption="DeletionByPodGC", exitCode=143, reason="Error"
+    )
+    await asyncio.to_thread(cluster.core.delete_namespaced_pod, "gone-worker-1", "default")
+    await cluster.wait(lambda: cluster.training("gone")["status"].get("restarts") == 1, message="a restart")
+    status = cluster.training("gone")["status"]
+    assert status["disruptions"] == 1 and status["phase"] != "Failed"
+    assert (
+        "gone-worker-1 was disrupted (DeletionByPodGC)" in cluster.condition("gone", "Restarting")["message"]
+    )
+
+
 async def test_a_new_gang_brings_the_podgroup_and_the_service_to_the_spec(cluster: Cluster):
     from .emulator import PODGROUPS, SERVICES, objects_of
 
