@@ -112,7 +112,9 @@ def _ready(pod: Mapping[str, Any]) -> bool:
 def _failure(pod: Mapping[str, Any]) -> WorkerFailure | None:
     name = (pod.get("metadata") or {}).get("name", "?")
     terminated = terminated_state(pod)
-    if terminated is not None and terminated.get("exitCode", 0) != 0:
+    if terminated is not None and terminated.get("exitCode", 0) == 0:
+        return None  # the trainer finished; another container (a sidecar) may have failed the pod
+    if terminated is not None:
         return WorkerFailure(
             pod=name,
             exit_code=terminated.get("exitCode"),
@@ -136,6 +138,9 @@ def _disruption(pod: Mapping[str, Any]) -> str | None:
     return f"pod {name} was disrupted ({details or 'DisruptionTarget'})"
 
 
+_CLOCK_SKEW = datetime.timedelta(seconds=5)
+
+
 def _disruption_behind(first: WorkerFailure, pods: Sequence[Mapping[str, Any]]) -> str | None:
     """The disruption behind a gang's failure whose root cause is ``first``: one of ``first``'s pod, or
     one that began before that pod stopped. A drain that began after a worker failed on its own (out of
@@ -146,7 +151,9 @@ def _disruption_behind(first: WorkerFailure, pods: Sequence[Mapping[str, Any]]) 
         if why is None:
             continue
         since = parse_time(_pod_condition(pod, "DisruptionTarget").get("lastTransitionTime"))
-        if pod["metadata"]["name"] == first.pod or failed_at is None or since is None or since <= failed_at:
+        if pod["metadata"]["name"] == first.pod or failed_at is None or since is None:
+            return why
+        if since <= failed_at + _CLOCK_SKEW:  # kubelet and control-plane clocks may differ a little
             return why
     return None
 
@@ -241,8 +248,11 @@ def _fail(w: _Writer, out: Plan, reason: str, message: str, pods: Sequence[Mappi
 
 
 def _unfinished(pods: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Names of the pods whose trainer still runs or waits, and that are not being deleted yet."""
-    return [p["metadata"]["name"] for p in pods if not _deleting(p) and not terminated_state(p)]
+    """Names of the pods that still run or wait (the trainer, or a sidecar beside a trainer that has
+    finished) and that are not being deleted yet."""
+    return [
+        p["metadata"]["name"] for p in pods if not _deleting(p) and _phase(p) not in ("Succeeded", "Failed")
+    ]
 
 
 def _suspended_seconds(annotations: Mapping[str, str]) -> float:
@@ -288,6 +298,13 @@ class _Gang:
     @property
     def live(self) -> list[Mapping[str, Any]]:
         return [p for p in self.ours if not _deleting(p)]
+
+    def last_states(self) -> list[Mapping[str, Any]]:
+        """The last known state of this gang's workers that are not live: being deleted (still listed)
+        or gone (``departed``)."""
+        current = int(self.status.get("restarts", 0))
+        deleting = [p for p in self.ours if _deleting(p) and _gang_number(p) == current]
+        return [*self.departed, *deleting]
 
     def annotations(self) -> dict[str, str]:
         """The training's annotations with this plan's changes."""
@@ -338,7 +355,11 @@ def plan(
         training, spec, w, out, now,
         ours=[p for p in pods if _owner_uid(p) in (None, uid)],
         earlier=[p for p in pods if _owner_uid(p) not in (None, uid)],
-        departed=[p for p in departed if _owner_uid(p) in (None, uid)],
+        # Only this gang's: an earlier gang's pod of the same name tells nothing about this one.
+        departed=[
+            p for p in departed
+            if _owner_uid(p) in (None, uid) and _gang_number(p) == int(status.get("restarts", 0))
+        ],
     )  # fmt: skip
     created = is_true(w.conditions, Condition.CREATED)
     # A running gang keeps the size it was created with: a new `nodes` takes effect with the next gang.
@@ -346,10 +367,12 @@ def plan(
     w.patch.setdefault("workers", {"ready": sum(_ready(p) for p in gang.live), "total": size})
 
     by_index = {_index(p): p for p in gang.live}
-    if len(by_index) == size and all(_succeeded(p) for p in by_index.values()):
+    exited = {**{_index(p): p for p in gang.last_states() if _succeeded(p)}, **by_index}
+    if len(exited) == size and all(_succeeded(p) for p in exited.values()):
         # Before a suspension (its results would be deleted with the pods) and before the deadline (a
-        # training that finished in time is not failed).
-        _succeed(gang, by_index[0])
+        # training that finished in time is not failed). A worker that finished and was then removed
+        # (a drain deletes finished pods too) counts by its last state.
+        _succeed(gang, exited[0])
         return done()
     if spec.suspend:
         _suspend(gang)
@@ -434,7 +457,10 @@ def _previous_gang_leaving(gang: _Gang) -> bool:
     # failed after the status was written); those of the current number are the new gang's, created
     # already (a status write or a pod create that failed part-way): they stay.
     current = int(gang.status.get("restarts", 0))
-    stale = [p for p in gang.live if restarting and _gang_number(p) != current]
+    stale = [
+        p for p in gang.live
+        if restarting and (_gang_number(p) != current or _gang_size([p], -1) != gang.spec.nodes)
+    ]  # fmt: skip
     leaving = [*gang.earlier, *(p for p in gang.ours if _deleting(p)), *stale]
     if not leaving:
         return False
@@ -461,14 +487,14 @@ def _failed(gang: _Gang, by_index: Mapping[int | None, Mapping[str, Any]], size:
     if it cannot be retried, else ``Restarting``. True if so."""
     w, out, spec, status = gang.w, gang.out, gang.spec, gang.status
     failures = [f for f in map(_failure, gang.live) if f is not None]
-    gone = {p["metadata"]["name"]: p for p in gang.departed}
+    last_states = {_index(p): p for p in gang.last_states()}
     for i in range(size):
-        if i not in by_index:
-            name = worker_name(gang.name, i)
-            last = gone.get(name)
-            if last is None:
-                gang.out.vanished.append(name)
-            failures.append((last and _failure(last)) or WorkerFailure(name, None, "pod deleted", None))
+        if i in by_index:
+            continue
+        name, last = worker_name(gang.name, i), last_states.get(i)
+        if last is None and not any(_index(p) == i for p in gang.ours):
+            gang.out.vanished.append(name)  # no trace at all: its deletion event may be on its way
+        failures.append((last and _failure(last)) or WorkerFailure(name, None, "pod deleted", None))
     suspended = gang.phase == Phase.SUSPENDED
     failures = [f for f in failures if not (f.failure and f.failure.terminated and suspended)]
     if not failures:
@@ -518,7 +544,7 @@ def _create_or_watch(
         w.cond(Condition.RESTARTING, False, Reason.GANG_CREATED, last_failure)
         if missing and len(missing) == size:
             w.events.append(("Normal", Reason.GANG_CREATED, f"created {size} worker pods"))
-    running = [p for p in by_index.values() if _phase(p) in ("Running", "Succeeded")]
+    running = [p for p in by_index.values() if _phase(p) == "Running" or _succeeded(p)]
     if len(running) == size and not missing:
         w.phase(Phase.RUNNING, Reason.WORKERS_RUNNING, f"all {size} workers run")
         w.cond(Condition.RUNNING, True, Reason.WORKERS_RUNNING, "")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Mapping
 from typing import Any, cast
 
 import aiohttp
 import kopf
 
+from .departures import Departures
 from .gang import Plan, invalid, plan, refused
 from .kube import Kube, Refused, Rejected
 from .metrics import OperatorMetrics
@@ -55,32 +55,38 @@ class Reconciler:
         self, kube: Kube, metrics: OperatorMetrics, progress_timeout: float = 2.0, departure_wait: float = 1.0
     ) -> None:
         self.kube = kube
-        self.departure_wait = departure_wait
         self.metrics = metrics
         self.progress_timeout = progress_timeout
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._waiting: set[tuple[str, str]] = set()
         self._seen: set[tuple[str, str]] = set()
         self._session: aiohttp.ClientSession | None = None
-        self._departed: dict[tuple[str, str], dict[str, Mapping[str, Any]]] = {}
-        self._vanished: dict[tuple[str, str], float] = {}
-        self._deleted: set[str] = set()
-        """Uids of the pods this operator deleted: their end is no news."""
+        self.departures = Departures(departure_wait)
+        self._later: set[asyncio.Task[None]] = set()
 
     def departed(self, namespace: str, training: str, pod: Mapping[str, Any]) -> None:
-        """A worker of ``training`` is gone, and someone else deleted it (a drain, PodGC after a lost
-        node, a user): keep its last state, which the next reconcile no longer finds in the pod list, so
-        that its failure or disruption is judged from it rather than as "pod deleted". Kept until a pod
-        of that name is created again (forgotten if the operator restarts)."""
-        meta = pod.get("metadata") or {}
-        if meta.get("uid") in self._deleted:
-            self._deleted.discard(meta["uid"])
-            return
-        self._departed.setdefault((namespace, training), {})[meta.get("name", "")] = pod
+        """A worker's DELETED event: its last state judges it if someone else deleted it."""
+        self.departures.gone((namespace, training), pod)
 
     async def close(self) -> None:
+        for task in self._later:
+            task.cancel()
+        await asyncio.gather(*self._later, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
+
+    def _reconcile_later(self, delay: float, namespace: str, name: str) -> None:
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            try:
+                await self(namespace, name)
+            except Exception:
+                self.metrics.handler_errors.labels(handler="resync").inc()
+                log.exception("reconcile of %s/%s failed", namespace, name)
+
+        task = asyncio.create_task(later(), name=f"solov2-reconcile-{namespace}-{name}")
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
 
     async def __call__(
         self, namespace: str, name: str, *, read_progress: bool = False, new: Mapping[str, Any] | None = None
@@ -110,18 +116,16 @@ class Reconciler:
             self.metrics.observe(namespace, name, None)
             self._locks.pop((namespace, name), None)
             self._seen.discard((namespace, name))
-            self._departed.pop((namespace, name), None)
+            self.departures.forget((namespace, name))
             return None
         pods = [] if fresh else await self.kube.list_workers(namespace, name)
         decided = self._plan(training, pods)
-        if decided.vanished:
-            # A worker is gone without a known last state: its DELETED event, which carries that state,
-            # may still be on its way (kopf batches events). Decide on a later reconcile: the one that event
-            # brings, or, after departure_wait, any.
-            since = self._vanished.setdefault((namespace, name), time.monotonic())
-            if time.monotonic() - since < self.departure_wait:
-                return (training.get("status") or {}).get("phase")
-        self._vanished.pop((namespace, name), None)
+        # A worker gone without a trace: its DELETED event, which carries its last state, may still be on
+        # its way (kopf batches events). Decide on the reconcile that event brings, or on a later one.
+        wait = self.departures.seconds_to_wait((namespace, name), bool(decided.vanished))
+        if wait:
+            self._reconcile_later(wait, namespace, name)
+            return (training.get("status") or {}).get("phase")
         try:
             if not await self._create(training, decided) and fresh:
                 # A worker of that name exists: one an earlier operator made for this training, or one of
@@ -140,38 +144,50 @@ class Reconciler:
             await self.kube.patch_annotations(namespace, name, decided.annotations)
         if decided.status:
             await self.kube.patch_status(namespace, name, decided.status)
-        # After the status: what a failed gang's pods said is kept there before they go, and a deletion
-        # that fails is done again by the next reconcile, which still finds them.
-        uids = {p["metadata"]["name"]: p["metadata"].get("uid") for p in pods}
-        for pod in decided.delete_pods:
-            self._deleted.add(uids.get(pod) or "")
-            await self.kube.delete_pod(namespace, pod)
+        # What the status now says is counted and posted once, whatever happens next.
         if "restarts" in decided.status:  # a status patch holds only what changed: one more restart
             cause = "disruption" if "disruptions" in decided.status else "failure"
             self.metrics.gang_restarts.labels(namespace=namespace, cause=cause).inc()
         for type_, reason, message in decided.events:
             kopf.event(_as_body(training), type=type_, reason=reason, message=message[:1024])
-        if decided.delete_training:
-            await self.kube.delete_training(namespace, name)
         status = training.get("status") or {}
         phase = decided.status.get("phase", status.get("phase"))
         self.metrics.observe(namespace, name, phase, decided.status.get("results", status.get("results")))
+        # After the status: what a failed gang's pods said is kept there before they go, and a deletion
+        # that fails is done again by the next reconcile, which still finds them.
+        await self._delete_pods(namespace, decided.delete_pods, pods)
+        if decided.delete_training:
+            await self.kube.delete_training(namespace, name)
         return phase
+
+    async def _delete_pods(self, namespace: str, names: list[str], pods: list[dict[str, Any]]) -> None:
+        """Delete each pod (one failing does not stop the others); the first error is raised at the end."""
+        uids = {p["metadata"]["name"]: p["metadata"].get("uid") for p in pods}
+        error: Exception | None = None
+        for pod in names:
+            self.departures.deleting(uids.get(pod))
+            try:
+                await self.kube.delete_pod(namespace, pod)
+            except Exception as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
     def _plan(self, training: Mapping[str, Any], pods: list[dict[str, Any]]) -> Plan:
         meta = training.get("metadata") or {}
-        departed = self._departed.get((meta.get("namespace", "default"), meta["name"]), {})
-        names = {p["metadata"]["name"] for p in pods}
-        return plan(training, pods, departed=[p for n, p in departed.items() if n not in names])
+        key = (meta.get("namespace", "default"), meta["name"])
+        return plan(
+            training, pods, departed=self.departures.last_states(key, (p["metadata"]["name"] for p in pods))
+        )
 
     async def _create(self, training: Mapping[str, Any], decided: Plan) -> bool:
         """Create the plan's children; False if a worker pod of that name existed already."""
         all_new = True
         meta = training.get("metadata") or {}
-        departed = self._departed.get((meta.get("namespace", "default"), meta["name"]), {})
+        key = (meta.get("namespace", "default"), meta["name"])
         for body in decided.create:
             body = dict(body)
-            departed.pop(body["metadata"]["name"], None)  # its name now belongs to the new gang
+            self.departures.created(key, body["metadata"]["name"])
             kopf.adopt(body, owner=_as_body(training))
             if not await self.kube.create(body) and body["kind"] == "Pod":
                 all_new = False

@@ -294,6 +294,9 @@ def test_while_restarting_the_pods_of_the_new_gang_stay_and_only_the_failed_gang
     for old in (pod(1, "Running", number=0), pod(1, "Running")):
         decided = plan(RESTARTING, [pod(0, "Running", number=1), old])
         assert decided.delete_pods == ["t-worker-1"] and not decided.create
+    # nodes changed while the half-created gang waited: its pods are of the old size, and go too.
+    decided = plan(with_spec(RESTARTING, nodes=3), [pod(0, "Running", number=1)])
+    assert decided.delete_pods == ["t-worker-0"] and not decided.create
 
 
 def test_a_finished_training_stops_workers_that_still_run():
@@ -321,6 +324,17 @@ def test_only_the_trainer_container_decides():
     assert "phase" not in decided.status and not decided.delete_pods  # still Running, not Succeeded
     sidecar_done["status"]["containerStatuses"][0]["state"] = {"terminated": {"exitCode": 1}}
     assert "phase" not in plan(TRAINING, [sidecar_done, pod(1, "Running")]).status  # nor failed
+    # The trainer finished, the sidecar then failed the pod: the worker finished, it did not fail.
+    trainer_done = pod(1, "Failed", exitCode=0)
+    trainer_done["status"]["containerStatuses"].append(
+        {"name": "istio-proxy", "state": {"terminated": {"exitCode": 1}}}
+    )
+    decided = plan(TRAINING, [pod(0, "Running"), trainer_done])
+    assert "phase" not in decided.status and not decided.delete_pods
+    # A finished training stops a pod whose sidecar still runs after its trainer exited.
+    failed = {**TRAINING, "status": {**TRAINING["status"], "phase": "Failed"}}
+    sidecar_runs = pod(0, "Running", exitCode=0)
+    assert plan(failed, [sidecar_runs]).delete_pods == ["t-worker-0"]
 
 
 def test_a_drain_that_began_after_a_worker_failed_on_its_own_does_not_excuse_it():
@@ -364,17 +378,30 @@ def test_the_deadline_counts_from_the_first_attempt_and_leaves_out_suspended_tim
 def test_a_worker_someone_else_deleted_is_judged_by_its_last_state():
     spent = with_spec(TRAINING, backoffLimit=0)
     # Evicted, then removed (PodGC after a lost node) before any reconcile saw its condition.
-    evicted = _disrupted(pod(1, "Failed", exitCode=143, reason="Error"), reason="DeletionByPodGC")
-    decided = plan(spent, [pod(0, "Running")], departed=[evicted])
+    evicted = _disrupted(pod(1, "Failed", number=0, exitCode=143, reason="Error"), reason="DeletionByPodGC")
+    decided = plan(spent, [pod(0, "Running", number=0)], departed=[evicted])
     assert decided.status["phase"] == "Restarting" and decided.status["disruptions"] == 1
-    assert condition(decided, "Restarting")["reason"] == "WorkerDisrupted"
+    assert condition(decided, "Restarting")["reason"] == "WorkerDisrupted" and not decided.vanished
     # Killed for memory, then deleted by a user: the failure it had, not "pod deleted".
-    oom = pod(1, "Failed", exitCode=137, reason="OOMKilled")
-    decided = plan(spent, [pod(0, "Running")], departed=[oom])
+    oom = pod(1, "Failed", number=0, exitCode=137, reason="OOMKilled")
+    decided = plan(spent, [pod(0, "Running", number=0)], departed=[oom])
     assert condition(decided, "Failed")["message"].startswith(
         "pod t-worker-1 exited with code 137 (OOMKilled)"
     )
-    # Without a last state, and for a pod of an earlier training of that name, it is "pod deleted".
-    for departed in ([], [_disrupted(pod(1, "Running", owner="u0"))]):
-        decided = plan(spent, [pod(0, "Running")], departed=departed)
+    # Finished, then removed (a drain deletes finished pods too): it counts as finished.
+    results = json.dumps({"segm_AP": 0.3})
+    finished = [pod(0, "Succeeded", number=0, exitCode=0, message=results)]
+    decided = plan(spent, [pod(1, "Succeeded", number=0, exitCode=0)], departed=finished)
+    assert decided.status["phase"] == "Succeeded" and decided.status["results"]["segmAP"] == 0.3
+    # An earlier gang's pod of that name (it was restarted since), or an earlier training's, says nothing
+    # about this gang: "pod deleted", after waiting for news (vanished).
+    restarted = {**spent, "status": {**spent["status"], "restarts": 1}}
+    for training, departed in (
+        (restarted, evicted),
+        (spent, _disrupted(pod(1, "Running", owner="u0", number=0))),
+    ):
+        decided = plan(
+            training, [pod(0, "Running", number=training["status"]["restarts"])], departed=[departed]
+        )
+        assert decided.vanished == ["t-worker-1"]
         assert "(pod deleted)" in condition(decided, "Failed")["message"]
