@@ -65,7 +65,10 @@ def test_kubernetes_validate_refuses_a_broken_manifest(tmp_path, render):
         (["--set", "monitoring.podMonitor.interval=often"], "does not match pattern"),
         (["--set", "watchNamespaces[0]=Team_A"], "does not match pattern"),
         (["--set", "image.pullPolicy=Sometimes"], "must be one of"),
-        (["--set", "operator.livenessPort=8000"], "operator.metricsPort and operator.livenessPort must differ"),
+        (
+            ["--set", "operator.livenessPort=8000"],
+            "operator.metricsPort and operator.livenessPort must differ",
+        ),
     ],
 )
 def test_values_schema_refuses_unknown_keys_and_bad_values(tool, args, message):

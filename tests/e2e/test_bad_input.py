@@ -171,9 +171,7 @@ def test_make_synthetic_refuses_a_file_and_an_existing_set(tmp_path, capsys):
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
     assert main(["make-synthetic", str(a_file), "--train", "2", "--val", "1"]) == 2
-    assert (
-        _one_line_error(capsys, "make-synthetic") == f"{a_file}: is a file; make-synthetic writes a directory"
-    )
+    assert _one_line_error(capsys, "make-synthetic") == f"{a_file}: is a file, not a directory"
     out = tmp_path / "set"
     assert main(["make-synthetic", str(out), "--train", "2", "--val", "1"]) == 0
     capsys.readouterr()
@@ -201,6 +199,12 @@ def test_every_command_checks_its_output_paths_before_it_loads_or_computes(tmp_p
     for argv, named in cases:
         assert main(argv) == 2, argv
         assert _one_line_error(capsys, argv[0]).startswith(named), argv
+    # Checking creates nothing: a command refused for another reason leaves no empty output folder.
+    fresh = tmp_path / "fresh" / "sub"
+    for argv in (["eval", "--data-path", str(tmp_path), "--checkpoint", missing, "--work-dir", str(fresh)],
+                 ["export", "--checkpoint", missing, "--out", str(fresh / "m.onnx")]):  # fmt: skip
+        assert main(argv) == 2 and "no such file" in _one_line_error(capsys, argv[0])
+    assert not (tmp_path / "fresh").exists()
     assert _train(tmp_path / "no-data", tmp_path / "work", a_file / "tl") == 2
     assert (
         _one_line_error(capsys, "train")

@@ -236,6 +236,19 @@ def test_skip_bad_images_returns_none_and_counts_distinct_images(tmp_path):
     assert ds.skipped == 2
 
 
+def test_bad_images_of_an_earlier_run_count_and_are_named_again_when_met(tmp_path, caplog):
+    image_dir, ann_file = write_set(tmp_path, [{"id": 1}, {"id": 2}, {"id": 3}], [])
+    (image_dir / "3.png").write_bytes(b"garbage")
+    ds = CocoInstances(image_dir, ann_file, skip_bad_images=True)
+    assert ds.mark_bad([3, 99]) == 1  # from a checkpoint; 99 is not in this data set
+    assert ds.skipped == 1 and ds.bad_images().tolist() == [0, 0, 1]
+    with caplog.at_level("WARNING"):
+        assert ds[2] is None and ds[2] is None
+    named = [r.getMessage() for r in caplog.records if "skipping bad image" in r.getMessage()]
+    assert len(named) == 1 and str(image_dir / "3.png") in named[0]  # the new run's log names it, once
+    assert ds.skipped == 1
+
+
 def test_degenerate_annotations_are_counted(tmp_path):
     anns = [
         {"image_id": 1, "segmentation": [square(5, 5, 10)]},

@@ -192,3 +192,7 @@ def test_failure_message_says_what_failed_and_whether_a_retry_can_help(tmp_path)
         assert message == clipped and "truncated" not in message
         assert message["error"].endswith("...") and text.startswith(message["error"][:-3])
         assert len(message["error"]) > 500
+    # A file name that was not valid UTF-8 (a lone surrogate in Python) is written as a JSON escape.
+    undecodable = failure_message(RuntimeError("cannot read 'x\udcff.jpg'"))
+    write_termination_message(tmp_path / "log", undecodable)
+    assert json.loads((tmp_path / "log").read_bytes()) == undecodable

@@ -32,7 +32,7 @@ while [ $# -gt 0 ]; do
         --?*=*)
             name="${1%%=*}"
             name="${name#--}"
-            if [[ " $accepted " != *" $name "* ]]; then
+            if [[ ! "$name" =~ ^[a-z_]+$ || " $accepted " != *" $name "* ]]; then
                 refuse "$1"
             fi
             printf -v "$name" '%s' "${1#*=}" ;;

@@ -4,7 +4,7 @@ renamed over the target, so a reader (or a crash) never sees a half-written file
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -12,31 +12,31 @@ from typing import BinaryIO
 __all__ = ["write_atomically"]
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()
-"""The mode ``open()`` gives a new file in this process (0644 under the usual umask); ``mkstemp``'s
-files are 0600, which would keep a checkpoint or an exported model from every other user."""
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new file beside ``path`` named ``.NAME.<random>.tmp``, created as ``open()`` creates files (mode
+    0666 less the umask, or the directory's default ACL; ``mkstemp``'s 0600 would keep a checkpoint or an
+    exported model from every other user)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def write_atomically(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write(f)`` on a temporary file beside ``path`` (creating the parent directories), fsync
-    it and rename it over ``path``, with the mode a plain ``open()`` would give it. On any error the
-    temporary file is removed and the error raised; ``path`` is then unchanged."""
+    it and rename it over ``path``. On any error the temporary file is removed and the error raised;
+    ``path`` is then unchanged."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temporary(path)
     try:
-        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise

@@ -240,8 +240,13 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def _json_bytes(value: Any) -> bytes:
+    """Compact JSON in UTF-8; a lone surrogate (an undecodable file name in an error) becomes an escape."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "backslashreplace")
+
+
 def _encode(payload: Mapping[str, Any]) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _json_bytes(payload)
 
 
 def _fit(results: Mapping[str, Any]) -> bytes:
@@ -271,7 +276,7 @@ def _clip(text: str, chars: int, max_bytes: int) -> str:
 
     def fits(n: int) -> bool:
         clipped = text if n == len(text) else text[:n] + "..."
-        return len(clipped) <= chars and len(json.dumps(clipped, ensure_ascii=False).encode()) <= max_bytes
+        return len(clipped) <= chars and len(_json_bytes(clipped)) <= max_bytes
 
     if fits(len(text)):
         return text

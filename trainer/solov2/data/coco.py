@@ -249,6 +249,10 @@ def _xyxy(bboxes: list[list[float]], height: int, width: int) -> Tensor:
     return boxes
 
 
+_BAD_NOW, _BAD_BEFORE = 1, 2
+"""Values of an image's bad flag: met by this process's run (warned about), or known from a checkpoint."""
+
+
 class CocoInstances(Dataset):
     """COCO instances; ``dataset[i]`` is a :class:`Sample` at the stored image size (or None, see above)."""
 
@@ -363,12 +367,12 @@ class CocoInstances(Dataset):
     @property
     def skipped(self) -> int:
         """Distinct bad images met so far (only with ``skip_bad_images``), across all workers."""
-        return int(self._bad.sum())
+        return int((self._bad > 0).sum())
 
     def bad_images(self) -> Tensor:
         """``[len(self)]`` uint8: 1 for each image found bad so far (only with ``skip_bad_images``), across
         all workers of this process."""
-        return self._bad.clone()
+        return (self._bad > 0).to(torch.uint8)
 
     def mark_bad(self, image_ids: Iterable[int]) -> int:
         """Flag the images of these COCO ids as bad (met by an earlier run, before a resume), so that
@@ -376,7 +380,7 @@ class CocoInstances(Dataset):
         flagged."""
         position = {image_id: i for i, image_id in enumerate(self.image_ids)}
         found = [position[i] for i in image_ids if i in position]
-        self._bad[found] = 1
+        self._bad[found] = _BAD_BEFORE  # counted; still warned about when met again in this run
         return len(found)
 
     def __len__(self) -> int:
@@ -412,8 +416,8 @@ class CocoInstances(Dataset):
         except DataError as exc:
             if not self.skip_bad_images:
                 raise
-            if not self._bad[index]:
-                self._bad[index] = 1
+            if self._bad[index] != _BAD_NOW:
+                self._bad[index] = _BAD_NOW
                 _log.warning("skipping bad image: %s", exc)
             return None
         return rgb

@@ -116,6 +116,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
+_ARCHITECTURE = ("model.backbone.depth ", "model.fpn.", "model.head.")
+"""Config fields that shape the model's weights; others (frozen stages, backbone weights, inference,
+losses) do not make weights mismatch, and ``model.head.num_classes`` may change in fine-tuning."""
+
+
 def load_weights(model: nn.Module, path: Path, config: dict[str, Any] | None = None) -> list[str]:
     """Load model weights only (``--load-from`` fine-tuning), from a training checkpoint or a state dict.
 
@@ -132,9 +137,10 @@ def load_weights(model: nn.Module, path: Path, config: dict[str, Any] | None = N
         changed = [
             d
             for d in config_differences(stored, config, "model")
-            if not d.startswith("model.head.num_classes")
+            if d.startswith(_ARCHITECTURE) and not d.startswith("model.head.num_classes ")
         ]
-        what = f"; its config differs in {', '.join(changed[:3])}" if changed else ""
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        what = f"; its config differs in {', '.join(changed[:3])}{more}" if changed else ""
         raise WeightsError(
             f"--load-from {path}: does not match this model (missing {missing[:5]}, unexpected {unexpected[:5]})"
             + what

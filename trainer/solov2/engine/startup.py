@@ -15,21 +15,33 @@ from .checkpoint import LAST
 CHECKPOINTS = "checkpoints"
 
 
-def _file_in_the_way(path: Path) -> Path | None:
-    """The nearest of ``path`` and its parents that exists, if it is not a directory."""
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or the nearest of its parents that exists (an unreadable parent counts as existing)."""
     for candidate in (path, *path.parents):
-        if candidate.exists():
-            return None if candidate.is_dir() else candidate
-    return None
+        try:
+            if candidate.exists():
+                return candidate
+        except OSError:
+            return candidate
+    return Path(".")
 
 
-def check_output_dir(flag: str, path: Path, *, named: Path | None = None) -> None:
-    """``path`` is, or is now made, a directory this process can create files in. ``named``: the path
-    the flag names, when that is not ``path`` (a file in it)."""
-    blocker = _file_in_the_way(path)
-    if blocker is not None:
-        where = "" if blocker == (named or path) else f"{str(blocker)!r} "
+def check_output_dir(flag: str, path: Path, *, named: Path | None = None, create: bool = False) -> None:
+    """``path`` is a directory this process can create files in, or one it can make (``create``: make it
+    now and write a probe file; otherwise nothing is created, and the command makes it when it writes).
+    ``named``: the path the flag names, when that is not ``path`` (a file in it)."""
+    existing = _nearest_existing(path)
+    try:
+        is_dir = existing.is_dir()
+    except OSError as exc:
+        raise ConfigError(f"{flag}: cannot reach {existing} ({exc.strerror or exc})") from None
+    if not is_dir:
+        where = "" if existing == (named or path) else f"{str(existing)!r} "
         raise ConfigError(f"{flag}: {where}is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag}: cannot write files in {existing} (permission denied)")
+    if not create:
+        return
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
@@ -39,9 +51,13 @@ def check_output_dir(flag: str, path: Path, *, named: Path | None = None) -> Non
 
 
 def check_output_file(flag: str, path: Path) -> None:
-    """``path`` can be written as a file: not a directory, in a directory that is, or is now made,
-    writable."""
-    if path.is_dir():
+    """``path`` can be written as a file: not a directory, in a directory that is, or can be made,
+    writable (nothing is created)."""
+    try:
+        is_dir = path.is_dir()
+    except OSError as exc:
+        raise ConfigError(f"{flag}: cannot reach {path} ({exc.strerror or exc})") from None
+    if is_dir:
         raise ConfigError(f"{flag}: is a directory (pass a file path)")
     check_output_dir(flag, path.parent, named=path)
 
@@ -50,12 +66,18 @@ def check_termination_log(path: Path | None) -> None:
     """The termination log can be written: not a directory, in an existing, writable directory."""
     if path is None:
         return
-    flag = f"--termination-log {path}"
+    try:
+        _check_termination_log(path, f"--termination-log {path}")
+    except OSError as exc:  # a parent that cannot be searched
+        raise ConfigError(f"--termination-log {path}: cannot reach it ({exc.strerror or exc})") from None
+
+
+def _check_termination_log(path: Path, flag: str) -> None:
     if path.is_dir():
         raise ConfigError(f"{flag}: is a directory (pass a file path, or '' to disable the message)")
-    blocker = _file_in_the_way(path.parent)
-    if blocker is not None:
-        raise ConfigError(f"{flag}: {str(blocker)!r} is a file, not a directory")
+    existing = _nearest_existing(path.parent)
+    if existing.exists() and not existing.is_dir():
+        raise ConfigError(f"{flag}: {str(existing)!r} is a file, not a directory")
     if not path.parent.is_dir():
         raise ConfigError(f"{flag}: directory {str(path.parent)!r} does not exist")
     if path.exists() and not os.access(path, os.W_OK):
@@ -83,8 +105,8 @@ def check_work_dir(work_dir: Path, *, resume: bool) -> None:
     no checkpoints of an earlier run (which a new run would silently mix with its own)."""
     flag = f"--work-dir {work_dir}"
     ckpt_dir = work_dir / CHECKPOINTS
-    check_output_dir(flag, work_dir)
-    check_output_dir(flag, ckpt_dir)
+    check_output_dir(flag, work_dir, create=True)
+    check_output_dir(flag, ckpt_dir, create=True)
     if resume:
         return
     earlier = sorted(p.name for p in ckpt_dir.glob("*.pth"))
