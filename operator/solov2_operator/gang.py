@@ -129,13 +129,19 @@ def _failure(pod: Mapping[str, Any]) -> WorkerFailure | None:
 
 def _disruption(pod: Mapping[str, Any]) -> str | None:
     """Why the cluster took this pod away, if it did: Kubernetes sets the ``DisruptionTarget``
-    condition on a pod it preempts, evicts (``kubectl drain``, node pressure) or loses with its node."""
-    cond = _pod_condition(pod, "DisruptionTarget")
-    if cond.get("status") != "True":
-        return None
+    condition on a pod it preempts, evicts (``kubectl drain``, node pressure) or loses with its node; and
+    a pod that failed before its trainer ever ran was refused by its node (the kubelet's admission:
+    ``UnexpectedAdmissionError`` from a device plugin, ``OutOfcpu``, a node shutting down)."""
     name = (pod.get("metadata") or {}).get("name", "?")
-    details = ": ".join(part for part in (cond.get("reason"), cond.get("message")) if part)
-    return f"pod {name} was disrupted ({details or 'DisruptionTarget'})"
+    cond = _pod_condition(pod, "DisruptionTarget")
+    if cond.get("status") == "True":
+        details = ": ".join(part for part in (cond.get("reason"), cond.get("message")) if part)
+        return f"pod {name} was disrupted ({details or 'DisruptionTarget'})"
+    if _phase(pod) == "Failed" and terminated_state(pod) is None:
+        status = pod.get("status") or {}
+        details = ": ".join(part for part in (status.get("reason"), status.get("message")) if part)
+        return f"pod {name} was refused by its node before the trainer started ({details or 'Failed'})"
+    return None
 
 
 _CLOCK_SKEW = datetime.timedelta(seconds=5)

@@ -405,3 +405,18 @@ def test_a_worker_someone_else_deleted_is_judged_by_its_last_state():
         )
         assert decided.vanished == ["t-worker-1"]
         assert "(pod deleted)" in condition(decided, "Failed")["message"]
+
+
+def test_a_pod_its_node_refused_before_the_trainer_ran_is_a_disruption():
+    spent = with_spec(TRAINING, backoffLimit=0)
+    refused_pod = pod(1, "Failed")
+    refused_pod["status"].update(reason="UnexpectedAdmissionError",
+                                 message="Allocate failed due to requested number of devices unavailable")  # fmt: skip
+    decided = plan(spent, [pod(0, "Running"), refused_pod])
+    assert decided.status["phase"] == "Restarting" and decided.status["disruptions"] == 1
+    assert condition(decided, "Restarting")["message"].startswith(
+        "pod t-worker-1 was refused by its node before the trainer started (UnexpectedAdmissionError: Allocate"
+    )
+    # A trainer that ran and failed is the training's failure, not the node's.
+    decided = plan(spent, [pod(0, "Running"), pod(1, "Failed", exitCode=1, reason="Error")])
+    assert decided.status["phase"] == "Failed"
