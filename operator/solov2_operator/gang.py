@@ -305,11 +305,15 @@ class _Gang:
     def live(self) -> list[Mapping[str, Any]]:
         return [p for p in self.ours if not _deleting(p)]
 
+    @property
+    def number(self) -> int:
+        """The current gang's number: ``status.restarts`` (its pods carry it, see :func:`_gang_number`)."""
+        return int(self.status.get("restarts", 0))
+
     def last_states(self) -> list[Mapping[str, Any]]:
         """The last known state of this gang's workers that are not live: being deleted (still listed)
         or gone (``departed``)."""
-        current = int(self.status.get("restarts", 0))
-        deleting = [p for p in self.ours if _deleting(p) and _gang_number(p) == current]
+        deleting = [p for p in self.ours if _deleting(p) and _gang_number(p) == self.number]
         return [*self.departed, *deleting]
 
     def annotations(self) -> dict[str, str]:
@@ -352,7 +356,8 @@ def plan(
     try:
         spec = out.spec = read_spec(name, training.get("spec") or {})
         children = [build_service(name, namespace, spec), build_podgroup(name, namespace, spec)]
-        pod_bodies = build_pods(name, namespace, spec, gang=int(status.get("restarts", 0)))
+        number = int(status.get("restarts", 0))  # the gang's: see _Gang.number
+        pod_bodies = build_pods(name, namespace, spec, gang=number)
     except (SpecError, KeyError, TypeError, ValueError) as exc:
         _fail(w, out, Reason.INVALID_SPEC, f"{type(exc).__name__}: {exc}", pods)
         return done()
@@ -364,7 +369,7 @@ def plan(
         # Only this gang's: an earlier gang's pod of the same name tells nothing about this one.
         departed=[
             p for p in departed
-            if _owner_uid(p) in (None, uid) and _gang_number(p) == int(status.get("restarts", 0))
+            if _owner_uid(p) in (None, uid) and _gang_number(p) == number
         ],
     )  # fmt: skip
     created = is_true(w.conditions, Condition.CREATED)
@@ -462,10 +467,9 @@ def _previous_gang_leaving(gang: _Gang) -> bool:
     # While restarting, live pods of another gang number are the failed gang's (their deletion may have
     # failed after the status was written); those of the current number are the new gang's, created
     # already (a status write or a pod create that failed part-way): they stay.
-    current = int(gang.status.get("restarts", 0))
     stale = [
         p for p in gang.live
-        if restarting and (_gang_number(p) != current or _gang_size([p], -1) != gang.spec.nodes)
+        if restarting and (_gang_number(p) != gang.number or _gang_size([p], -1) != gang.spec.nodes)
     ]  # fmt: skip
     leaving = [*gang.earlier, *(p for p in gang.ours if _deleting(p)), *stale]
     if not leaving:
@@ -510,7 +514,7 @@ def _failed(gang: _Gang, by_index: Mapping[int | None, Mapping[str, Any]], size:
     if fatal is not None:
         _fail(w, out, Reason.NOT_RETRYABLE, fatal.describe(), gang.ours)
         return True
-    restarts, disruptions = int(status.get("restarts", 0)), int(status.get("disruptions", 0))
+    restarts, disruptions = gang.number, int(status.get("disruptions", 0))
     disrupted = _disruption_behind(first, [*gang.ours, *gang.departed])
     if disrupted is not None:  # the cluster's doing, not the training's: backoffLimit is not spent
         reason, message = Reason.WORKER_DISRUPTED, f"{disrupted}; not counted against backoffLimit"

@@ -41,6 +41,11 @@ async def read_progress(session: aiohttp.ClientSession, host: str, port: int, ti
     return progress or None
 
 
+def _key(training: Mapping[str, Any]) -> tuple[str, str]:
+    meta = training.get("metadata") or {}
+    return meta.get("namespace", "default"), meta["name"]
+
+
 def _as_body(obj: Mapping[str, Any]) -> kopf.Body:
     """A resource read from the API, for kopf's ``event`` and ``adopt``: they type it as
     :class:`kopf.Body` but only read its keys (``.get``), so a plain mapping serves."""
@@ -174,8 +179,7 @@ class Reconciler:
             raise error
 
     def _plan(self, training: Mapping[str, Any], pods: list[dict[str, Any]]) -> Plan:
-        meta = training.get("metadata") or {}
-        key = (meta.get("namespace", "default"), meta["name"])
+        key = _key(training)
         return plan(
             training, pods, departed=self.departures.last_states(key, (p["metadata"]["name"] for p in pods))
         )
@@ -183,8 +187,7 @@ class Reconciler:
     async def _create(self, training: Mapping[str, Any], decided: Plan) -> bool:
         """Create the plan's children; False if a worker pod of that name existed already."""
         all_new = True
-        meta = training.get("metadata") or {}
-        key = (meta.get("namespace", "default"), meta["name"])
+        key = _key(training)
         for body in decided.create:
             body = dict(body)
             self.departures.created(key, body["metadata"]["name"])

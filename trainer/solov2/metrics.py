@@ -240,13 +240,9 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _json_bytes(value: Any) -> bytes:
+def _encode(value: Any) -> bytes:
     """Compact JSON in UTF-8; a lone surrogate (an undecodable file name in an error) becomes an escape."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "backslashreplace")
-
-
-def _encode(payload: Mapping[str, Any]) -> bytes:
-    return _json_bytes(payload)
 
 
 def _fit(results: Mapping[str, Any]) -> bytes:
@@ -276,7 +272,7 @@ def _clip(text: str, chars: int, max_bytes: int) -> str:
 
     def fits(n: int) -> bool:
         clipped = text if n == len(text) else text[:n] + "..."
-        return len(clipped) <= chars and len(_json_bytes(clipped)) <= max_bytes
+        return len(clipped) <= chars and len(_encode(clipped)) <= max_bytes
 
     if fits(len(text)):
         return text

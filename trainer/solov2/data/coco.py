@@ -367,7 +367,7 @@ class CocoInstances(Dataset):
     @property
     def skipped(self) -> int:
         """Distinct bad images met so far (only with ``skip_bad_images``), across all workers."""
-        return int((self._bad > 0).sum())
+        return int(self.bad_images().sum())
 
     def bad_images(self) -> Tensor:
         """``[len(self)]`` uint8: 1 for each image found bad so far (only with ``skip_bad_images``), across

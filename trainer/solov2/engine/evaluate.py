@@ -244,7 +244,7 @@ def format_ap_table(metrics: Mapping[str, float]) -> str:
     A missing value, or a negative one (no ground truth in that area range), shows as ``-``.
     """
     width = 7
-    lines = ["%".ljust(6) + "".join(name.rjust(width) for name in AP_NAMES)]  # the files hold fractions
+    lines = ["%".ljust(6) + "".join(name.rjust(width) for name in AP_NAMES)]
     for iou_type in IOU_TYPES:
         cells = []
         for name in AP_NAMES:

@@ -76,7 +76,7 @@ def _check_termination_log(path: Path, flag: str) -> None:
     if path.is_dir():
         raise ConfigError(f"{flag}: is a directory (pass a file path, or '' to disable the message)")
     existing = _nearest_existing(path.parent)
-    if existing.exists() and not existing.is_dir():
+    if not existing.is_dir():
         raise ConfigError(f"{flag}: {str(existing)!r} is a file, not a directory")
     if not path.parent.is_dir():
         raise ConfigError(f"{flag}: directory {str(path.parent)!r} does not exist")
@@ -105,8 +105,7 @@ def check_work_dir(work_dir: Path, *, resume: bool) -> None:
     no checkpoints of an earlier run (which a new run would silently mix with its own)."""
     flag = f"--work-dir {work_dir}"
     ckpt_dir = work_dir / CHECKPOINTS
-    check_output_dir(flag, work_dir, create=True)
-    check_output_dir(flag, ckpt_dir, create=True)
+    check_output_dir(flag, ckpt_dir, named=work_dir, create=True)
     if resume:
         return
     earlier = sorted(p.name for p in ckpt_dir.glob("*.pth"))
