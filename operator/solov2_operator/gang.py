@@ -554,10 +554,14 @@ def _create_or_watch(
         w.cond(Condition.RESTARTING, False, Reason.GANG_CREATED, last_failure)
         if missing and len(missing) == size:
             w.events.append(("Normal", Reason.GANG_CREATED, f"created {size} worker pods"))
-    running = [p for p in by_index.values() if _phase(p) == "Running" or _succeeded(p)]
+    # Phase Unknown: the pod's node stopped reporting; its worker ran when last seen, and the node
+    # controller evicts it (a disruption) if the node does not come back.
+    running = [p for p in by_index.values() if _phase(p) in ("Running", "Unknown") or _succeeded(p)]
     if len(running) == size and not missing:
         w.phase(Phase.RUNNING, Reason.WORKERS_RUNNING, f"all {size} workers run")
-        w.cond(Condition.RUNNING, True, Reason.WORKERS_RUNNING, "")
+        silent = [worker_name(name, i) for i in range(size) if _phase(by_index.get(i) or {}) == "Unknown"]
+        message = f"the nodes of {', '.join(silent)} do not report (pod phase Unknown)" if silent else ""
+        w.cond(Condition.RUNNING, True, Reason.WORKERS_RUNNING, message)
     else:
         w.phase(Phase.PENDING, Reason.WORKERS_PENDING, "creating or scheduling the gang")
         waiting = [

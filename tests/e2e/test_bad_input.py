@@ -74,6 +74,20 @@ def test_flags_argparse_refuses_write_the_termination_message_too(small_coco, tm
     )
 
 
+def test_an_unknown_flag_is_blamed_on_the_parser_it_was_given_to(tmp_path, capsys):
+    evaluate = ["eval", "--data-path", str(tmp_path), "--checkpoint", str(tmp_path / "c.pth")]
+    for argv, usage, owner in [
+        (["--bogus", *evaluate], "usage: solov2 [-h] COMMAND", "solov2"),
+        ([*evaluate, "--bogus"], "usage: solov2 eval ", "solov2 eval"),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(usage), err
+        assert err.splitlines()[-1] == f"{owner}: error: unrecognized arguments: --bogus"
+
+
 def test_the_default_termination_log_is_used_only_where_kubernetes_made_it(small_coco, tmp_path, capsys):
     from solov2.cli_parser import DEFAULT_TERMINATION_LOG, build_parser, termination_log
 
@@ -186,7 +200,12 @@ def test_every_command_checks_its_output_paths_before_it_loads_or_computes(tmp_p
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
     missing = str(tmp_path / "no-such.pth")
+    broken = tmp_path / "broken-link"
+    broken.symlink_to(tmp_path / "gone")
+    dangling = f"{str(broken)!r} links to {str(tmp_path / 'gone')!r}, which does not exist"
     cases = [
+        (["predict", str(a_file), "--checkpoint", missing, "--out", str(broken)], f"--out {broken}: {dangling}"),
+        (["export", "--checkpoint", missing, "--out", str(broken / "m.onnx")], f"--out {broken}/m.onnx: {dangling}"),
         (["make-synthetic", str(a_file / "set"), "--train", "1", "--val", "0"], f"{a_file / 'set'}: {str(a_file)!r}"),
         (["predict", str(a_file), "--checkpoint", missing, "--out", str(a_file)], f"--out {a_file}: is a file"),
         (["eval", "--data-path", str(tmp_path), "--checkpoint", missing, "--work-dir", str(a_file / "sub")],

@@ -114,6 +114,19 @@ def test_workers_on_their_way_are_not_reported_as_waiting():
     assert _running_condition(decided)["message"] == "1/2 workers run"
 
 
+def test_a_worker_whose_node_stopped_reporting_still_counts_as_running():
+    decided = plan(TRAINING, [pod(0, "Running"), pod(1, "Unknown")])
+    assert decided.status.get("phase", "Running") == "Running" and not decided.delete_pods
+    running = _running_condition(decided)
+    assert running["status"] == "True"
+    assert running["message"] == "the nodes of t-worker-1 do not report (pod phase Unknown)"
+    back = plan(
+        {**TRAINING, "status": {**TRAINING["status"], **decided.status}},
+        [pod(0, "Running"), pod(1, "Running")],
+    )
+    assert _running_condition(back)["message"] == ""
+
+
 def test_a_long_wait_is_cut_and_many_waiting_workers_are_counted():
     training = {**TRAINING, "spec": {**TRAINING["spec"], "nodes": 4}}
     pods = []

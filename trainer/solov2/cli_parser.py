@@ -58,10 +58,15 @@ class _Parser(argparse.ArgumentParser):
 
     def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
         """As argparse's, but a flag the sub-command does not know is reported with that sub-command's
-        usage (argparse reports it with the top-level one)."""
-        parsed, extra = self.parse_known_args(args, namespace)
+        usage (argparse reports it with the top-level one); one given before the sub-command is the
+        top level's."""
+        argv = list(sys.argv[1:] if args is None else args)
+        parsed, extra = self.parse_known_args(argv, namespace)
         if extra:
-            owner = getattr(self, "subcommands", {}).get(getattr(parsed, "command", None), self)
+            command = getattr(parsed, "command", None)
+            owner = getattr(self, "subcommands", {}).get(command, self)
+            if command in argv and extra[0] in argv[: argv.index(command)]:
+                owner = self
             owner.error(f"unrecognized arguments: {' '.join(extra)}")
         return parsed
 

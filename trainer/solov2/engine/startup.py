@@ -15,12 +15,16 @@ from .checkpoint import LAST
 CHECKPOINTS = "checkpoints"
 
 
-def _nearest_existing(path: Path) -> Path:
-    """``path`` or the nearest of its parents that exists (an unreadable parent counts as existing)."""
+def _nearest_existing(path: Path, flag: str) -> Path:
+    """``path`` or the nearest of its parents that exists (an unreadable parent counts as existing).
+    A broken symbolic link on the way is an error: nothing could be created through it."""
     for candidate in (path, *path.parents):
         try:
             if candidate.exists():
                 return candidate
+            if candidate.is_symlink():
+                target = os.readlink(candidate)
+                raise ConfigError(f"{flag}: {str(candidate)!r} links to {target!r}, which does not exist")
         except OSError:
             return candidate
     return Path(".")
@@ -30,7 +34,7 @@ def check_output_dir(flag: str, path: Path, *, named: Path | None = None, create
     """``path`` is a directory this process can create files in, or one it can make (``create``: make it
     now and write a probe file; otherwise nothing is created, and the command makes it when it writes).
     ``named``: the path the flag names, when that is not ``path`` (a file in it)."""
-    existing = _nearest_existing(path)
+    existing = _nearest_existing(path, flag)
     try:
         is_dir = existing.is_dir()
     except OSError as exc:
@@ -75,7 +79,7 @@ def check_termination_log(path: Path | None) -> None:
 def _check_termination_log(path: Path, flag: str) -> None:
     if path.is_dir():
         raise ConfigError(f"{flag}: is a directory (pass a file path, or '' to disable the message)")
-    existing = _nearest_existing(path.parent)
+    existing = _nearest_existing(path.parent, flag)
     if not existing.is_dir():
         raise ConfigError(f"{flag}: {str(existing)!r} is a file, not a directory")
     if not path.parent.is_dir():
