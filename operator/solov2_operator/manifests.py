@@ -17,6 +17,7 @@ from kubernetes.client import (
     V1EmptyDirVolumeSource,
     V1EnvVar,
     V1EnvVarSource,
+    V1LocalObjectReference,
     V1ObjectFieldSelector,
     V1ObjectMeta,
     V1PersistentVolumeClaimVolumeSource,
@@ -37,7 +38,6 @@ from solov2_contract import TERMINATION_LOG, TrainFlags
 from .spec import TrainingSpec
 
 __all__ = [
-    "DNS_WAIT_SECONDS",
     "GANG_ANNOTATION",
     "GANG_SIZE_ANNOTATION",
     "GRACE_PERIOD_SECONDS",
@@ -46,6 +46,7 @@ __all__ = [
     "LABEL_METRICS",
     "LABEL_NAME",
     "LABEL_TRAINING",
+    "SECURITY_CONTEXT",
     "build_pod",
     "build_podgroup",
     "build_pods",
@@ -75,14 +76,23 @@ TRAINER_GROUP = 1000
 that a freshly provisioned checkpoint volume (root's, mode 0755) is writable to it."""
 GRACE_PERIOD_SECONDS = 180
 """Time between SIGTERM and SIGKILL: the trainer saves a checkpoint on SIGTERM before it exits."""
-DNS_WAIT_SECONDS = 600
-"""How long a worker waits for worker 0's name to resolve (env ``SOLOV2_DNS_WAIT_SECONDS`` overrides)."""
 HCCL_CONNECT_TIMEOUT = "600"
 CONTAINER = "trainer"
+SECURITY_CONTEXT: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+"""The trainer container's securityContext unless ``spec.securityContext`` replaces a field: what the
+``restricted`` Pod Security level asks for (the trainer image runs as 1000:1000 and needs no privilege)."""
 
 # Waits (bounded) until worker 0's DNS name resolves, then runs the command given as arguments. On
-# timeout it writes a retryable failure termination message that names the Service to check.
+# timeout it writes a retryable failure termination message that names the Service to check. It is
+# the container's PID 1 while it waits, which the kernel shields from signals it does not handle: the
+# trap lets SIGTERM (a suspend, a deleted gang) end it at once instead of after the grace period.
 _WAIT_FOR_MASTER = """\
+trap 'exit 143' TERM INT
 limit="${SOLOV2_DNS_WAIT_SECONDS:-%(wait)d}"; waited=0
 until python3 -c 'import socket, sys; socket.getaddrinfo(sys.argv[1], None)' "$MASTER_ADDR" 2>/dev/null; do
   if [ "$waited" -ge "$limit" ]; then
@@ -92,7 +102,7 @@ until python3 -c 'import socket, sys; socket.getaddrinfo(sys.argv[1], None)' "$M
       > "${SOLOV2_TERMINATION_LOG:-%(log)s}"
     exit 1
   fi
-  sleep 2; waited=$((waited + 2))
+  sleep 2 & wait $!; waited=$((waited + 2))
 done
 exec "$@"
 """
@@ -160,6 +170,7 @@ def trainer_args(name: str, namespace: str, spec: TrainingSpec, index: int) -> l
         "--nproc-per-node", str(spec.devices_per_node),
         "--master-addr", master_addr(name, namespace),
         "--master-port", str(spec.master_port),
+        "--rdzv-conf", f"timeout={spec.rendezvous_timeout_seconds}",
         "-m", TrainFlags.MODULE, TrainFlags.COMMAND,
         TrainFlags.CONFIG, spec.config,
         TrainFlags.DATA_PATH, spec.data_path,
@@ -235,6 +246,10 @@ def _resources(spec: TrainingSpec) -> V1ResourceRequirements:
         requests["cpu"] = spec.cpu
     if spec.memory is not None:
         requests["memory"] = spec.memory
+    if spec.cpu_limit is not None:
+        limits["cpu"] = spec.cpu_limit
+    if spec.memory_limit is not None:
+        limits["memory"] = spec.memory_limit
     if spec.device_resource is not None:
         requests[spec.device_resource] = limits[spec.device_resource] = str(spec.devices_per_node)
     return V1ResourceRequirements(requests=requests or None, limits=limits or None)
@@ -244,7 +259,7 @@ def build_pod(name: str, namespace: str, spec: TrainingSpec, index: int, gang: i
     """Worker ``index`` of gang number ``gang`` (the training's ``status.restarts``): one container that
     waits for worker 0's name, then runs torchrun."""
     volumes, mounts = _volumes(spec)
-    script = _WAIT_FOR_MASTER % {"wait": DNS_WAIT_SECONDS, "log": TERMINATION_LOG}
+    script = _WAIT_FOR_MASTER % {"wait": spec.rendezvous_timeout_seconds, "log": TERMINATION_LOG}
     container = V1Container(
         name=CONTAINER,
         image=spec.image,
@@ -269,7 +284,12 @@ def build_pod(name: str, namespace: str, spec: TrainingSpec, index: int, gang: i
         subdomain=name,
         termination_grace_period_seconds=GRACE_PERIOD_SECONDS,
         scheduler_name=spec.scheduler_name,
-        priority_class_name=(spec.gang or {}).get("priorityClassName"),
+        priority_class_name=spec.pod_priority_class,
+        service_account_name=spec.service_account_name,
+        # The trainer never calls the API server: no token unless a ServiceAccount was asked for.
+        automount_service_account_token=None if spec.service_account_name else False,
+        image_pull_secrets=[V1LocalObjectReference(name=n) for n in spec.image_pull_secrets] or None,
+        enable_service_links=False,
         node_selector=dict(spec.node_selector) or None,
         tolerations=[V1Toleration(**_snake(t)) for t in spec.tolerations] or None,
         # OnRootMismatch: the kubelet changes ownership only where the volume's root is not the group's
@@ -293,6 +313,7 @@ def build_pod(name: str, namespace: str, spec: TrainingSpec, index: int, gang: i
     body["spec"]["volumes"] = volumes
     body["spec"]["containers"][0]["volumeMounts"] = mounts
     body["spec"]["containers"][0]["env"] = _env(name, namespace, spec)
+    body["spec"]["containers"][0]["securityContext"] = {**SECURITY_CONTEXT, **spec.security_context}
     return body
 
 
@@ -309,8 +330,8 @@ def build_podgroup(name: str, namespace: str, spec: TrainingSpec) -> dict[str, A
     podgroup_spec: dict[str, Any] = {"minMember": spec.min_available}
     if spec.gang.get("queue"):
         podgroup_spec["queue"] = spec.gang["queue"]
-    if spec.gang.get("priorityClassName"):
-        podgroup_spec["priorityClassName"] = spec.gang["priorityClassName"]
+    if spec.pod_priority_class:
+        podgroup_spec["priorityClassName"] = spec.pod_priority_class
     return {
         "apiVersion": f"{group}/{version}",
         "kind": "PodGroup",

@@ -45,6 +45,8 @@ class TrainingSpec:
     devices_per_node: int = 8
     cpu: str | None = None
     memory: str | None = None
+    cpu_limit: str | None = None
+    memory_limit: str | None = None
     shm_size: str = "8Gi"
     compile: bool = False
     evaluate: bool = True
@@ -54,6 +56,11 @@ class TrainingSpec:
     suspend: bool = False
     scheduler_name: str | None = None
     gang: Mapping[str, Any] | None = None
+    priority_class_name: str | None = None
+    service_account_name: str | None = None
+    image_pull_secrets: tuple[str, ...] = ()
+    security_context: Mapping[str, Any] = field(default_factory=dict)
+    rendezvous_timeout_seconds: int = 1800
     master_port: int = DEFAULT_MASTER_PORT
     metrics_port: int = DEFAULT_METRICS_PORT
     env: tuple[Mapping[str, Any], ...] = ()
@@ -71,6 +78,11 @@ class TrainingSpec:
         if self.device == "cpu":
             return None
         return self.resource_name or DEFAULT_RESOURCE_NAMES[self.device]
+
+    @property
+    def pod_priority_class(self) -> str | None:
+        """The workers' PriorityClass: ``priorityClassName``, or ``gangScheduling``'s."""
+        return self.priority_class_name or (self.gang or {}).get("priorityClassName")
 
     @property
     def min_available(self) -> int:
@@ -116,7 +128,10 @@ def read_spec(name: str, spec: Mapping[str, Any]) -> TrainingSpec:
         raise SpecError("spec.env entries need unique, non-empty names")
     if spec.get("checkpointVolume") is not None and not spec["checkpointVolume"].get("claimName"):
         raise SpecError("spec.checkpointVolume.claimName is required in the block")
+    if spec.get("priorityClassName") and (gang or {}).get("priorityClassName"):
+        raise SpecError("set spec.priorityClassName or spec.gangScheduling.priorityClassName, not both")
     resources = spec.get("resources") or {}
+    limits = resources.get("limits") or {}
     return TrainingSpec(
         image=spec["image"],
         image_pull_policy=spec.get("imagePullPolicy"),
@@ -132,6 +147,8 @@ def read_spec(name: str, spec: Mapping[str, Any]) -> TrainingSpec:
         devices_per_node=devices,
         cpu=_quantity(resources.get("cpu")),
         memory=_quantity(resources.get("memory")),
+        cpu_limit=_quantity(limits.get("cpu")),
+        memory_limit=_quantity(limits.get("memory")),
         shm_size=str(spec.get("shmSize", "8Gi")),
         compile=bool(spec.get("compile", False)),
         evaluate=bool(spec.get("evaluate", True)),
@@ -141,6 +158,11 @@ def read_spec(name: str, spec: Mapping[str, Any]) -> TrainingSpec:
         suspend=bool(spec.get("suspend", False)),
         scheduler_name=spec.get("schedulerName"),
         gang=gang,
+        priority_class_name=spec.get("priorityClassName"),
+        service_account_name=spec.get("serviceAccountName"),
+        image_pull_secrets=tuple(str(secret["name"]) for secret in spec.get("imagePullSecrets") or ()),
+        security_context=dict(spec.get("securityContext") or {}),
+        rendezvous_timeout_seconds=int(spec.get("rendezvousTimeoutSeconds", 1800)),
         master_port=int(spec.get("masterPort", DEFAULT_MASTER_PORT)),
         metrics_port=int(spec.get("metricsPort", DEFAULT_METRICS_PORT)),
         env=env,

@@ -1,6 +1,7 @@
 """The chart's RBAC grants exactly the API requests the operator makes: those recorded by the operator's
-end-to-end tests in tests/operator/recorded_api_requests.json. Both ways: every recorded request is
-allowed (in every watched namespace, in the namespaces mode), and every granted verb is used."""
+end-to-end tests in tests/operator/recorded_api_requests.json, plus what admission asks of its requests.
+Both ways: every recorded request is allowed (in every watched namespace, in the namespaces mode), and
+every granted verb is used."""
 
 from __future__ import annotations
 
@@ -15,12 +16,15 @@ from .conftest import ROOT, by_kind
 RECORDED = ROOT / "tests" / "operator" / "recorded_api_requests.json"
 CLUSTER_SCOPED = {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")}
 Grant = tuple[str, str, str]  # verb, group, "resource" or "resource/subresource"
+FOR_ADMISSION: set[Grant] = {("update", "solov2.io", "solov2trainings/finalizers")}
+"""Never requested, but checked by the OwnerReferencesPermissionEnforcement admission plugin (on by default
+in OpenShift) when the operator creates a child whose owner reference sets blockOwnerDeletion."""
 
 
 def recorded() -> set[Grant]:
     requests = json.loads(RECORDED.read_text())
     assert requests, f"{RECORDED} is empty"
-    return {
+    return FOR_ADMISSION | {
         (r["verb"], r["group"], f"{r['resource']}/{r['subresource']}" if r["subresource"] else r["resource"])
         for r in requests
     }

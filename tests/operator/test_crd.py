@@ -271,7 +271,7 @@ def test_cel_rules_have_messages_refer_to_existing_fields_and_are_mirrored():
                 assert first in props, f"{path}: rule refers to unknown field {first!r}"
                 if second and "properties" in props[first]:
                     assert second in props[first]["properties"], f"{path}: unknown {first}.{second}"
-    assert len(seen) == 3
+    assert len(seen) == 4
     for text in seen:
         _cel_program(text)  # compiles
 
@@ -487,6 +487,16 @@ def test_the_cel_rules_reject_what_they_are_for(field, value, expected):
     _set(obj, field, value)
     errors = cel_violations(apply_defaults(obj, openapi_schema()))
     assert any(e.startswith(expected) for e in errors), errors
+
+
+def test_one_priority_class_is_set_for_the_pods_not_two():
+    obj = load_example(ROOT / "examples" / "solov2-cpu-tiny.yaml")
+    obj["spec"]["priorityClassName"] = "high"
+    assert cel_violations(apply_defaults(obj, openapi_schema())) == []
+    obj["spec"]["gangScheduling"] = {"priorityClassName": "low"}
+    assert cel_violations(apply_defaults(obj, openapi_schema())) == [
+        "spec: set priorityClassName or gangScheduling.priorityClassName, not both"
+    ]
 
 
 def test_the_api_doc_names_every_phase_and_condition_reason():

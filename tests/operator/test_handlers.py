@@ -40,6 +40,9 @@ async def test_a_training_gets_a_service_and_owned_worker_pods(cluster: Cluster)
     for pod in pods.values():
         (owner,) = pod["metadata"]["ownerReferences"]
         assert owner["uid"] == uid and owner["kind"] == "SOLOv2Training" and owner["controller"] is True
+        assert (
+            owner["blockOwnerDeletion"] is True
+        )  # why the chart grants update on solov2trainings/finalizers
     from .emulator import SERVICES, objects_of
 
     service = objects_of(cluster.emulator, SERVICES)["tiny"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -53,6 +54,7 @@ def test_multi_node_npu_gang_runs_torchrun_with_its_rank_and_worker_0_as_master(
         assert flag(args, "--nproc-per-node") == "8"
         assert flag(args, "--master-addr") == "coco-worker-0.coco.ml.svc" == master_addr("coco", "ml")
         assert flag(args, "--master-port") == "29500"
+        assert flag(args, "--rdzv-conf") == "timeout=1800"
         assert flag(args, "--device") == "npu" and "--resume" in args
         assert flag(args, "--work-dir") == "/output/coco"
         assert args[-2:] == ["--opts", "train.epochs=24"]
@@ -131,6 +133,70 @@ def test_a_users_env_entry_wins_over_a_default():
     assert {"name": "X", "value": "1"} in env
 
 
+def test_workers_meet_the_restricted_pod_security_level_unless_the_spec_relaxes_it():
+    pod = build_pod("coco", "ml", read_spec("coco", NPU_2x8), 0)
+    assert container(pod)["securityContext"] == {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert pod["spec"]["automountServiceAccountToken"] is False and pod["spec"]["enableServiceLinks"] is False
+    relaxed = {"runAsNonRoot": False, "capabilities": {"drop": ["ALL"], "add": ["IPC_LOCK"]}}
+    pod = build_pod("coco", "ml", read_spec("coco", {**NPU_2x8, "securityContext": relaxed}), 0)
+    assert container(pod)["securityContext"] == {
+        "runAsNonRoot": False,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"], "add": ["IPC_LOCK"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def test_pull_secrets_service_account_priority_limits_and_rendezvous_timeout_reach_the_pods():
+    spec = read_spec(
+        "coco",
+        {**NPU_2x8, "gangScheduling": {"minAvailable": 2}, "priorityClassName": "urgent",
+         "serviceAccountName": "reader", "imagePullSecrets": [{"name": "regcred"}, {"name": "mirror"}],
+         "resources": {"cpu": 32, "memory": "256Gi", "limits": {"memory": "300Gi"}},
+         "rendezvousTimeoutSeconds": 3600},
+    )  # fmt: skip
+    pod = build_pod("coco", "ml", spec, 1)
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
+    assert pod["spec"]["serviceAccountName"] == "reader"
+    assert "automountServiceAccountToken" not in pod["spec"]  # the account's own setting holds
+    assert pod["spec"]["priorityClassName"] == "urgent"
+    assert build_podgroup("coco", "ml", spec)["spec"]["priorityClassName"] == "urgent"
+    assert container(pod)["resources"] == {
+        "requests": {"cpu": "32", "memory": "256Gi", "huawei.com/Ascend910": "8"},
+        "limits": {"memory": "300Gi", "huawei.com/Ascend910": "8"},
+    }
+    assert flag(container(pod)["args"], "--rdzv-conf") == "timeout=3600"
+    assert "3600" in container(pod)["command"][2]  # the wait for worker 0's name has the same bound
+
+
+@pytest.mark.parametrize("version", ["1.29.0", "1.37.0"])  # the chart's oldest and newest Kubernetes
+def test_what_the_builders_make_is_valid_kubernetes(version):
+    import kubernetes_validate
+
+    from .test_crd import ROOT, load_example
+
+    full = {**NPU_2x8, "priorityClassName": "urgent", "gangScheduling": {"minAvailable": 1},
+            "serviceAccountName": "reader", "imagePullSecrets": [{"name": "regcred"}],
+            "resources": {"cpu": 32, "memory": "256Gi", "limits": {"cpu": 40, "memory": "300Gi"}},
+            "securityContext": {"capabilities": {"drop": ["ALL"], "add": ["IPC_LOCK"]}},
+            "tolerations": [{"key": "huawei.com/Ascend910", "operator": "Exists", "effect": "NoSchedule"}],
+            "nodeSelector": {"accelerator": "huawei-Ascend910"}, "env": [{"name": "A", "value": "1"}]}  # fmt: skip
+    examples = [load_example(path) for path in sorted((ROOT / "examples").glob("*.yaml"))]
+    specs = [full, *(e["spec"] for e in examples)]
+    for spec in (read_spec("coco", s) for s in specs):
+        for body in [*build_pods("coco", "ml", spec), build_service("coco", "ml", spec)]:
+            kubernetes_validate.validate(body, version, strict=True)
+    broken = build_pod("coco", "ml", read_spec("coco", full), 0)
+    broken["spec"]["containers"][0]["securityContext"]["runAsNonRot"] = True
+    with pytest.raises(kubernetes_validate.ValidationError, match="runAsNonRot"):
+        kubernetes_validate.validate(broken, version, strict=True)
+
+
 def test_names_at_the_length_limit_and_beyond():
     name = "a" * 49 + "z"  # 50 characters: the longest allowed
     pods = build_pods(name, "ns", read_spec(name, {"image": "x", "nodes": 10}))
@@ -148,6 +214,7 @@ def test_names_at_the_length_limit_and_beyond():
         ({"image": "x", "nodes": 2, "gangScheduling": {"minAvailable": 3}}, "minAvailable"),
         ({"image": "x", "env": [{"name": "A"}, {"name": "A"}]}, "unique"),
         ({"image": "x", "dataVolume": {"mountPath": "/d"}}, "exactly one"),
+        ({"image": "x", "priorityClassName": "a", "gangScheduling": {"priorityClassName": "b"}}, "not both"),
     ],
 )
 def test_specs_the_pods_cannot_be_built_from_say_why(spec, match):
@@ -184,6 +251,39 @@ def _run_entry(tmp_path, master: str, wait: str):
 def test_worker_waits_for_worker_0s_name_then_starts(tmp_path):
     proc, _ = _run_entry(tmp_path, "localhost", "4")
     assert proc.returncode == 0 and proc.stdout.strip() == "started"
+
+
+def _can_run_as_pid_1() -> bool:
+    try:
+        return subprocess.run(["unshare", "-fp", "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@pytest.mark.skipif(not _can_run_as_pid_1(), reason="needs unshare -fp (a PID namespace) to run as PID 1")
+def test_a_waiting_worker_stops_at_once_on_sigterm_as_pid_1(tmp_path):
+    """In the container the wait is PID 1, which ignores signals it has no handler for: without one a
+    suspend or a restart would wait out the whole grace period for a worker still waiting for worker 0."""
+    import signal
+    import time
+
+    pod = build_pod("coco", "ml", read_spec("coco", {"image": "x", "device": "cpu"}), 1)
+    env = {**os.environ, "MASTER_ADDR": "coco-worker-0.coco.ml.svc.invalid", "SOLOV2_DNS_WAIT_SECONDS": "60",
+           "SOLOV2_TERMINATION_LOG": str(tmp_path / "log"), "SOLOV2_SERVICE": "coco.ml"}  # fmt: skip
+    proc = subprocess.Popen(["unshare", "-fp", *container(pod)["command"], "echo", "started"], env=env)
+    try:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        deadline = time.monotonic() + 10
+        while not children.read_text().split() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (pid_1,) = map(int, children.read_text().split())
+        time.sleep(1)  # inside the wait loop
+        sent = time.monotonic()
+        os.kill(pid_1, signal.SIGTERM)
+        assert proc.wait(timeout=10) == 143 and time.monotonic() - sent < 5
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_worker_gives_up_on_an_unresolvable_master_with_a_clear_message(tmp_path):

@@ -45,7 +45,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 
 {{/*
-RBAC: exactly the API requests the operator makes (tests/operator/recorded_api_requests.json).
+RBAC: exactly the API requests the operator makes (tests/operator/recorded_api_requests.json), and
+update on solov2trainings/finalizers, which it never calls: the OwnerReferencesPermissionEnforcement
+admission plugin (on by default in OpenShift) asks for it to create children whose owner reference
+has blockOwnerDeletion, as the operator's do.
 Namespaced rules go into a ClusterRole (all namespaces) or a Role per watched namespace;
 cluster-scoped rules always go into a ClusterRole.
 */}}
@@ -56,6 +59,9 @@ cluster-scoped rules always go into a ClusterRole.
 - apiGroups: [solov2.io]
   resources: [solov2trainings/status]
   verbs: [patch]
+- apiGroups: [solov2.io]
+  resources: [solov2trainings/finalizers]
+  verbs: [update]
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch, create, delete]
