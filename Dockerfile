@@ -7,8 +7,8 @@
 #     CUDA:   docker build --target trainer --build-arg BASE_IMAGE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime \
 #               --build-arg INSTALL_TORCH=0 -t solov2-trainer:cuda .
 #     Ascend: docker build --target trainer --build-arg BASE_IMAGE=<a CANN image with Python, CANN's
-#               environment set in ENV> --build-arg TORCH_VERSION=2.5.1 --build-arg TORCHVISION_VERSION=0.20.1 \
-#               --build-arg TORCH_NPU_VERSION=2.5.1 -t solov2-trainer:npu .
+#               environment set in ENV> --build-arg TORCH_VERSION=2.14.0 --build-arg TORCHVISION_VERSION=0.29.0 \
+#               --build-arg TORCH_NPU_VERSION=2.14.0 -t solov2-trainer:npu .
 # torch_npu must be built for exactly the installed torch: the build stops when their versions differ.
 
 ARG BASE_IMAGE=python:3.11-slim
@@ -42,7 +42,7 @@ ARG INSTALL_TORCH=1
 ARG TORCH_VERSION=2.14.1
 ARG TORCHVISION_VERSION=0.29.1
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-# Ascend: the torch_npu release for TORCH_VERSION (e.g. 2.5.1 or 2.5.1.post1); empty: no torch_npu.
+# Ascend: the torch_npu release for TORCH_VERSION (e.g. 2.14.0, or a .postN of it); empty: no torch_npu.
 ARG TORCH_NPU_VERSION=""
 # The project's extras: "trainer,export" gives `solov2 export` (onnx, onnxscript, onnxruntime) too;
 # "trainer" leaves them out of a training-only image.

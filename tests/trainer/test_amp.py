@@ -57,3 +57,17 @@ def test_dynamic_loss_scale_is_refused_where_fp16_overflows_saturate(monkeypatch
     _fake_inf_nan_query(monkeypatch, supported=True)  # Atlas A2: INF_NAN mode
     assert not amp.saturates_fp16("npu", torch.float16)
     assert isinstance(amp.make_scaler("npu", torch.float16, 0.0), torch.amp.GradScaler)
+
+
+def test_bf16_is_refused_on_an_npu_without_it(monkeypatch):
+    """On a first-generation Ascend 910 torch's autocast only warns about bf16 and runs fp32: a run
+    asked for bf16 stops at its start instead, naming what works there."""
+    assert amp.amp_dtype("npu", "bf16") is torch.bfloat16  # no torch_npu here: nothing is claimed
+    utils = types.ModuleType("torch_npu.npu.utils")
+    utils.is_bf16_supported = lambda: False
+    monkeypatch.setitem(sys.modules, "torch_npu.npu.utils", utils)
+    with pytest.raises(ConfigError, match=r"train.amp: bf16 needs an Ascend 910B.*use fp16"):
+        amp.amp_dtype("npu", "bf16")
+    assert amp.amp_dtype("npu", "auto") is torch.float16 and amp.amp_dtype("cuda", "bf16") is torch.bfloat16
+    utils.is_bf16_supported = lambda: True
+    assert amp.amp_dtype("npu", "bf16") is torch.bfloat16

@@ -115,8 +115,13 @@ def test_train_loader_yields_valid_static_batches(root):
 def test_an_npu_loader_pins_without_a_deprecation_warning(root):
     """An NPU run's loader pins its batches; torch >= 2.9 pins for the current accelerator by itself
     and warns that DataLoader's pin_memory_device is deprecated, so it is only named for older torch."""
-    loader = build_train_loader(dataset(root), config(), pin_memory=True, pin_memory_device="npu")
+    from solov2.data.loader import build_eval_loader, pin_options
+
+    assert pin_options("npu") == {"pin_memory": True, "pin_memory_device": "npu"}
+    assert pin_options("cuda")["pin_memory"] and not pin_options("cpu")["pin_memory"]
+    loader = build_train_loader(dataset(root), config(), **pin_options("npu"))
     assert loader.pin_memory
+    assert build_eval_loader(dataset(root), config(), **pin_options("npu")).pin_memory  # evaluation too
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         next(iter(loader))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -85,3 +86,28 @@ def test_collectives_wait_30_minutes_or_what_the_environment_says_not_hccl_link_
         monkeypatch.setenv(dev.DIST_TIMEOUT_ENV, bad)
         with pytest.raises(ConfigError, match=f"{dev.DIST_TIMEOUT_ENV}.*{why}"):
             dev.setup_runtime("cpu")
+
+
+def test_on_npus_hccl_waits_on_the_device_as_long_as_the_process_group(monkeypatch):
+    """HCCL_EXEC_TIMEOUT bounds a collective on the NPU itself: left at HCCL's default it would end a
+    wait that SOLOV2_DIST_TIMEOUT_SECONDS allows (rank 0 saving a large checkpoint); a value the
+    environment sets wins."""
+    fake_torch_npu(monkeypatch)
+    monkeypatch.setattr(torch, "device", lambda kind, index=None: (kind, index))
+    groups: list[dict] = []
+    monkeypatch.setattr(dev.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dev.dist, "init_process_group", lambda **kwargs: groups.append(kwargs))
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv(dev.DIST_TIMEOUT_ENV, "7200")
+    monkeypatch.setenv("HCCL_EXEC_TIMEOUT", "")  # recorded, so that what setup_runtime sets is undone
+    monkeypatch.delenv("HCCL_EXEC_TIMEOUT")
+    dev.setup_runtime("npu")
+    assert groups[-1]["backend"] == "hccl" and groups[-1]["timeout"].total_seconds() == 7200
+    assert os.environ["HCCL_EXEC_TIMEOUT"] == "7200"
+    monkeypatch.setenv("HCCL_EXEC_TIMEOUT", "900")
+    dev.setup_runtime("npu")
+    assert os.environ["HCCL_EXEC_TIMEOUT"] == "900"
+    monkeypatch.delenv("HCCL_EXEC_TIMEOUT")
+    dev.setup_runtime("cpu")
+    assert "HCCL_EXEC_TIMEOUT" not in os.environ

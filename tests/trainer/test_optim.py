@@ -34,8 +34,9 @@ def test_fused_where_the_device_has_the_kernels():
 
 def test_npu_takes_torchs_fused_kernels_once_torch_npu_registers_them():
     """torch_npu registers its kernels under PrivateUse1 (2.14 has ``_fused_sgd_`` and
-    ``_fused_adamw_``). Without them an NPU run uses foreach; with them, the fused optimiser and its
-    device-side ``found_inf``. Here a kernel is registered for real, as torch_npu's import does."""
+    ``_fused_adamw_``). Without them an NPU run uses foreach; with them, the fused optimiser (whose
+    skip is exact through the restore path, ``test_train_step``). Here a kernel is registered for
+    real, as torch_npu's import does."""
     assert not has_fused_kernel("sgd", "npu")
     assert _optimizer_name([], "npu") == "torch.optim.SGD (foreach)"
     lib = torch.library.Library("aten", "IMPL", "PrivateUse1")

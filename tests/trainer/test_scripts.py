@@ -122,3 +122,31 @@ def test_a_flag_a_script_does_not_take_is_refused_not_ignored(recorder, tmp_path
     assert res.returncode == 0, res.stderr
     call = log.read_text().split()
     assert call[call.index("--checkpoint") + 1] == str(ckpts)
+
+
+def test_cann_is_loaded_even_where_its_set_env_reads_unset_variables(tmp_path):
+    """CANN's set_env.sh extends LD_LIBRARY_PATH and PYTHONPATH unguarded; the scripts run with
+    ``set -u``, which would end them there with "unbound variable" on a machine where both are unset."""
+    cann = tmp_path / "cann"
+    cann.mkdir()
+    (cann / "set_env.sh").write_text(
+        "export LD_LIBRARY_PATH=/cann/lib64:$LD_LIBRARY_PATH\nexport PYTHONPATH=/cann/python:$PYTHONPATH\n"
+        "export CANN_LOADED=yes\n"
+    )
+    log = tmp_path / "calls"
+    stub = tmp_path / "stub"
+    stub.write_text(
+        f'#!/usr/bin/env bash\necho "$CANN_LOADED $HCCL_EXEC_TIMEOUT $LD_LIBRARY_PATH" >> {log}\n'
+    )
+    stub.chmod(0o755)
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "PYTHONPATH", "HCCL_EXEC_TIMEOUT")
+    }
+    env |= {"SOLOV2": str(stub), "TORCHRUN": str(stub), "ASCEND_HOME_PATH": str(cann),
+            "ASCEND_TOOLKIT_HOME": str(cann), "SOLOV2_DIST_TIMEOUT_SECONDS": "3600"}  # fmt: skip
+    res = _run("train_full_1p.sh", f"--data_path={tmp_path}", env=env, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert log.read_text().split() == ["yes", "3600", "/cann/lib64:"]
+    (cann / "set_env.sh").unlink()
+    res = _run("train_full_1p.sh", f"--data_path={tmp_path}", env=env, cwd=tmp_path)
+    assert res.returncode == 0 and "found no CANN set_env.sh" in res.stderr

@@ -146,3 +146,59 @@ def test_apply_update_skips_exactly_with_either_implementation(optimizer, implem
     grads(1.0)
     apply_update(opt, torch.tensor(True))
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_on_an_npu_a_fused_kernel_that_ignores_found_inf_still_skips_exactly(optimizer, monkeypatch):
+    """torch_npu's fused AdamW applies an update whatever ``found_inf`` says (and its fused SGD reads it
+    on the host): on an NPU the fused step runs without it and the restore path undoes a skipped one.
+    Here the fused CPU kernels stand in, made to ignore ``found_inf`` as torch_npu's AdamW does."""
+    from solov2.engine.optim import supports_found_inf
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    cfg = load_config("solov2_tiny_cpu", [f"train.optimizer={optimizer}"]).train
+    opt = build_optimizer(model.parameters(), cfg, 0.1, implementation="fused")
+    assert supports_found_inf(opt, "cpu") and not supports_found_inf(opt, "npu")
+    init_state(opt)
+    real_step = opt.step
+
+    def step_ignoring_found_inf():
+        assert getattr(opt, "found_inf", None) is None, "found_inf handed to an NPU kernel"
+        return real_step()
+
+    monkeypatch.setattr(opt, "step", step_ignoring_found_inf)
+    x = torch.randn(5, 4)
+    opt.zero_grad()
+    model(x).square().sum().backward()
+    apply_update(opt, torch.tensor(True), "npu")
+    before = [p.detach().clone() for p in model.parameters()]
+    state = {(i, k): v.clone() for i, p in enumerate(model.parameters()) for k, v in opt.state[p].items()}
+    opt.zero_grad()
+    (model(x).square().sum() * float("inf")).backward()
+    apply_update(opt, torch.tensor(False), "npu")
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+    assert all(
+        torch.equal(v, opt.state[p][k]) for (i, k), v in state.items() for p in [list(model.parameters())[i]]
+    )
+
+
+def test_npu_sgd_without_momentum_runs_foreach():
+    """torch_npu's fused SGD refuses a momentum of 0; the NPU then gets torch's foreach SGD."""
+    from solov2.engine.optim import describe_optimizer
+
+    params = [torch.nn.Parameter(torch.ones(3))]
+    lib = torch.library.Library("aten", "IMPL", "PrivateUse1")
+    try:
+        lib.impl("_fused_sgd_", lambda *args, **kwargs: None)
+        with_momentum = build_optimizer(
+            params, load_config("solov2_r50_fpn_1x_coco").train, 0.1, device_kind="npu"
+        )
+        cfg = load_config("solov2_r50_fpn_1x_coco", ["train.momentum=0"]).train
+        without = build_optimizer(params, cfg, 0.1, device_kind="npu")
+        on_cpu = build_optimizer(params, cfg, 0.1, device_kind="cpu")
+    finally:
+        lib._destroy()
+    assert describe_optimizer(with_momentum) == "torch.optim.SGD (fused)"
+    assert describe_optimizer(without) == "torch.optim.SGD (foreach)"
+    assert describe_optimizer(on_cpu) == "torch.optim.SGD (fused)"

@@ -25,7 +25,23 @@ def amp_dtype(kind: str, amp: str) -> torch.dtype | None:
         return torch.bfloat16 if kind == "cuda" else torch.float16
     if kind == "cpu":
         raise ConfigError(f"train.amp: {amp} is for GPUs and NPUs; on CPU use off or auto (fp32)")
+    if amp == "bf16" and kind == "npu" and npu_supports_bf16() is False:
+        # torch's autocast would only warn and run fp32
+        raise ConfigError(
+            "train.amp: bf16 needs an Ascend 910B or later, and this NPU has no bf16 (a first-generation "
+            "Ascend 910): use fp16 (auto, with a loss scale) or off"
+        )
     return torch.float16 if amp == "fp16" else torch.bfloat16
+
+
+def npu_supports_bf16() -> bool | None:
+    """Whether this process's NPU computes in bf16 (Atlas A2, the Ascend 910B, and later); None when
+    torch_npu does not say."""
+    try:
+        utils = importlib.import_module("torch_npu.npu.utils")
+        return bool(utils.is_bf16_supported())
+    except Exception:  # no torch_npu, an older one without the query, or no device initialised
+        return None
 
 
 @contextlib.contextmanager
@@ -121,9 +137,10 @@ def make_scaler(
 ) -> torch.amp.GradScaler | FixedLossScaler | None:
     """fp16 needs loss scaling (dynamic GradScaler or a fixed scale); fp32 and bf16 do not.
 
-    A dynamic scale on an NPU that saturates fp16 overflows (:func:`saturates_fp16`) is refused: its
-    growth and back-off read inf/NaN in the gradients, which such an NPU never produces (the training
-    step skips overflowing steps there with :class:`OverflowStatus`, under a fixed scale)."""
+    A dynamic scale on an NPU that saturates fp16 overflows (:func:`saturates_fp16`) is refused: no
+    inf/NaN reaches the gradients there, and torch_npu's GradScaler falls back to reading the NPU's
+    overflow flag back to the host at every step, the synchronisation the training step avoids (it
+    skips overflowing steps there with :class:`OverflowStatus`, on the device, under a fixed scale)."""
     if dtype is not torch.float16:
         return None
     if loss_scale > 0:
@@ -131,7 +148,8 @@ def make_scaler(
     if saturates_fp16(kind, dtype):
         raise ConfigError(
             "train.loss_scale=0 (dynamic) needs fp16 overflows to show as inf/NaN, but this NPU "
-            "saturates them (no INF_NAN mode, as on a first-generation Ascend 910): use a fixed scale, "
+            "saturates them (no INF_NAN mode, as on a first-generation Ascend 910), where a dynamic scale "
+            "reads the overflow flag back to the host at every step: use a fixed scale, "
             "train.loss_scale=128 as in the ModelZoo recipe, or train.amp=off"
         )
     return torch.amp.GradScaler(kind)

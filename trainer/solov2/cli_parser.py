@@ -182,8 +182,8 @@ def _add_train_compile_args(p: argparse.ArgumentParser) -> None:
         "--compile-mode",
         choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
         default="default",
-        help="torch.compile mode with --compile; reduce-overhead replays the step's graphs as CUDA graphs "
-        "(CUDA only)",
+        help="torch.compile mode with --compile; on CUDA reduce-overhead replays the step's graphs as CUDA "
+        "graphs (on NPUs torch_npu maps it to NPU graphs, and inductor needs Triton-Ascend; not yet run there)",
     )
 
 

@@ -141,7 +141,9 @@ def dist_timeout_s() -> int:
     """How long a collective may wait for the other processes: ``SOLOV2_DIST_TIMEOUT_SECONDS``, else 30
     minutes. Its own setting, not HCCL's ``HCCL_CONNECT_TIMEOUT``: that one bounds HCCL's link set-up
     (600 s in the operator's pods), while ranks wait in a collective for as long as rank 0 saves a
-    checkpoint or the other ranks infer their share of the evaluation."""
+    checkpoint or the other ranks infer their share of the evaluation. On NPUs HCCL bounds the wait on
+    the device itself with ``HCCL_EXEC_TIMEOUT`` (1836 s when unset): :func:`setup_runtime` sets it to
+    this value unless the environment sets it."""
     timeout = _env_int(DIST_TIMEOUT_ENV, DEFAULT_DIST_TIMEOUT_S)
     if timeout < 60:
         raise ConfigError(f"environment variable {DIST_TIMEOUT_ENV}={timeout}: must be at least 60 seconds")
@@ -160,11 +162,11 @@ def setup_runtime(requested: str = "auto", *, timeout_s: int | None = None) -> R
     kind = detect_device_kind(requested)
     device = _bind(kind, _device_index(requested, local_rank))
     if world_size > 1 and not dist.is_initialized():
+        timeout = timeout_s or dist_timeout_s()
+        if kind == "npu":  # read when the HCCL process group is made
+            os.environ.setdefault("HCCL_EXEC_TIMEOUT", str(timeout))
         dist.init_process_group(
-            backend=BACKENDS[kind],
-            rank=rank,
-            world_size=world_size,
-            timeout=timedelta(seconds=timeout_s or dist_timeout_s()),
+            backend=BACKENDS[kind], rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout)
         )
     return Runtime(device=device, kind=kind, rank=rank, local_rank=local_rank, world_size=world_size)
 

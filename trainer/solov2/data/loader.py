@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,7 @@ __all__ = [
     "build_eval_loader",
     "build_train_loader",
     "collate",
+    "pin_options",
     "resolve_workers",
 ]
 
@@ -302,6 +304,13 @@ def resolve_workers(cfg: Config) -> int:
 _NAMES_PIN_DEVICE = torch.__version__ < (2, 9)
 
 
+def pin_options(device_kind: str) -> dict[str, Any]:
+    """``pin_memory`` and ``pin_memory_device`` of a loader that feeds a ``device_kind`` device: pinned on
+    CUDA and NPUs, so that copies to the device do not wait (from pageable memory an NPU copy even
+    synchronises its stream)."""
+    return {"pin_memory": device_kind != "cpu", "pin_memory_device": "npu" if device_kind == "npu" else ""}
+
+
 def _loader(
     ds: Dataset,
     batches: _KeyedBatches,
@@ -408,10 +417,12 @@ def build_eval_loader(
     world_size: int = 1,
     with_gt: bool = False,
     pin_memory: bool | None = None,
+    pin_memory_device: str = "",
 ) -> Loader:
     """Every image once across ranks, unaugmented; short batches are filled with ``image_ids == -1``.
 
     ``with_gt=False`` (evaluation against ``dataset.coco``) skips mask decoding and yields ``gt=None``.
+    ``pin_memory`` and ``pin_memory_device`` as for :func:`build_train_loader`.
     """
     dataset.check_num_classes(cfg.model.head.num_classes)
     sampler = EvalBatchSampler(
@@ -427,4 +438,4 @@ def build_eval_loader(
         cfg.data.canvases, max_instances=cfg.model.targets.max_instances, with_gt=with_gt, stats=stats
     )
     ds = _EvalSamples(dataset, cfg, with_gt)
-    return _loader(ds, _KeyedBatches(sampler), collator, cfg, 0, pin_memory, "")
+    return _loader(ds, _KeyedBatches(sampler), collator, cfg, 0, pin_memory, pin_memory_device)

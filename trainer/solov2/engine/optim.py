@@ -5,11 +5,15 @@ Implementations, picked by :func:`build_optimizer` (``implementation="auto"``):
 - torch's fused SGD / AdamW (``fused=True``) wherever the device has torch's fused kernels
   (``aten::_fused_sgd_`` / ``aten::_fused_adamw_``, asked of the dispatcher: :func:`has_fused_kernel`):
   CUDA, the CPU, and Ascend NPUs, where torch_npu implements them for its ``PrivateUse1`` device
-  (torch_npu 2.14.0 registers ``_fused_sgd_``, ``_fused_sgd_.tensor_lr`` and ``_fused_adamw_``, each
-  with ``found_inf``, for tensors in base formats: torch_npu's default, ``allow_internal_format``
-  off). Fused kernels take a ``found_inf`` tensor and skip the update on the device, so deciding
-  "was this step finite?" never reads a value back. (On the CPU the fused kernels also avoid the
-  per-step ``.item()`` that foreach AdamW does on its CPU step counter.)
+  (torch_npu 2.14.0 registers ``_fused_sgd_``, ``_fused_sgd_.tensor_lr`` and ``_fused_adamw_`` for
+  tensors in base formats: torch_npu's default, ``allow_internal_format`` off). On CUDA and the CPU
+  the kernels take a ``found_inf`` tensor and skip the update on the device, so deciding "was this
+  step finite?" never reads a value back. (On the CPU the fused kernels also avoid the per-step
+  ``.item()`` that foreach AdamW does on its CPU step counter.) torch_npu's do not: its
+  ``_fused_adamw_`` ignores ``found_inf`` (a non-finite step would be applied) and its ``_fused_sgd_``
+  reads it with ``.item()`` (a host synchronisation per step) and refuses a momentum of 0. So on an
+  NPU the fused kernels never get a ``found_inf``; the skip is made exact the other way (below), and
+  SGD without momentum runs foreach.
 - A tensor learning rate (``tensor_lr``, for compiled steps) only where the device has the fused
   kernel's ``tensor_lr`` overload; elsewhere (AdamW on torch_npu 2.14) the fused kernel with a float.
 - Otherwise (an older torch_npu without them) torch's multi-tensor ``foreach`` implementation.
@@ -21,11 +25,12 @@ Implementations, picked by :func:`build_optimizer` (``implementation="auto"``):
 - ``implementation="foreach"`` forces torch's multi-tensor implementation (tests, benchmarks).
 
 :func:`apply_update` applies a step only where ``finite`` is true, exactly: a skipped step changes
-no parameter and no optimiser state. Fused torch optimisers get ``finite`` as their ``found_inf``;
-the others keep a copy of parameters and state and put it back with ``torch.where`` (one extra copy of
-the parameters and state per step, still no host synchronisation). :func:`init_state` creates the
-optimiser state before the first step, so that a skipped first step has a state to leave alone
-(torch's fused SGD would otherwise keep uninitialised momentum buffers after a skipped first step).
+no parameter and no optimiser state. Fused torch optimisers on the CPU and CUDA get ``finite`` as their
+``found_inf``; the others (and every optimiser on an NPU) keep a copy of parameters and state and put
+it back with ``torch.where`` (one extra copy of the parameters and state per step, still no host
+synchronisation). :func:`init_state` creates the optimiser state before the first step, so that a
+skipped first step has a state to leave alone (torch's fused SGD would otherwise keep uninitialised
+momentum buffers after a skipped first step).
 """
 
 from __future__ import annotations
@@ -43,12 +48,15 @@ __all__ = [
     "describe_optimizer",
     "has_fused_kernel",
     "init_state",
+    "is_fused",
     "load_optimizer_state",
     "supports_found_inf",
 ]
 
 # The dispatch key of each device kind's kernels: torch_npu registers the NPU's as PrivateUse1.
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA", "npu": "PrivateUse1"}
+# Where the fused kernels skip an update on a device-side ``found_inf`` without reading it back.
+_FOUND_INF_ON_DEVICE = ("cpu", "cuda")
 
 
 def has_fused_kernel(optimizer: str, device_kind: str, *, tensor_lr: bool = False) -> bool:
@@ -81,8 +89,10 @@ def build_optimizer(
     if implementation not in ("auto", "fused", "foreach"):
         raise ValueError(f"implementation: expected auto, fused or foreach, got {implementation!r}")
     params = list(params)
+    # torch_npu's fused SGD refuses a momentum of 0 (torch then passes no momentum buffers).
+    npu_refuses = device_kind == "npu" and cfg.optimizer == "sgd" and cfg.momentum == 0
     fused = implementation == "fused" or (
-        implementation == "auto" and has_fused_kernel(cfg.optimizer, device_kind)
+        implementation == "auto" and has_fused_kernel(cfg.optimizer, device_kind) and not npu_refuses
     )
     kind = {"fused": True} if fused else {"foreach": True}
     tensor_rate = tensor_lr and fused and has_fused_kernel(cfg.optimizer, device_kind, tensor_lr=True)
@@ -94,11 +104,17 @@ def build_optimizer(
     return torch.optim.SGD(params, lr=rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **kind)
 
 
-def supports_found_inf(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether the optimiser skips its own update on a device-side ``found_inf`` (torch's fused ones)."""
+def is_fused(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimiser runs torch's fused kernels (``fused=True``)."""
     return bool(getattr(optimizer, "_step_supports_amp_scaling", False)) and all(
         g.get("fused") for g in optimizer.param_groups
     )
+
+
+def supports_found_inf(optimizer: torch.optim.Optimizer, device_kind: str) -> bool:
+    """Whether the optimiser skips its own update on a device-side ``found_inf`` without reading it
+    back: torch's fused ones on the CPU and CUDA (not torch_npu's, see the module docstring)."""
+    return device_kind in _FOUND_INF_ON_DEVICE and is_fused(optimizer)
 
 
 def describe_optimizer(optimizer: torch.optim.Optimizer) -> str:
@@ -162,10 +178,10 @@ def _stepped_tensors(optimizer: torch.optim.Optimizer, device: torch.device) -> 
     return out
 
 
-def apply_update(optimizer: torch.optim.Optimizer, finite: Tensor) -> None:
-    """``optimizer.step()`` if ``finite`` (a bool tensor on the parameters' device), else nothing at all;
-    decided on the device, never on the host."""
-    if supports_found_inf(optimizer):
+def apply_update(optimizer: torch.optim.Optimizer, finite: Tensor, device_kind: str | None = None) -> None:
+    """``optimizer.step()`` if ``finite`` (a bool tensor on the parameters' device, whose kind
+    ``device_kind`` defaults to), else nothing at all; decided on the device, never on the host."""
+    if supports_found_inf(optimizer, device_kind or finite.device.type):
         optimizer.found_inf = (~finite).to(torch.float32)  # type: ignore[attr-defined]
         try:
             optimizer.step()

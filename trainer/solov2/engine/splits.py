@@ -11,7 +11,7 @@ from torch import nn
 
 from ..config import Config
 from ..data.coco import CocoInstances
-from ..data.loader import build_eval_loader
+from ..data.loader import build_eval_loader, pin_options
 from ..device import Runtime
 from ..errors import DataError
 from .evaluate import evaluate, format_ap_table
@@ -60,7 +60,9 @@ def evaluate_split(
             f"{ann}: its categories, in id order, are not the model's (label {', '.join(differ[:3])}, "
             "trained vs here): give both annotation files the same category ids and names"
         )
-    loader = build_eval_loader(dataset, cfg, rank=runtime.rank, world_size=runtime.world_size)
+    loader = build_eval_loader(
+        dataset, cfg, rank=runtime.rank, world_size=runtime.world_size, **pin_options(runtime.kind)
+    )
     metrics = evaluate(
         model,
         loader,

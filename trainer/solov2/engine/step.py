@@ -16,7 +16,7 @@ from ..amp import FixedLossScaler, OverflowStatus, autocast
 from ..model import total_loss
 from ..structures import GroundTruth
 from .counters import StepCounters
-from .optim import apply_update, supports_found_inf
+from .optim import apply_update, is_fused
 
 __all__ = ["TrainStep"]
 
@@ -62,7 +62,7 @@ class TrainStep:
         self.loss_fn = loss_fn
         self.overflow = overflow
         self.update: Callable[[Tensor, Tensor | None], Tensor] = self._update
-        if compile_update and not supports_found_inf(optimizer):
+        if compile_update and not is_fused(optimizer):
             self.update = torch.compile(self._update, dynamic=False)
 
     def __call__(self, images: Tensor, gt: GroundTruth, iteration: int) -> dict[str, Tensor]:
@@ -89,7 +89,7 @@ class TrainStep:
         finite = torch.isfinite(norm) & torch.isfinite(loss)
         if overflowed is not None:
             finite = finite & ~overflowed
-        apply_update(self.optimizer, finite)
+        apply_update(self.optimizer, finite, self.device_kind)
         if isinstance(self.scaler, torch.amp.GradScaler):
             self.scaler.update()  # from unscale_'s inf check: lowers the scale after an overflow
         return finite

@@ -13,7 +13,7 @@ import torch
 
 from ..config import Config
 from ..data.coco import CocoInstances
-from ..data.loader import Loader, build_train_loader
+from ..data.loader import Loader, build_train_loader, pin_options
 from ..device import Runtime
 from ..errors import ConfigError
 from ..metrics import NullMetrics, TrainingMetrics
@@ -66,8 +66,7 @@ def train_loader(dataset: CocoInstances, cfg: Config, runtime: Runtime) -> Loade
         cfg,
         rank=runtime.rank,
         world_size=runtime.world_size,
-        pin_memory=runtime.kind != "cpu",
-        pin_memory_device=runtime.kind if runtime.kind == "npu" else "",
+        **pin_options(runtime.kind),
     )
     loader.worker_init_fn = functools.partial(leave_process_group, then=loader.worker_init_fn)
     return loader
