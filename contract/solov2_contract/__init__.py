@@ -128,3 +128,4 @@ class TrainFlags:
     NO_EVAL = "--no-eval"
     TERMINATION_LOG = "--termination-log"
     METRICS_PORT = "--metrics-port"
+    STOP_TIMEOUT = "--stop-timeout"

@@ -75,7 +75,10 @@ TRAINER_GROUP = 1000
 """The group the trainer image runs as (the Dockerfile's ``USER 1000:1000``): the workers' ``fsGroup``, so
 that a freshly provisioned checkpoint volume (root's, mode 0755) is writable to it."""
 GRACE_PERIOD_SECONDS = 180
-"""Time between SIGTERM and SIGKILL: the trainer saves a checkpoint on SIGTERM before it exits."""
+"""Least time between SIGTERM and SIGKILL: the trainer saves a checkpoint on SIGTERM before it exits."""
+SHUTDOWN_MARGIN_SECONDS = 15
+"""How much longer torchrun waits for its processes (``--shutdown-timeout``) than the trainer gives
+itself to stop (``--stop-timeout``); the grace period adds another minute on top."""
 HCCL_CONNECT_TIMEOUT = "600"
 CONTAINER = "trainer"
 SECURITY_CONTEXT: dict[str, Any] = {
@@ -171,6 +174,7 @@ def trainer_args(name: str, namespace: str, spec: TrainingSpec, index: int) -> l
         "--master-addr", master_addr(name, namespace),
         "--master-port", str(spec.master_port),
         "--rdzv-conf", f"timeout={spec.rendezvous_timeout_seconds}",
+        "--shutdown-timeout", str(spec.stop_timeout_seconds + SHUTDOWN_MARGIN_SECONDS),
         "-m", TrainFlags.MODULE, TrainFlags.COMMAND,
         TrainFlags.CONFIG, spec.config,
         TrainFlags.DATA_PATH, spec.data_path,
@@ -179,6 +183,7 @@ def trainer_args(name: str, namespace: str, spec: TrainingSpec, index: int) -> l
         TrainFlags.RESUME,
         TrainFlags.METRICS_PORT, str(spec.metrics_port),
         TrainFlags.TERMINATION_LOG, TERMINATION_LOG,
+        TrainFlags.STOP_TIMEOUT, str(spec.stop_timeout_seconds),
     ]  # fmt: skip
     if spec.compile:
         args.append(TrainFlags.COMPILE)
@@ -255,6 +260,12 @@ def _resources(spec: TrainingSpec) -> V1ResourceRequirements:
     return V1ResourceRequirements(requests=requests or None, limits=limits or None)
 
 
+def grace_period_seconds(spec: TrainingSpec) -> int:
+    """The workers' ``terminationGracePeriodSeconds``: torchrun's shutdown timeout and a minute more, at
+    least :data:`GRACE_PERIOD_SECONDS`."""
+    return max(GRACE_PERIOD_SECONDS, spec.stop_timeout_seconds + SHUTDOWN_MARGIN_SECONDS + 60)
+
+
 def build_pod(name: str, namespace: str, spec: TrainingSpec, index: int, gang: int = 0) -> dict[str, Any]:
     """Worker ``index`` of gang number ``gang`` (the training's ``status.restarts``): one container that
     waits for worker 0's name, then runs torchrun."""
@@ -282,7 +293,7 @@ def build_pod(name: str, namespace: str, spec: TrainingSpec, index: int, gang: i
         restart_policy="Never",
         hostname=worker_name(name, index),
         subdomain=name,
-        termination_grace_period_seconds=GRACE_PERIOD_SECONDS,
+        termination_grace_period_seconds=grace_period_seconds(spec),
         scheduler_name=spec.scheduler_name,
         priority_class_name=spec.pod_priority_class,
         service_account_name=spec.service_account_name,
@@ -314,7 +325,19 @@ def build_pod(name: str, namespace: str, spec: TrainingSpec, index: int, gang: i
     body["spec"]["containers"][0]["volumeMounts"] = mounts
     body["spec"]["containers"][0]["env"] = _env(name, namespace, spec)
     body["spec"]["containers"][0]["securityContext"] = {**SECURITY_CONTEXT, **spec.security_context}
+    body["spec"]["affinity"] = _spread(name)
     return body
+
+
+def _spread(name: str) -> dict[str, Any]:
+    """One worker per node where the cluster allows it: a preference, not a rule, so that a gang of
+    partial-node workers (or a one-node test cluster) still schedules."""
+    term = {"labelSelector": {"matchLabels": selector(name)}, "topologyKey": "kubernetes.io/hostname"}
+    return {
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": term}]
+        }
+    }
 
 
 def build_pods(name: str, namespace: str, spec: TrainingSpec, gang: int = 0) -> list[dict[str, Any]]:

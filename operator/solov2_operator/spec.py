@@ -61,6 +61,7 @@ class TrainingSpec:
     image_pull_secrets: tuple[str, ...] = ()
     security_context: Mapping[str, Any] = field(default_factory=dict)
     rendezvous_timeout_seconds: int = 1800
+    stop_timeout_seconds: int = 25
     master_port: int = DEFAULT_MASTER_PORT
     metrics_port: int = DEFAULT_METRICS_PORT
     env: tuple[Mapping[str, Any], ...] = ()
@@ -163,6 +164,7 @@ def read_spec(name: str, spec: Mapping[str, Any]) -> TrainingSpec:
         image_pull_secrets=tuple(str(secret["name"]) for secret in spec.get("imagePullSecrets") or ()),
         security_context=dict(spec.get("securityContext") or {}),
         rendezvous_timeout_seconds=int(spec.get("rendezvousTimeoutSeconds", 1800)),
+        stop_timeout_seconds=int(spec.get("stopTimeoutSeconds", 25)),
         master_port=int(spec.get("masterPort", DEFAULT_MASTER_PORT)),
         metrics_port=int(spec.get("metricsPort", DEFAULT_METRICS_PORT)),
         env=env,

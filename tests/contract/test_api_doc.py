@@ -77,7 +77,7 @@ def test_command_line_and_defaults_are_documented():
     flags = contract.TrainFlags
     for flag in (
         flags.CONFIG, flags.DATA_PATH, flags.WORK_DIR, flags.DEVICE, flags.RESUME, flags.METRICS_PORT,
-        flags.TERMINATION_LOG, flags.COMPILE, flags.NO_EVAL, flags.LOAD_FROM, flags.OPTS,
+        flags.TERMINATION_LOG, flags.COMPILE, flags.NO_EVAL, flags.LOAD_FROM, flags.OPTS, flags.STOP_TIMEOUT,
     ):  # fmt: skip
         assert re.search(rf"{re.escape(flag)}\b", command), flag
     assert f"-m {flags.MODULE} {flags.COMMAND}" in command

@@ -256,6 +256,7 @@ def test_the_documented_defaults():
     assert defaults["evaluate"] is True
     assert defaults["compile"] is False
     assert defaults["suspend"] is False
+    assert (defaults["stopTimeoutSeconds"], defaults["rendezvousTimeoutSeconds"]) == (25, 1800)
     assert openapi_schema()["properties"]["spec"]["required"] == ["image"]
 
 

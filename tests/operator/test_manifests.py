@@ -55,6 +55,7 @@ def test_multi_node_npu_gang_runs_torchrun_with_its_rank_and_worker_0_as_master(
         assert flag(args, "--master-addr") == "coco-worker-0.coco.ml.svc" == master_addr("coco", "ml")
         assert flag(args, "--master-port") == "29500"
         assert flag(args, "--rdzv-conf") == "timeout=1800"
+        assert flag(args, "--shutdown-timeout") == "40" and flag(args, "--stop-timeout") == "25"
         assert flag(args, "--device") == "npu" and "--resume" in args
         assert flag(args, "--work-dir") == "/output/coco"
         assert args[-2:] == ["--opts", "train.epochs=24"]
@@ -69,7 +70,16 @@ def test_multi_node_npu_gang_runs_torchrun_with_its_rank_and_worker_0_as_master(
         assert pod["spec"]["schedulerName"] == "volcano"
         assert pod["metadata"]["annotations"][GROUP_NAME_ANNOTATION] == "coco"
         assert pod["spec"]["priorityClassName"] == "high"
-        assert pod["spec"]["terminationGracePeriodSeconds"] >= 60
+        assert pod["spec"]["terminationGracePeriodSeconds"] == 180
+        (spread,) = pod["spec"]["affinity"]["podAntiAffinity"][
+            "preferredDuringSchedulingIgnoredDuringExecution"
+        ]
+        assert spread["podAffinityTerm"] == {
+            "labelSelector": {
+                "matchLabels": {"app.kubernetes.io/name": "solov2-training", "solov2.io/training": "coco"}
+            },
+            "topologyKey": "kubernetes.io/hostname",
+        }
     assert pods[0]["metadata"]["labels"]["solov2.io/metrics"] == "true"
     assert "solov2.io/metrics" not in pods[1]["metadata"]["labels"]
     assert pods[1]["metadata"]["labels"]["solov2.io/worker-index"] == "1"
@@ -158,7 +168,7 @@ def test_pull_secrets_service_account_priority_limits_and_rendezvous_timeout_rea
         {**NPU_2x8, "gangScheduling": {"minAvailable": 2}, "priorityClassName": "urgent",
          "serviceAccountName": "reader", "imagePullSecrets": [{"name": "regcred"}, {"name": "mirror"}],
          "resources": {"cpu": 32, "memory": "256Gi", "limits": {"memory": "300Gi"}},
-         "rendezvousTimeoutSeconds": 3600},
+         "rendezvousTimeoutSeconds": 3600, "stopTimeoutSeconds": 300},
     )  # fmt: skip
     pod = build_pod("coco", "ml", spec, 1)
     assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
@@ -172,6 +182,10 @@ def test_pull_secrets_service_account_priority_limits_and_rendezvous_timeout_rea
     }
     assert flag(container(pod)["args"], "--rdzv-conf") == "timeout=3600"
     assert "3600" in container(pod)["command"][2]  # the wait for worker 0's name has the same bound
+    # A slow checkpoint store: the trainer, then torchrun, then the kubelet wait longer, in that order.
+    args = container(pod)["args"]
+    assert (flag(args, "--stop-timeout"), flag(args, "--shutdown-timeout")) == ("300", "315")
+    assert pod["spec"]["terminationGracePeriodSeconds"] == 375
 
 
 @pytest.mark.parametrize("version", ["1.29.0", "1.37.0"])  # the chart's oldest and newest Kubernetes
