@@ -95,7 +95,7 @@ SECURITY_CONTEXT: dict[str, Any] = {
 # the container's PID 1 while it waits, which the kernel shields from signals it does not handle: the
 # trap lets SIGTERM (a suspend, a deleted gang) end it at once instead of after the grace period.
 _WAIT_FOR_MASTER = """\
-trap 'exit 143' TERM INT
+trap 'exit 143' TERM; trap 'exit 130' INT
 limit="${SOLOV2_DNS_WAIT_SECONDS:-%(wait)d}"; waited=0
 until python3 -c 'import socket, sys; socket.getaddrinfo(sys.argv[1], None)' "$MASTER_ADDR" 2>/dev/null; do
   if [ "$waited" -ge "$limit" ]; then
@@ -260,6 +260,18 @@ def _resources(spec: TrainingSpec) -> V1ResourceRequirements:
     return V1ResourceRequirements(requests=requests or None, limits=limits or None)
 
 
+def security_context(spec: TrainingSpec) -> dict[str, Any]:
+    """:data:`SECURITY_CONTEXT` with ``spec.securityContext``'s fields in place of its own. A privileged
+    container, or one that adds CAP_SYS_ADMIN, loses the default ``allowPrivilegeEscalation: false``
+    (the API server refuses the two together) unless the spec sets it."""
+    asked = dict(spec.security_context)
+    added = {str(c).upper().removeprefix("CAP_") for c in (asked.get("capabilities") or {}).get("add") or ()}
+    defaults = dict(SECURITY_CONTEXT)
+    if asked.get("privileged") or "SYS_ADMIN" in added:
+        del defaults["allowPrivilegeEscalation"]
+    return {**defaults, **asked}
+
+
 def grace_period_seconds(spec: TrainingSpec) -> int:
     """The workers' ``terminationGracePeriodSeconds``: torchrun's shutdown timeout and a minute more, at
     least :data:`GRACE_PERIOD_SECONDS`."""
@@ -324,7 +336,7 @@ def build_pod(name: str, namespace: str, spec: TrainingSpec, index: int, gang: i
     body["spec"]["volumes"] = volumes
     body["spec"]["containers"][0]["volumeMounts"] = mounts
     body["spec"]["containers"][0]["env"] = _env(name, namespace, spec)
-    body["spec"]["containers"][0]["securityContext"] = {**SECURITY_CONTEXT, **spec.security_context}
+    body["spec"]["containers"][0]["securityContext"] = security_context(spec)
     body["spec"]["affinity"] = _spread(name)
     return body
 

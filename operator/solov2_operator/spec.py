@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubernetes.client import V1SecurityContext
+
 from solov2_contract import DEFAULT_MASTER_PORT, DEFAULT_METRICS_PORT
 
 __all__ = ["DEFAULT_RESOURCE_NAMES", "MAX_NAME_LENGTH", "SpecError", "TrainingSpec", "read_spec"]
@@ -21,6 +23,7 @@ MAX_NAME_LENGTH = 50
 DEFAULT_RESOURCE_NAMES = {"npu": "huawei.com/Ascend910", "gpu": "nvidia.com/gpu"}
 TRAINER_DEVICES = {"npu": "npu", "gpu": "cuda", "cpu": "cpu"}
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_SECURITY_CONTEXT_FIELDS = frozenset(V1SecurityContext.attribute_map.values())
 
 
 class SpecError(ValueError):
@@ -129,6 +132,12 @@ def read_spec(name: str, spec: Mapping[str, Any]) -> TrainingSpec:
         raise SpecError("spec.env entries need unique, non-empty names")
     if spec.get("checkpointVolume") is not None and not spec["checkpointVolume"].get("claimName"):
         raise SpecError("spec.checkpointVolume.claimName is required in the block")
+    unknown = sorted(set(spec.get("securityContext") or {}) - _SECURITY_CONTEXT_FIELDS)
+    if unknown:
+        raise SpecError(
+            f"spec.securityContext: unknown field {', '.join(map(repr, unknown))} (a container's securityContext "
+            f"has {', '.join(sorted(_SECURITY_CONTEXT_FIELDS))})"
+        )
     if spec.get("priorityClassName") and (gang or {}).get("priorityClassName"):
         raise SpecError("set spec.priorityClassName or spec.gangScheduling.priorityClassName, not both")
     resources = spec.get("resources") or {}

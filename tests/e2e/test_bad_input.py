@@ -203,9 +203,14 @@ def test_every_command_checks_its_output_paths_before_it_loads_or_computes(tmp_p
     broken = tmp_path / "broken-link"
     broken.symlink_to(tmp_path / "gone")
     dangling = f"{str(broken)!r} links to {str(tmp_path / 'gone')!r}, which does not exist"
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
     cases = [
         (["predict", str(a_file), "--checkpoint", missing, "--out", str(broken)], f"--out {broken}: {dangling}"),
         (["export", "--checkpoint", missing, "--out", str(broken / "m.onnx")], f"--out {broken}/m.onnx: {dangling}"),
+        (["export", "--checkpoint", missing, "--out", str(broken)], f"--out {broken}: {dangling}"),
+        (["predict", str(a_file), "--checkpoint", missing, "--out", str(loop)],
+         f"--out {loop}: {str(loop)!r} is a loop of"),
         (["make-synthetic", str(a_file / "set"), "--train", "1", "--val", "0"], f"{a_file / 'set'}: {str(a_file)!r}"),
         (["predict", str(a_file), "--checkpoint", missing, "--out", str(a_file)], f"--out {a_file}: is a file"),
         (["eval", "--data-path", str(tmp_path), "--checkpoint", missing, "--work-dir", str(a_file / "sub")],
@@ -224,6 +229,8 @@ def test_every_command_checks_its_output_paths_before_it_loads_or_computes(tmp_p
                  ["export", "--checkpoint", missing, "--out", str(fresh / "m.onnx")]):  # fmt: skip
         assert main(argv) == 2 and "no such file" in _one_line_error(capsys, argv[0])
     assert not (tmp_path / "fresh").exists()
+    assert _train(tmp_path / "no-data", tmp_path / "work", broken) == 2
+    assert _one_line_error(capsys, "train") == f"--termination-log {broken}: {dangling}"
     assert _train(tmp_path / "no-data", tmp_path / "work", a_file / "tl") == 2
     assert (
         _one_line_error(capsys, "train")

@@ -161,6 +161,14 @@ def test_workers_meet_the_restricted_pod_security_level_unless_the_spec_relaxes_
         "seccompProfile": {"type": "RuntimeDefault"},
     }
 
+    # The API server refuses allowPrivilegeEscalation false beside a privileged container or CAP_SYS_ADMIN.
+    for asked in ({"privileged": True}, {"capabilities": {"add": ["SYS_ADMIN"]}}):
+        pod = build_pod("coco", "ml", read_spec("coco", {**NPU_2x8, "securityContext": asked}), 0)
+        assert "allowPrivilegeEscalation" not in container(pod)["securityContext"]
+    asked = {"privileged": True, "allowPrivilegeEscalation": True}
+    pod = build_pod("coco", "ml", read_spec("coco", {**NPU_2x8, "securityContext": asked}), 0)
+    assert container(pod)["securityContext"]["allowPrivilegeEscalation"] is True
+
 
 def test_pull_secrets_service_account_priority_limits_and_rendezvous_timeout_reach_the_pods():
     spec = read_spec(
@@ -229,6 +237,7 @@ def test_names_at_the_length_limit_and_beyond():
         ({"image": "x", "env": [{"name": "A"}, {"name": "A"}]}, "unique"),
         ({"image": "x", "dataVolume": {"mountPath": "/d"}}, "exactly one"),
         ({"image": "x", "priorityClassName": "a", "gangScheduling": {"priorityClassName": "b"}}, "not both"),
+        ({"image": "x", "securityContext": {"runAsNonroot": False}}, "unknown field 'runAsNonroot'"),
     ],
 )
 def test_specs_the_pods_cannot_be_built_from_say_why(spec, match):

@@ -109,5 +109,9 @@ def test_on_npus_hccl_waits_on_the_device_as_long_as_the_process_group(monkeypat
     dev.setup_runtime("npu")
     assert os.environ["HCCL_EXEC_TIMEOUT"] == "900"
     monkeypatch.delenv("HCCL_EXEC_TIMEOUT")
+    monkeypatch.setenv(dev.DIST_TIMEOUT_ENV, "86400")  # beyond what HCCL takes on a first-generation 910
+    dev.setup_runtime("npu")
+    assert os.environ["HCCL_EXEC_TIMEOUT"] == "17340" and groups[-1]["timeout"].total_seconds() == 86400
+    monkeypatch.delenv("HCCL_EXEC_TIMEOUT")
     dev.setup_runtime("cpu")
     assert "HCCL_EXEC_TIMEOUT" not in os.environ

@@ -183,6 +183,24 @@ def test_on_an_npu_a_fused_kernel_that_ignores_found_inf_still_skips_exactly(opt
     )
 
 
+def test_foreach_adamw_keeps_its_step_counts_on_the_accelerator():
+    """Foreach AdamW counts steps in host tensors unless capturable: the restore of a skipped step (on the
+    device) would not reach them, and the skipped step would still move the bias correction."""
+    params = [torch.nn.Parameter(torch.ones(3))]
+    cfg = load_config("solov2_tiny_cpu", ["train.optimizer=adamw"]).train
+    for kind, capturable in (("cuda", True), ("npu", True), ("cpu", False)):
+        opt = build_optimizer(params, cfg, 0.1, device_kind=kind, implementation="foreach")
+        assert opt.param_groups[0]["capturable"] is capturable, kind
+    sgd = build_optimizer(
+        params,
+        load_config("solov2_tiny_cpu", ["train.optimizer=sgd"]).train,
+        0.1,
+        device_kind="cuda",
+        implementation="foreach",
+    )
+    assert not sgd.param_groups[0].get("capturable")
+
+
 def test_npu_sgd_without_momentum_runs_foreach():
     """torch_npu's fused SGD refuses a momentum of 0; the NPU then gets torch's foreach SGD."""
     from solov2.engine.optim import describe_optimizer

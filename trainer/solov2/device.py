@@ -26,6 +26,8 @@ from .errors import ConfigError
 BACKENDS = {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}
 DIST_TIMEOUT_ENV = "SOLOV2_DIST_TIMEOUT_SECONDS"
 DEFAULT_DIST_TIMEOUT_S = 1800
+HCCL_EXEC_TIMEOUT_MAX = 17340
+"""HCCL's largest ``HCCL_EXEC_TIMEOUT`` on first-generation Ascend 910 cards (later ones take more)."""
 
 
 def npu_status() -> tuple[bool, str]:
@@ -163,8 +165,8 @@ def setup_runtime(requested: str = "auto", *, timeout_s: int | None = None) -> R
     device = _bind(kind, _device_index(requested, local_rank))
     if world_size > 1 and not dist.is_initialized():
         timeout = timeout_s or dist_timeout_s()
-        if kind == "npu":  # read when the HCCL process group is made
-            os.environ.setdefault("HCCL_EXEC_TIMEOUT", str(timeout))
+        if kind == "npu":  # read when the HCCL process group is made; 17340 s is HCCL's most on a 910
+            os.environ.setdefault("HCCL_EXEC_TIMEOUT", str(min(timeout, HCCL_EXEC_TIMEOUT_MAX)))
         dist.init_process_group(
             backend=BACKENDS[kind], rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout)
         )

@@ -94,7 +94,11 @@ def build_optimizer(
     fused = implementation == "fused" or (
         implementation == "auto" and has_fused_kernel(cfg.optimizer, device_kind) and not npu_refuses
     )
+    # capturable: foreach AdamW keeps its step counts on the device, beside the parameters, where the
+    # restore of a skipped step reaches them (on the host they would count the skipped step).
     kind = {"fused": True} if fused else {"foreach": True}
+    if not fused and cfg.optimizer == "adamw" and device_kind in ("cuda", "npu"):
+        kind["capturable"] = True
     tensor_rate = tensor_lr and fused and has_fused_kernel(cfg.optimizer, device_kind, tensor_lr=True)
     rate: float | Tensor = torch.tensor(lr, dtype=torch.float32) if tensor_rate else lr
     if fused and isinstance(rate, Tensor) and params:

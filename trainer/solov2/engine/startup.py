@@ -3,6 +3,7 @@ a run at its start, not after hours of training (or minutes of evaluation, or an
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import tempfile
@@ -15,16 +16,27 @@ from .checkpoint import LAST
 CHECKPOINTS = "checkpoints"
 
 
+def _refuse_broken_link(path: Path, flag: str) -> None:
+    """A symbolic link whose target does not exist (or a loop of links) is an error: nothing can be
+    created through it."""
+    if not path.is_symlink() or path.exists():
+        return
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(f"{flag}: {str(path)!r} is a loop of symbolic links") from None
+    raise ConfigError(f"{flag}: {str(path)!r} links to {os.readlink(path)!r}, which does not exist")
+
+
 def _nearest_existing(path: Path, flag: str) -> Path:
     """``path`` or the nearest of its parents that exists (an unreadable parent counts as existing).
-    A broken symbolic link on the way is an error: nothing could be created through it."""
+    A broken symbolic link on the way is an error."""
     for candidate in (path, *path.parents):
         try:
             if candidate.exists():
                 return candidate
-            if candidate.is_symlink():
-                target = os.readlink(candidate)
-                raise ConfigError(f"{flag}: {str(candidate)!r} links to {target!r}, which does not exist")
+            _refuse_broken_link(candidate, flag)
         except OSError:
             return candidate
     return Path(".")
@@ -63,6 +75,7 @@ def check_output_file(flag: str, path: Path) -> None:
         raise ConfigError(f"{flag}: cannot reach {path} ({exc.strerror or exc})") from None
     if is_dir:
         raise ConfigError(f"{flag}: is a directory (pass a file path)")
+    _refuse_broken_link(path, flag)
     check_output_dir(flag, path.parent, named=path)
 
 
@@ -79,6 +92,7 @@ def check_termination_log(path: Path | None) -> None:
 def _check_termination_log(path: Path, flag: str) -> None:
     if path.is_dir():
         raise ConfigError(f"{flag}: is a directory (pass a file path, or '' to disable the message)")
+    _refuse_broken_link(path, flag)
     existing = _nearest_existing(path.parent, flag)
     if not existing.is_dir():
         raise ConfigError(f"{flag}: {str(existing)!r} is a file, not a directory")
