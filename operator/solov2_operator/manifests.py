@@ -241,6 +241,8 @@ def _volumes(spec: TrainingSpec) -> tuple[list[dict[str, Any]], list[dict[str, A
     shm = V1EmptyDirVolumeSource(medium="Memory", size_limit=spec.shm_size)
     volumes.append(_plain(V1Volume(name="dshm", empty_dir=shm)))
     mounts.append(_plain(V1VolumeMount(name="dshm", mount_path="/dev/shm")))
+    volumes += [dict(v) for v in spec.volumes]
+    mounts += [dict(m) for m in spec.volume_mounts]
     return volumes, mounts
 
 
@@ -257,6 +259,8 @@ def _resources(spec: TrainingSpec) -> V1ResourceRequirements:
         limits["memory"] = spec.memory_limit
     if spec.device_resource is not None:
         requests[spec.device_resource] = limits[spec.device_resource] = str(spec.devices_per_node)
+    for resource, amount in spec.extended_resources.items():
+        requests[resource] = limits[resource] = amount
     return V1ResourceRequirements(requests=requests or None, limits=limits or None)
 
 
@@ -297,7 +301,7 @@ def build_pod(name: str, namespace: str, spec: TrainingSpec, index: int, gang: i
         termination_message_path=TERMINATION_LOG,
         termination_message_policy="FallbackToLogsOnError",
     )
-    annotations = {GANG_SIZE_ANNOTATION: str(spec.nodes), GANG_ANNOTATION: str(gang)}
+    annotations = {**spec.pod_annotations, GANG_SIZE_ANNOTATION: str(spec.nodes), GANG_ANNOTATION: str(gang)}
     if spec.gang is not None:
         annotations[GROUP_NAME_ANNOTATION] = name
     pod_spec = V1PodSpec(
@@ -313,6 +317,7 @@ def build_pod(name: str, namespace: str, spec: TrainingSpec, index: int, gang: i
         automount_service_account_token=None if spec.service_account_name else False,
         image_pull_secrets=[V1LocalObjectReference(name=n) for n in spec.image_pull_secrets] or None,
         enable_service_links=False,
+        runtime_class_name=spec.runtime_class_name,
         node_selector=dict(spec.node_selector) or None,
         tolerations=[V1Toleration(**_snake(t)) for t in spec.tolerations] or None,
         # OnRootMismatch: the kubelet changes ownership only where the volume's root is not the group's

@@ -24,6 +24,8 @@ DEFAULT_RESOURCE_NAMES = {"npu": "huawei.com/Ascend910", "gpu": "nvidia.com/gpu"
 TRAINER_DEVICES = {"npu": "npu", "gpu": "cuda", "cpu": "cpu"}
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _SECURITY_CONTEXT_FIELDS = frozenset(V1SecurityContext.attribute_map.values())
+OPERATOR_VOLUMES = frozenset({"data", "output", "dshm"})
+"""Names of the volumes the operator adds to every worker (spec.volumes may not take them)."""
 
 
 class SpecError(ValueError):
@@ -64,6 +66,11 @@ class TrainingSpec:
     image_pull_secrets: tuple[str, ...] = ()
     security_context: Mapping[str, Any] = field(default_factory=dict)
     rendezvous_timeout_seconds: int = 1800
+    runtime_class_name: str | None = None
+    pod_annotations: Mapping[str, str] = field(default_factory=dict)
+    extended_resources: Mapping[str, str] = field(default_factory=dict)
+    volumes: tuple[Mapping[str, Any], ...] = ()
+    volume_mounts: tuple[Mapping[str, Any], ...] = ()
     stop_timeout_seconds: int = 25
     master_port: int = DEFAULT_MASTER_PORT
     metrics_port: int = DEFAULT_METRICS_PORT
@@ -138,10 +145,36 @@ def read_spec(name: str, spec: Mapping[str, Any]) -> TrainingSpec:
             f"spec.securityContext: unknown field {', '.join(map(repr, unknown))} (a container's securityContext "
             f"has {', '.join(sorted(_SECURITY_CONTEXT_FIELDS))})"
         )
+    volumes = tuple(spec.get("volumes") or ())
+    volume_names = [v.get("name") for v in volumes]
+    taken = sorted(set(volume_names) & OPERATOR_VOLUMES)
+    if taken or len(set(volume_names)) != len(volume_names):
+        raise SpecError(
+            f"spec.volumes: names must be unique and not {', '.join(sorted(OPERATOR_VOLUMES))} (the operator's)"
+            + (f"; {', '.join(taken)} is taken" if taken else "")
+        )
+    mounts = tuple(spec.get("volumeMounts") or ())
+    unknown_mounts = sorted({m.get("name") for m in mounts} - set(volume_names))
+    if unknown_mounts:
+        raise SpecError(
+            f"spec.volumeMounts: no volume {', '.join(map(repr, unknown_mounts))} in spec.volumes"
+        )
+    annotations = dict(spec.get("podAnnotations") or {})
+    reserved = sorted(
+        k for k in annotations if k.startswith("solov2.io/") or k == "scheduling.k8s.io/group-name"
+    )
+    if reserved:
+        raise SpecError(f"spec.podAnnotations: {', '.join(reserved)} is the operator's to set")
     if spec.get("priorityClassName") and (gang or {}).get("priorityClassName"):
         raise SpecError("set spec.priorityClassName or spec.gangScheduling.priorityClassName, not both")
     resources = spec.get("resources") or {}
     limits = resources.get("limits") or {}
+    extended = {str(k): str(v) for k, v in (resources.get("extended") or {}).items()}
+    clashing = sorted(
+        set(extended) & {"cpu", "memory", spec.get("resourceName") or DEFAULT_RESOURCE_NAMES.get(device)}
+    )
+    if clashing:
+        raise SpecError(f"spec.resources.extended: {', '.join(clashing)} is set by other fields")
     return TrainingSpec(
         image=spec["image"],
         image_pull_policy=spec.get("imagePullPolicy"),
@@ -174,6 +207,11 @@ def read_spec(name: str, spec: Mapping[str, Any]) -> TrainingSpec:
         security_context=dict(spec.get("securityContext") or {}),
         rendezvous_timeout_seconds=int(spec.get("rendezvousTimeoutSeconds", 1800)),
         stop_timeout_seconds=int(spec.get("stopTimeoutSeconds", 25)),
+        runtime_class_name=spec.get("runtimeClassName"),
+        pod_annotations=annotations,
+        extended_resources=extended,
+        volumes=volumes,
+        volume_mounts=mounts,
         master_port=int(spec.get("masterPort", DEFAULT_MASTER_PORT)),
         metrics_port=int(spec.get("metricsPort", DEFAULT_METRICS_PORT)),
         env=env,

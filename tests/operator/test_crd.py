@@ -439,6 +439,16 @@ def _set(obj: dict[str, Any], dotted: str, value: Any) -> None:
         ),
         ("spec.env", [{"value": "1"}], "spec.env[0].name: Required value"),
         ("spec.tolerations", [{"operator": "Maybe"}], "spec.tolerations[0].operator: 'Maybe' is not one of"),
+        (
+            "spec.volumeMounts",
+            [{"name": "driver", "mountPath": "/d", "readonly": True}],
+            "spec.volumeMounts[0].readonly",
+        ),
+        (
+            "spec.rendezvousTimeoutSeconds",
+            10,
+            "spec.rendezvousTimeoutSeconds: 10 is less than the minimum of 60",
+        ),
         ("spec.evaluate", "yes", "spec.evaluate: 'yes' is not of type 'boolean'"),
         ("metadata.name", "a" * 51, "metadata.name: 'aaaa"),
         ("metadata.name", "my.training", "metadata.name: 'my.training' does not match"),
@@ -469,6 +479,8 @@ def test_free_form_fields_accept_anything():
     obj = load_example(ROOT / "examples" / "solov2-cpu-tiny.yaml")
     obj["spec"]["dataVolume"] = {"volume": {"nfs": {"server": "nfs.example", "path": "/coco"}}}
     obj["spec"]["env"] = [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]
+    obj["spec"]["volumes"] = [{"name": "driver", "hostPath": {"path": "/usr/local/Ascend/driver"}}]
+    obj["spec"]["securityContext"] = {"capabilities": {"add": ["IPC_LOCK"]}}
     obj["status"] = {"kopf": {"progress": {"create_fn": {"started": "2024-01-01T00:00:00Z", "retries": 1}}}}
     assert field_errors(obj) == []
     assert cel_violations(apply_defaults(obj, openapi_schema())) == []

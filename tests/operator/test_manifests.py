@@ -207,7 +207,11 @@ def test_what_the_builders_make_is_valid_kubernetes(version):
             "resources": {"cpu": 32, "memory": "256Gi", "limits": {"cpu": 40, "memory": "300Gi"}},
             "securityContext": {"capabilities": {"drop": ["ALL"], "add": ["IPC_LOCK"]}},
             "tolerations": [{"key": "huawei.com/Ascend910", "operator": "Exists", "effect": "NoSchedule"}],
-            "nodeSelector": {"accelerator": "huawei-Ascend910"}, "env": [{"name": "A", "value": "1"}]}  # fmt: skip
+            "nodeSelector": {"accelerator": "huawei-Ascend910"}, "env": [{"name": "A", "value": "1"}],
+            "runtimeClassName": "ascend", "podAnnotations": {"k8s.v1.cni.cncf.io/networks": "roce"},
+            "volumes": [{"name": "driver", "hostPath": {"path": "/usr/local/Ascend/driver"}}],
+            "volumeMounts": [{"name": "driver", "mountPath": "/usr/local/Ascend/driver", "readOnly": True}],
+            }  # fmt: skip
     examples = [load_example(path) for path in sorted((ROOT / "examples").glob("*.yaml"))]
     specs = [full, *(e["spec"] for e in examples)]
     for spec in (read_spec("coco", s) for s in specs):
@@ -217,6 +221,34 @@ def test_what_the_builders_make_is_valid_kubernetes(version):
     broken["spec"]["containers"][0]["securityContext"]["runAsNonRot"] = True
     with pytest.raises(kubernetes_validate.ValidationError, match="runAsNonRot"):
         kubernetes_validate.validate(broken, version, strict=True)
+
+
+def test_extra_volumes_annotations_runtime_and_resources_reach_the_pods():
+    """What an Ascend cluster without Ascend's container runtime as the default, or an RDMA network for
+    NCCL, asks of the pods: the driver mounted from the host, a RuntimeClass, a Multus network and its
+    device plugin's resource."""
+    spec = read_spec(
+        "coco",
+        {**NPU_2x8, "runtimeClassName": "ascend", "podAnnotations": {"k8s.v1.cni.cncf.io/networks": "roce"},
+         "volumes": [{"name": "driver", "hostPath": {"path": "/usr/local/Ascend/driver"}}],
+         "volumeMounts": [{"name": "driver", "mountPath": "/usr/local/Ascend/driver", "readOnly": True}],
+         "resources": {"extended": {"rdma/hca_shared_devices_a": 1}}},
+    )  # fmt: skip
+    pod = build_pod("coco", "ml", spec, 1, gang=3)
+    assert pod["spec"]["runtimeClassName"] == "ascend"
+    assert pod["metadata"]["annotations"] == {
+        "k8s.v1.cni.cncf.io/networks": "roce",
+        "solov2.io/nodes": "2",
+        "solov2.io/gang": "3",
+        "scheduling.k8s.io/group-name": "coco",
+    }
+    assert pod["spec"]["volumes"][-1] == {"name": "driver", "hostPath": {"path": "/usr/local/Ascend/driver"}}
+    assert container(pod)["volumeMounts"][-1] == {
+        "name": "driver", "mountPath": "/usr/local/Ascend/driver", "readOnly": True
+    }  # fmt: skip
+    res = container(pod)["resources"]
+    assert res["requests"]["rdma/hca_shared_devices_a"] == res["limits"]["rdma/hca_shared_devices_a"] == "1"
+    assert res["limits"]["huawei.com/Ascend910"] == "8"
 
 
 def test_names_at_the_length_limit_and_beyond():
@@ -238,6 +270,14 @@ def test_names_at_the_length_limit_and_beyond():
         ({"image": "x", "dataVolume": {"mountPath": "/d"}}, "exactly one"),
         ({"image": "x", "priorityClassName": "a", "gangScheduling": {"priorityClassName": "b"}}, "not both"),
         ({"image": "x", "securityContext": {"runAsNonroot": False}}, "unknown field 'runAsNonroot'"),
+        ({"image": "x", "volumes": [{"name": "dshm", "emptyDir": {}}]}, "dshm is taken"),
+        ({"image": "x", "volumes": [{"name": "a"}, {"name": "a"}]}, "unique"),
+        ({"image": "x", "volumeMounts": [{"name": "driver", "mountPath": "/d"}]}, "no volume 'driver'"),
+        ({"image": "x", "podAnnotations": {"solov2.io/gang": "7"}}, "solov2.io/gang is the operator's"),
+        (
+            {"image": "x", "resources": {"extended": {"huawei.com/Ascend910": 4}}},
+            "huawei.com/Ascend910 is set by",
+        ),
     ],
 )
 def test_specs_the_pods_cannot_be_built_from_say_why(spec, match):
