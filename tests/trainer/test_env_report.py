@@ -55,6 +55,27 @@ def test_the_text_report_names_an_unusable_torch_npu_and_a_small_shm(capsys, mon
     assert out.splitlines()[-1].startswith("warning: /dev/shm holds 64 MiB, but the loaders may keep up to")
 
 
+def test_usable_npus_are_named_with_their_bf16_and_fp16_overflow(capsys, monkeypatch):
+    """What decides the amp settings that work on them: a first-generation 910 has no bf16 and
+    saturates fp16 overflows (a dynamic loss scale is refused there)."""
+    import sys
+    import types
+
+    fake_torch_npu(monkeypatch, count=2, device_name="Ascend910A")
+    utils = types.ModuleType("torch_npu.npu.utils")
+    utils.is_bf16_supported = lambda: False
+    utils.is_support_inf_nan = lambda: False
+    monkeypatch.setitem(sys.modules, "torch_npu.npu.utils", utils)
+    code, out = _env(capsys)
+    lines = dict(line.split(None, 1) for line in out.splitlines() if not line.startswith("warning"))
+    assert code == 0 and lines["device"].startswith("--device auto -> npu (hccl")
+    assert lines["npu"] == "Ascend910A, Ascend910A (bf16 False, fp16 overflow saturates)"
+    utils.is_bf16_supported = utils.is_support_inf_nan = lambda: True
+    code, out = _env(capsys, "--json")
+    npu = json.loads(out)["npu"]
+    assert (npu["devices"], npu["bf16"], npu["fp16_overflow"]) == (["Ascend910A"] * 2, True, "inf/nan")
+
+
 def test_an_explicit_device_that_is_not_there_exits_2(capsys, monkeypatch):
     fake_torch_npu(monkeypatch, import_error=OSError("libascendcl.so: cannot open shared object file"))
     assert main(["env", "--device", "npu"]) == 2

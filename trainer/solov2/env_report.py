@@ -1,9 +1,9 @@
 """``solov2 env``: what this machine or pod gives the trainer, checked before a long run.
 
-Versions, the device ``--device`` picks and why an NPU is not used, the process-group backends, the
-fused optimiser kernels of that device, the CPUs this process may use and the loader workers they
-afford, ``/dev/shm`` against what the loaders keep there, and the distributed environment torchrun or
-the operator set. Nothing is downloaded, nothing is written.
+Versions, the device ``--device`` picks and why an NPU is not used (or what the NPUs can do), the
+process-group backends, the fused optimiser kernels of that device, the CPUs this process may use and
+the loader workers they afford, ``/dev/shm`` against what the loaders keep there, and the distributed
+environment torchrun or the operator set. Nothing is downloaded, nothing is written.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from . import __version__
+from .amp import npu_reports_inf_nan, npu_supports_bf16
 from .config import Config
 from .data.cpus import available_cpus, node_processes
 from .data.loader import resolve_workers
@@ -64,6 +65,26 @@ def _cuda() -> dict[str, Any]:
     }
 
 
+def _npu(usable: bool, why: str) -> dict[str, Any]:
+    """Whether torch_npu can use NPUs (else why not) and, if it can, their names, bf16 (a 910B and later)
+    and what an fp16 overflow gives (inf/NaN, or saturation on a first-generation 910)."""
+    if not usable:
+        return {"usable": False, "why": why}
+    try:
+        names = [torch.npu.get_device_name(i) for i in range(torch.npu.device_count())]  # type: ignore[attr-defined]
+    except Exception:  # a torch_npu without the query
+        names = []
+    inf_nan = npu_reports_inf_nan()
+    overflow = None if inf_nan is None else "inf/nan" if inf_nan else "saturates"
+    return {
+        "usable": True,
+        "why": why,
+        "devices": names,
+        "bf16": npu_supports_bf16(),
+        "fp16_overflow": overflow,
+    }
+
+
 def environment_report(cfg: Config, device: str = "auto") -> dict[str, Any]:
     """The report as a dict. ``device`` as ``--device``: an explicit kind that is not usable raises
     :class:`~solov2.errors.ConfigError`. ``cfg``'s batches and loader settings size the ``/dev/shm`` check."""
@@ -75,7 +96,7 @@ def environment_report(cfg: Config, device: str = "auto") -> dict[str, Any]:
         "python": platform.python_version(),
         "packages": {name: _version(name) for name in _PACKAGES},
         "device": {"requested": device, "kind": kind, "backend": BACKENDS[kind]},
-        "npu": {"usable": npu_ok, "why": npu_why},
+        "npu": _npu(npu_ok, npu_why),
         "cuda": _cuda(),
         "backends": {name: _backend_available(name) for name in sorted(set(BACKENDS.values()))},
         "fused_optimizers": {name: has_fused_kernel(name, kind) for name in ("sgd", "adamw")},  # else foreach
@@ -95,13 +116,21 @@ def environment_report(cfg: Config, device: str = "auto") -> dict[str, Any]:
     }
 
 
+def _npu_line(npu: dict[str, Any]) -> str:
+    if not npu["usable"]:
+        return f"not used: {npu['why']}"
+    names = ", ".join(npu["devices"]) or "usable"
+    bf16 = "unknown" if npu["bf16"] is None else npu["bf16"]
+    return f"{names} (bf16 {bf16}, fp16 overflow {npu['fp16_overflow'] or 'unknown'})"
+
+
 def _size(n: int | None) -> str:
     return "unknown" if n is None else f"{n / 2**30:.1f} GiB"
 
 
 def format_report(report: dict[str, Any]) -> str:
     """The report as aligned ``name  value`` lines, a warning last."""
-    d, cpus, shm, cuda = report["device"], report["cpus"], report["shm"], report["cuda"]
+    d, cpus, shm, cuda, npu = report["device"], report["cpus"], report["shm"], report["cuda"], report["npu"]
     packages = ", ".join(f"{name} {version}" for name, version in report["packages"].items() if version)
     gpus = ", ".join(cuda.get("devices", ()))
     optimizers = ", ".join(
@@ -111,7 +140,7 @@ def format_report(report: dict[str, Any]) -> str:
         ("solov2", f"{report['solov2']} (Python {report['python']})"),
         ("packages", packages),
         ("device", f"--device {d['requested']} -> {d['kind']} ({d['backend']} between processes)"),
-        ("npu", "usable" if report["npu"]["usable"] else f"not used: {report['npu']['why']}"),
+        ("npu", _npu_line(npu)),
         (
             "cuda",
             f"{gpus} (CUDA {cuda['cuda']}, bf16 {cuda['bf16']})" if cuda["available"] else "not available",
