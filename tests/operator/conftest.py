@@ -40,11 +40,13 @@ class Cluster:
         pods = objects_of(self.emulator, PODS)
         return {n: p for n, p in pods.items() if name is None or n.startswith(f"{name}-worker-")}
 
-    async def create(self, name: str, spec: Mapping[str, Any]) -> None:
+    async def create(
+        self, name: str, spec: Mapping[str, Any], labels: Mapping[str, str] | None = None
+    ) -> None:
         body = {
             "apiVersion": "solov2.io/v1alpha1",
             "kind": "SOLOv2Training",
-            "metadata": {"name": name},
+            "metadata": {"name": name, **({"labels": dict(labels)} if labels else {})},
             "spec": spec,
         }
         await asyncio.to_thread(

@@ -33,16 +33,16 @@ async def all_running(cluster: Cluster, name: str, n: int = 2) -> None:
 
 
 async def test_a_training_gets_a_service_and_owned_worker_pods(cluster: Cluster):
-    await cluster.create("tiny", CPU_2)
+    await cluster.create("tiny", CPU_2, labels={"team": "vision"})
     pods = await cluster.wait(lambda: len(cluster.pods("tiny")) == 2 and cluster.pods("tiny"))
     training = cluster.training("tiny")
     uid = training["metadata"]["uid"]
     for pod in pods.values():
         (owner,) = pod["metadata"]["ownerReferences"]
         assert owner["uid"] == uid and owner["kind"] == "SOLOv2Training" and owner["controller"] is True
-        assert (
-            owner["blockOwnerDeletion"] is True
-        )  # why the chart grants update on solov2trainings/finalizers
+        # blockOwnerDeletion: why the chart grants update on solov2trainings/finalizers
+        assert owner["blockOwnerDeletion"] is True
+        assert pod["metadata"]["labels"]["team"] == "vision"  # the training's labels reach its pods
     from .emulator import SERVICES, objects_of
 
     service = objects_of(cluster.emulator, SERVICES)["tiny"]
