@@ -95,6 +95,18 @@ def _deleting(pod: Mapping[str, Any]) -> bool:
     return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
 
 
+STUCK_AFTER_SECONDS = 60
+"""How long past its deletion deadline (``deletionTimestamp``: the request plus the grace period) a pod
+may take to go before the status says it looks stuck, as on a node that stopped reporting."""
+
+
+def _stuck(pod: Mapping[str, Any], now: datetime.datetime) -> str | None:
+    """The deletion deadline of a pod well past it, else None."""
+    deadline = (pod.get("metadata") or {}).get("deletionTimestamp")
+    when = parse_time(deadline)
+    return deadline if when is not None and (now - when).total_seconds() > STUCK_AFTER_SECONDS else None
+
+
 def _phase(pod: Mapping[str, Any]) -> str:
     return (pod.get("status") or {}).get("phase") or "Pending"
 
@@ -476,6 +488,15 @@ def _previous_gang_leaving(gang: _Gang) -> bool:
         return False
     names = ", ".join(_names(leaving)[:3]) + (f" and {len(leaving) - 3} more" if len(leaving) > 3 else "")
     message = f"waiting for the previous gang's pods to go away: {names}"
+    stuck = [
+        (n, d) for n, d in zip(_names(leaving), (_stuck(p, gang.now) for p in leaving), strict=True) if d
+    ]
+    if stuck:
+        pod_name, deadline = stuck[0]
+        message += (
+            f"; {pod_name} is past its deletion deadline ({deadline}): if its node is lost, "
+            f"kubectl delete pod {pod_name} --force once the node is known to be down"
+        )
     if restarting:
         out.delete_pods = _names(stale)
         w.cond(Condition.RUNNING, False, Reason.GANG_RESTARTING, message)

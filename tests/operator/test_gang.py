@@ -212,11 +212,18 @@ def test_a_new_gang_waits_until_the_previous_ones_pods_are_gone():
         {"type": "Created", "status": "False", "reason": "Suspended"},
         {"type": "Suspended", "status": "True", "reason": "Suspended", "lastTransitionTime": "2026-01-01T01:00:00Z"},
     ]}}  # fmt: skip
-    stopping = [deleting(pod(0, "Running")), deleting(pod(1, "Running"))]
-    decided = plan(resumed, stopping)
+    stopping = [deleting(pod(0, "Running")), deleting(pod(1, "Running"))]  # deadline 00:10:00
+    decided = plan(resumed, stopping, now=_at("2026-01-01T00:09:00Z"))
     assert not decided.create and "restarts" not in decided.status and decided.status["phase"] == "Pending"
     assert condition(decided, "Running")["message"] == (
         "waiting for the previous gang's pods to go away: t-worker-0, t-worker-1"
+    )
+    # Long past the deadline (the grace period is over): a pod on a node that stopped reporting stays.
+    late = plan(resumed, stopping, now=_at("2026-01-01T00:30:00Z"))
+    assert condition(late, "Running")["message"] == (
+        "waiting for the previous gang's pods to go away: t-worker-0, t-worker-1; t-worker-0 is past its "
+        "deletion deadline (2026-01-01T00:10:00Z): if its node is lost, kubectl delete pod t-worker-0 --force "
+        "once the node is known to be down"
     )
     assert condition(decided, "Suspended")["reason"] == "Resumed"
     # An earlier training of the same name (another uid), deleted but its workers still stopping.
@@ -236,7 +243,8 @@ def test_a_restart_ends_the_training_when_a_stopping_worker_says_it_cannot_be_re
     assert decided.status["phase"] == "Failed" and condition(decided, "Failed")["reason"] == "NotRetryable"
     assert "DataError: no such file" in condition(decided, "Failed")["message"]
     retryable = json.dumps({"error": "peer closed", "error_type": "DistBackendError", "retryable": True})
-    decided = plan(restarting, [deleting(pod(0, "Failed", exitCode=1, message=retryable)), pod(1, "Running")])
+    stopping = [deleting(pod(0, "Failed", exitCode=1, message=retryable)), pod(1, "Running")]
+    decided = plan(restarting, stopping, now=_at("2026-01-01T00:09:00Z"))
     assert "phase" not in decided.status and decided.delete_pods == ["t-worker-1"]  # still Restarting
     assert condition(decided, "Running")["message"] == (
         "waiting for the previous gang's pods to go away: t-worker-0, t-worker-1"
