@@ -89,17 +89,24 @@ class Kubelet:
 
     async def _loop(self) -> None:
         while True:
-            pods = objects_of(self.emulator, PODS)
-            for name, run in list(self.running.items()):
-                pod = pods.get(name)
-                if pod is None or pod["metadata"]["uid"] != run.uid:
-                    await self._stop(name)
-                elif run.process.returncode is not None and not run.reported:
-                    await self._report_exit(name, run)
-            for name, pod in pods.items():
-                if name not in self.running and not (pod.get("status") or {}).get("phase"):
-                    await self._start(name, pod)
+            await self._step()
             await asyncio.sleep(0.1)
+
+    async def _step(self) -> None:
+        """One pass over the pods. A stop may take seconds (a worker writing its checkpoint), in which
+        the operator may have deleted more pods or created new ones of the same names: the pass ends
+        after it, and the next one works from a fresh list."""
+        pods = objects_of(self.emulator, PODS)
+        for name, run in list(self.running.items()):
+            pod = pods.get(name)
+            if pod is None or pod["metadata"]["uid"] != run.uid:
+                await self._stop(name)
+                return
+            if run.process.returncode is not None and not run.reported:
+                await self._report_exit(name, run)
+        for name, pod in pods.items():
+            if name not in self.running and not (pod.get("status") or {}).get("phase"):
+                await self._start(name, pod)
 
     def _mounts(self, name: str, pod: Mapping[str, Any]) -> dict[str, Path]:
         volumes = {v["name"]: v for v in pod["spec"].get("volumes") or ()}
@@ -153,7 +160,12 @@ class Kubelet:
         })  # fmt: skip
 
     async def _report_exit(self, name: str, run: _Running) -> None:
+        """Report how the process exited, on its own pod only (as a kubelet reports by pod UID): a
+        pod that was deleted, or replaced by a new one of the same name, gets no report."""
         run.reported = True
+        current = objects_of(self.emulator, PODS).get(name)
+        if current is None or current["metadata"]["uid"] != run.uid:
+            return
         code = run.process.returncode
         assert code is not None
         exit_code = 128 - code if code < 0 else code

@@ -5,6 +5,7 @@ generated data set."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
 import subprocess
@@ -138,7 +139,9 @@ async def test_suspend_then_resume_continues_from_the_checkpoint(cluster: Cluste
         await cluster.patch_spec("e2e-pause", {"suspend": False})
         await cluster.wait(lambda: cluster.phase("e2e-pause") in ("Succeeded", "Failed"), timeout=180)
         status = cluster.training("e2e-pause")["status"]
-        assert status["phase"] == "Succeeded" and status.get("restarts", 0) == 0, status
+        assert status["phase"] == "Succeeded" and status.get("restarts", 0) == 0, json.dumps(
+            status["conditions"]
+        )
         # Both ranks stopped at one step boundary on SIGTERM, wrote its checkpoint within the grace
         # period, and the next gang resumed from exactly that one (worker 0's log keeps both runs).
         log = worker_log(claims, "e2e-pause-worker-0")
