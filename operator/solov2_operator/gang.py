@@ -488,11 +488,9 @@ def _previous_gang_leaving(gang: _Gang) -> bool:
         return False
     names = ", ".join(_names(leaving)[:3]) + (f" and {len(leaving) - 3} more" if len(leaving) > 3 else "")
     message = f"waiting for the previous gang's pods to go away: {names}"
-    stuck = [
-        (n, d) for n, d in zip(_names(leaving), (_stuck(p, gang.now) for p in leaving), strict=True) if d
-    ]
-    if stuck:
-        pod_name, deadline = stuck[0]
+    stuck = next(((p["metadata"]["name"], d) for p in leaving if (d := _stuck(p, gang.now))), None)
+    if stuck is not None:
+        pod_name, deadline = stuck
         message += (
             f"; {pod_name} is past its deletion deadline ({deadline}): if its node is lost, "
             f"kubectl delete pod {pod_name} --force once the node is known to be down"

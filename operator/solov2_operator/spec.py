@@ -205,8 +205,10 @@ def read_spec(name: str, spec: Mapping[str, Any]) -> TrainingSpec:
         service_account_name=spec.get("serviceAccountName"),
         image_pull_secrets=tuple(str(secret["name"]) for secret in spec.get("imagePullSecrets") or ()),
         security_context=dict(spec.get("securityContext") or {}),
-        rendezvous_timeout_seconds=int(spec.get("rendezvousTimeoutSeconds", 1800)),
-        stop_timeout_seconds=int(spec.get("stopTimeoutSeconds", 25)),
+        rendezvous_timeout_seconds=int(
+            spec.get("rendezvousTimeoutSeconds", TrainingSpec.rendezvous_timeout_seconds)
+        ),
+        stop_timeout_seconds=int(spec.get("stopTimeoutSeconds", TrainingSpec.stop_timeout_seconds)),
         runtime_class_name=spec.get("runtimeClassName"),
         pod_annotations=annotations,
         extended_resources=extended,

@@ -34,14 +34,19 @@ def amp_dtype(kind: str, amp: str) -> torch.dtype | None:
     return torch.float16 if amp == "fp16" else torch.bfloat16
 
 
+def _ask_torch_npu(query: str) -> bool | None:
+    """``torch_npu.npu.utils.<query>()`` about this process's NPU; None when torch_npu does not say."""
+    try:
+        utils = importlib.import_module("torch_npu.npu.utils")
+        return bool(getattr(utils, query)())
+    except Exception:  # no torch_npu, an older one without the query, or no device initialised
+        return None
+
+
 def npu_supports_bf16() -> bool | None:
     """Whether this process's NPU computes in bf16 (Atlas A2, the Ascend 910B, and later); None when
     torch_npu does not say."""
-    try:
-        utils = importlib.import_module("torch_npu.npu.utils")
-        return bool(utils.is_bf16_supported())
-    except Exception:  # no torch_npu, an older one without the query, or no device initialised
-        return None
+    return _ask_torch_npu("is_bf16_supported")
 
 
 @contextlib.contextmanager
@@ -88,11 +93,7 @@ def npu_reports_inf_nan() -> bool | None:
     by default) rather than saturating it to the largest finite value and only raising a status flag
     (saturation mode: the first-generation Ascend 910 knows no other); None when torch_npu does not
     say."""
-    try:
-        utils = importlib.import_module("torch_npu.npu.utils")
-        return bool(utils.is_support_inf_nan())
-    except Exception:  # no torch_npu, an older one without the query, or no device initialised
-        return None
+    return _ask_torch_npu("is_support_inf_nan")
 
 
 def saturates_fp16(kind: str, dtype: torch.dtype | None) -> bool:
