@@ -115,3 +115,22 @@ def test_on_npus_hccl_waits_on_the_device_as_long_as_the_process_group(monkeypat
     monkeypatch.delenv("HCCL_EXEC_TIMEOUT")
     dev.setup_runtime("cpu")
     assert "HCCL_EXEC_TIMEOUT" not in os.environ
+
+
+def test_a_process_that_joined_a_group_exits_without_finalisation(monkeypatch, capsys):
+    """After a distributed run the process skips the interpreter's finalisation, where gloo's threads can
+    abort a finished worker; its output is flushed first. A single process exits normally."""
+    exits: list[int] = []
+    monkeypatch.setattr(dev.os, "_exit", exits.append)
+    monkeypatch.setattr(dev, "_JOINED", [False])
+    with pytest.raises(SystemExit) as exc:
+        dev.exit_process(3)
+    assert exc.value.code == 3 and exits == []
+    monkeypatch.setattr(dev.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dev.dist, "init_process_group", lambda **kwargs: None)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    dev.setup_runtime("cpu")
+    print("last words")
+    dev.exit_process(143)
+    assert exits == [143] and capsys.readouterr().out == "last words\n"

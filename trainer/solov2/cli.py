@@ -201,5 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_TERMINATED
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # as torchrun runs it
+    from .device import exit_process
+
+    exit_process(main())
