@@ -7,7 +7,9 @@ Nothing here talks to a cluster: owner references are added by the handlers (``k
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 from kubernetes.client import (
@@ -368,6 +370,9 @@ def build_podgroup(name: str, namespace: str, spec: TrainingSpec) -> dict[str, A
         return None
     group, version, _ = PODGROUP_API
     podgroup_spec: dict[str, Any] = {"minMember": spec.min_available}
+    requests = _resources(spec).requests
+    if requests:
+        podgroup_spec["minResources"] = {r: _times(q, spec.min_available) for r, q in requests.items()}
     if spec.gang.get("queue"):
         podgroup_spec["queue"] = spec.gang["queue"]
     if spec.pod_priority_class:
@@ -378,6 +383,19 @@ def build_podgroup(name: str, namespace: str, spec: TrainingSpec) -> dict[str, A
         "metadata": {"name": name, "namespace": namespace, "labels": selector(name)},
         "spec": podgroup_spec,
     }
+
+
+_QUANTITY = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(.*)$")
+
+
+def _times(quantity: str, count: int) -> str:
+    """A Kubernetes quantity ``count`` times over, in its own unit: ``_times("7.5Gi", 2) == "15Gi"``."""
+    match = _QUANTITY.match(quantity)
+    if match is None:  # the CRD's pattern admits only quantities
+        raise ValueError(f"not a quantity: {quantity!r}")
+    number, unit = match.groups()
+    total = f"{Decimal(number) * count:f}"
+    return (total.rstrip("0").rstrip(".") if "." in total else total) + unit
 
 
 def _snake(camel: Mapping[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from .conftest import CHART, run
+from .conftest import CHART, by_kind, run
 
 RULES = CHART / "rules" / "alerts.yaml"
 RULE_TESTS = Path(__file__).with_name("alerts_test.yaml")
@@ -44,3 +44,38 @@ def test_promtool_test_fails_when_an_alert_misbehaves(tool, tmp_path):
     broken = tmp_path / "broken_test.yaml"
     broken.write_text(yaml.safe_dump(tests))
     assert run(tool("promtool"), "test", "rules", str(broken), check=False).returncode != 0
+
+
+def test_the_charts_operator_down_alert_watches_its_own_release(tool, tmp_path):
+    """Two operators in two namespaces: the chart's rule fires when its own release's operator goes,
+    named by namespace, and stays quiet when only the other one goes."""
+    out = run(tool("helm"), "template", "solov2", str(CHART), "-n", "team-a",
+              "--set", "monitoring.prometheusRule.enabled=true").stdout  # fmt: skip
+    (rule,) = by_kind([d for d in yaml.safe_load_all(out) if d], "PrometheusRule")
+    (down,) = [
+        r for g in rule["spec"]["groups"] for r in g["rules"] if r.get("alert") == "SOLOv2OperatorDown"
+    ]
+    rules = tmp_path / "rendered.yaml"
+    rules.write_text(yaml.safe_dump(rule["spec"]))
+    fired = {
+        "exp_labels": {"severity": "critical", "namespace": "team-a"},
+        "exp_annotations": {
+            **down["annotations"],
+            "summary": "The SOLOv2 operator in team-a serves no metrics",
+        },
+    }
+
+    def case(gone: str) -> dict:
+        series = [
+            {"series": f'solov2_operator_info{{namespace="{ns}", version="0.1.0"}}',
+             "values": "1x5 _x10" if ns == gone else "1x15"}
+            for ns in ("team-a", "team-b")
+        ]  # fmt: skip
+        check = {"eval_time": "16m", "alertname": "SOLOv2OperatorDown"}
+        check["exp_alerts"] = [fired] if gone == "team-a" else []
+        return {"interval": "1m", "input_series": series, "alert_rule_test": [check]}
+
+    tests = tmp_path / "test.yaml"
+    tests.write_text(yaml.safe_dump({"rule_files": [str(rules)], "tests": [case("team-a"), case("team-b")]}))
+    out = run(tool("promtool"), "test", "rules", str(tests), check=False)
+    assert out.returncode == 0, out.stdout + out.stderr

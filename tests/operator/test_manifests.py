@@ -85,7 +85,39 @@ def test_multi_node_npu_gang_runs_torchrun_with_its_rank_and_worker_0_as_master(
     assert pods[1]["metadata"]["labels"]["solov2.io/worker-index"] == "1"
     group = build_podgroup("coco", "ml", spec)
     assert group["apiVersion"] == "scheduling.volcano.sh/v1beta1" and group["kind"] == "PodGroup"
-    assert group["spec"] == {"minMember": 2, "queue": "research", "priorityClassName": "high"}
+    assert group["spec"] == {
+        "minMember": 2,
+        "queue": "research",
+        "priorityClassName": "high",
+        "minResources": {"huawei.com/Ascend910": "16"},
+    }
+
+
+def test_podgroup_asks_for_what_its_minimum_of_workers_requests():
+    """Volcano admits a PodGroup to its queue only when ``minResources`` fit (queue capability, cluster
+    idle): the requests of ``minAvailable`` workers, limits left out."""
+    spec = read_spec(
+        "coco",
+        {
+            **NPU_2x8,
+            "nodes": 4,
+            "gangScheduling": {"minAvailable": 3},
+            "resources": {
+                "cpu": "15500m",
+                "memory": "7.5Gi",
+                "limits": {"cpu": "32", "memory": "64Gi"},
+                "extended": {"rdma/hca": 1},
+            },
+        },
+    )
+    assert build_podgroup("coco", "ml", spec)["spec"]["minResources"] == {
+        "cpu": "46500m",
+        "memory": "22.5Gi",
+        "huawei.com/Ascend910": "24",
+        "rdma/hca": "3",
+    }
+    cpu_only = read_spec("tiny", {"image": "i", "device": "cpu", "gangScheduling": {}})
+    assert "minResources" not in build_podgroup("tiny", "ml", cpu_only)["spec"]
 
 
 def test_volumes_and_shared_memory():
