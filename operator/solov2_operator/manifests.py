@@ -24,7 +24,6 @@ from kubernetes.client import (
     V1ObjectMeta,
     V1PersistentVolumeClaimVolumeSource,
     V1Pod,
-    V1PodSecurityContext,
     V1PodSpec,
     V1ResourceRequirements,
     V1Service,
@@ -91,6 +90,10 @@ SECURITY_CONTEXT: dict[str, Any] = {
 }
 """The trainer container's securityContext unless ``spec.securityContext`` replaces a field: what the
 ``restricted`` Pod Security level asks for (the trainer image runs as 1000:1000 and needs no privilege)."""
+POD_SECURITY_CONTEXT: dict[str, Any] = {"fsGroup": TRAINER_GROUP, "fsGroupChangePolicy": "OnRootMismatch"}
+"""The workers' pod securityContext unless ``spec.podSecurityContext`` replaces it as a whole. OnRootMismatch:
+the kubelet changes ownership only where the volume's root is not the group's already (a large checkpoint
+volume is not walked at every start; read-only ones are skipped)."""
 
 # Waits (bounded) until worker 0's DNS name resolves, then runs the command given as arguments. On
 # timeout it writes a retryable failure termination message that names the Service to check. It is
@@ -322,11 +325,6 @@ def build_pod(name: str, namespace: str, spec: TrainingSpec, index: int, gang: i
         runtime_class_name=spec.runtime_class_name,
         node_selector=dict(spec.node_selector) or None,
         tolerations=[V1Toleration(**_snake(t)) for t in spec.tolerations] or None,
-        # OnRootMismatch: the kubelet changes ownership only where the volume's root is not the group's
-        # already (a large checkpoint volume is not walked at every start; read-only ones are skipped).
-        security_context=V1PodSecurityContext(
-            fs_group=TRAINER_GROUP, fs_group_change_policy="OnRootMismatch"
-        ),
     )
     pod = V1Pod(
         api_version="v1",
@@ -344,6 +342,9 @@ def build_pod(name: str, namespace: str, spec: TrainingSpec, index: int, gang: i
     body["spec"]["containers"][0]["volumeMounts"] = mounts
     body["spec"]["containers"][0]["env"] = _env(name, namespace, spec)
     body["spec"]["containers"][0]["securityContext"] = security_context(spec)
+    pod_security = POD_SECURITY_CONTEXT if spec.pod_security_context is None else spec.pod_security_context
+    if pod_security:
+        body["spec"]["securityContext"] = dict(pod_security)
     body["spec"]["affinity"] = _spread(name)
     return body
 

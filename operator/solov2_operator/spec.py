@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubernetes.client import V1SecurityContext
+from kubernetes.client import V1PodSecurityContext, V1SecurityContext
 
 from solov2_contract import DEFAULT_MASTER_PORT, DEFAULT_METRICS_PORT
 
@@ -24,6 +24,7 @@ DEFAULT_RESOURCE_NAMES = {"npu": "huawei.com/Ascend910", "gpu": "nvidia.com/gpu"
 TRAINER_DEVICES = {"npu": "npu", "gpu": "cuda", "cpu": "cpu"}
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _SECURITY_CONTEXT_FIELDS = frozenset(V1SecurityContext.attribute_map.values())
+_POD_SECURITY_CONTEXT_FIELDS = frozenset(V1PodSecurityContext.attribute_map.values())
 OPERATOR_VOLUMES = frozenset({"data", "output", "dshm"})
 """Names of the volumes the operator adds to every worker (spec.volumes may not take them)."""
 
@@ -65,6 +66,7 @@ class TrainingSpec:
     service_account_name: str | None = None
     image_pull_secrets: tuple[str, ...] = ()
     security_context: Mapping[str, Any] = field(default_factory=dict)
+    pod_security_context: Mapping[str, Any] | None = None
     rendezvous_timeout_seconds: int = 1800
     runtime_class_name: str | None = None
     pod_annotations: Mapping[str, str] = field(default_factory=dict)
@@ -139,12 +141,16 @@ def read_spec(name: str, spec: Mapping[str, Any]) -> TrainingSpec:
         raise SpecError("spec.env entries need unique, non-empty names")
     if spec.get("checkpointVolume") is not None and not spec["checkpointVolume"].get("claimName"):
         raise SpecError("spec.checkpointVolume.claimName is required in the block")
-    unknown = sorted(set(spec.get("securityContext") or {}) - _SECURITY_CONTEXT_FIELDS)
-    if unknown:
-        raise SpecError(
-            f"spec.securityContext: unknown field {', '.join(map(repr, unknown))} (a container's securityContext "
-            f"has {', '.join(sorted(_SECURITY_CONTEXT_FIELDS))})"
-        )
+    for key, kind, known in (
+        ("securityContext", "a container's", _SECURITY_CONTEXT_FIELDS),
+        ("podSecurityContext", "a pod's", _POD_SECURITY_CONTEXT_FIELDS),
+    ):
+        unknown = sorted(set(spec.get(key) or {}) - known)
+        if unknown:
+            raise SpecError(
+                f"spec.{key}: unknown field {', '.join(map(repr, unknown))} ({kind} securityContext "
+                f"has {', '.join(sorted(known))})"
+            )
     volumes = tuple(spec.get("volumes") or ())
     volume_names = [v.get("name") for v in volumes]
     taken = sorted(set(volume_names) & OPERATOR_VOLUMES)
@@ -205,6 +211,7 @@ def read_spec(name: str, spec: Mapping[str, Any]) -> TrainingSpec:
         service_account_name=spec.get("serviceAccountName"),
         image_pull_secrets=tuple(str(secret["name"]) for secret in spec.get("imagePullSecrets") or ()),
         security_context=dict(spec.get("securityContext") or {}),
+        pod_security_context=spec.get("podSecurityContext"),
         rendezvous_timeout_seconds=int(
             spec.get("rendezvousTimeoutSeconds", TrainingSpec.rendezvous_timeout_seconds)
         ),

@@ -238,6 +238,7 @@ def test_what_the_builders_make_is_valid_kubernetes(version):
             "serviceAccountName": "reader", "imagePullSecrets": [{"name": "regcred"}],
             "resources": {"cpu": 32, "memory": "256Gi", "limits": {"cpu": 40, "memory": "300Gi"}},
             "securityContext": {"capabilities": {"drop": ["ALL"], "add": ["IPC_LOCK"]}},
+            "podSecurityContext": {"fsGroup": 2000, "fsGroupChangePolicy": "Always", "runAsGroup": 2000},
             "tolerations": [{"key": "huawei.com/Ascend910", "operator": "Exists", "effect": "NoSchedule"}],
             "nodeSelector": {"accelerator": "huawei-Ascend910"}, "env": [{"name": "A", "value": "1"}],
             "runtimeClassName": "ascend", "podAnnotations": {"k8s.v1.cni.cncf.io/networks": "roce"},
@@ -302,6 +303,7 @@ def test_names_at_the_length_limit_and_beyond():
         ({"image": "x", "dataVolume": {"mountPath": "/d"}}, "exactly one"),
         ({"image": "x", "priorityClassName": "a", "gangScheduling": {"priorityClassName": "b"}}, "not both"),
         ({"image": "x", "securityContext": {"runAsNonroot": False}}, "unknown field 'runAsNonroot'"),
+        ({"image": "x", "podSecurityContext": {"fsgroup": 7}}, "podSecurityContext: unknown field 'fsgroup'"),
         ({"image": "x", "volumes": [{"name": "dshm", "emptyDir": {}}]}, "dshm is taken"),
         ({"image": "x", "volumes": [{"name": "a"}, {"name": "a"}]}, "unique"),
         ({"image": "x", "volumeMounts": [{"name": "driver", "mountPath": "/d"}]}, "no volume 'driver'"),
@@ -391,7 +393,7 @@ def test_worker_gives_up_on_an_unresolvable_master_with_a_clear_message(tmp_path
     assert message["error_type"] == "RendezvousTimeout" and message["retryable"] is True
 
 
-def test_workers_get_the_trainer_images_group_so_a_fresh_volume_is_writable():
+def test_workers_get_the_trainer_images_group_unless_the_spec_replaces_the_pod_security_context():
     import re
     from pathlib import Path
 
@@ -402,6 +404,12 @@ def test_workers_get_the_trainer_images_group_so_a_fresh_volume_is_writable():
         "fsGroup": TRAINER_GROUP,
         "fsGroupChangePolicy": "OnRootMismatch",
     }
+    # OpenShift's restricted-v2 refuses an fsGroup outside the namespace's range: {} leaves it to the SCC.
+    pod = build_pod("coco", "ml", read_spec("coco", {**NPU_2x8, "podSecurityContext": {}}), 0)
+    assert "securityContext" not in pod["spec"]
+    asked = {"fsGroup": 1000650000, "supplementalGroups": [5555]}
+    pod = build_pod("coco", "ml", read_spec("coco", {**NPU_2x8, "podSecurityContext": asked}), 0)
+    assert pod["spec"]["securityContext"] == asked
     dockerfile = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
     trainer_stage = dockerfile[dockerfile.rindex("AS trainer") :]
     (user,) = re.findall(r"^USER (\d+):(\d+)$", trainer_stage, flags=re.M)
