@@ -82,7 +82,7 @@ def count_step(config: str, *, batch: int, canvas: tuple[int, int], device: str,
     step = TrainStep(
         replicate(model, runtime), optimizer, params, device_kind=kind, dtype=dtype,
         scaler=make_scaler(kind, dtype, cfg.train.loss_scale), grad_clip=cfg.train.grad_clip,
-        counters=StepCounters(torch.device(device)), loss_fn=marked_loss,
+        counters=StepCounters(torch.device(device)), loss_fn=marked_loss, distributed=runtime.distributed,
     )  # fmt: skip
     update = step.update
 

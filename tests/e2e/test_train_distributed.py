@@ -19,7 +19,8 @@ import torch.multiprocessing as mp
 
 from solov2.config import load_config
 from solov2.device import setup_runtime, shutdown
-from solov2.engine.splits import distinct_over_ranks, union_over_ranks
+from solov2.engine.counters import StepCounters
+from solov2.engine.splits import distinct_over_ranks, sum_over_ranks, union_over_ranks
 from solov2.engine.train import TrainOptions, _Trainer
 
 pytestmark = pytest.mark.slow
@@ -93,11 +94,18 @@ def _count_worker(rank: int, world: int, port: int, out: str) -> None:
         # Image 0 was bad for both processes (they met it in different epochs), 1 and 2 for one each.
         flags = torch.tensor([[1, 0, 1, 0], [1, 1, 0, 0]][rank], dtype=torch.uint8)
         union = union_over_ranks(flags, runtime).tolist()
-        (Path(out) / f"count{rank}").write_text(f"{distinct_over_ranks(flags, runtime)} {union}")
+        # Instances truncated by each process's loader, positives each process's targets dropped.
+        truncated = sum_over_ranks(10 * (rank + 1), runtime)
+        counters = StepCounters("cpu")
+        counters.add(finite=torch.tensor(True), dropped=torch.tensor(rank + 2), iteration=1)
+        dropped = counters.read(distributed=True).dropped_positives
+        (Path(out) / f"count{rank}").write_text(
+            f"{distinct_over_ranks(flags, runtime)} {union} {truncated} {dropped}"
+        )
     finally:
         shutdown(runtime)
 
 
-def test_a_bad_image_met_by_two_processes_counts_once(tmp_path):
+def test_counts_over_processes_bad_images_once_and_truncations_and_drops_summed(tmp_path):
     mp.start_processes(_count_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
-    assert [(tmp_path / f"count{r}").read_text() for r in (0, 1)] == ["3 [1, 1, 1, 0]"] * 2
+    assert [(tmp_path / f"count{r}").read_text() for r in (0, 1)] == ["3 [1, 1, 1, 0] 30 5"] * 2

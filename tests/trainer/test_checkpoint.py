@@ -13,6 +13,8 @@ from solov2.engine.checkpoint import (
     load_weights,
     prune_checkpoints,
     read_config,
+    restore_rng,
+    rng_state,
     save_checkpoint,
 )
 from solov2.errors import WeightsError
@@ -126,3 +128,21 @@ def test_checkpoints_get_the_mode_a_plain_open_gives(tmp_path):
     (tmp_path / "plain").write_bytes(b"x")
     modes = [stat.S_IMODE((tmp_path / name).stat().st_mode) for name in ("atomic", "plain")]
     assert modes[0] == modes[1]
+
+
+def test_a_cuda_random_state_restores_with_fewer_devices_visible(monkeypatch):
+    """Rank 0 of an 8-GPU pod saves its generators; a resume with 4 GPUs per pod (or on a one-GPU box)
+    restores them on every rank. Each process keeps its current device's CUDA state only (torch's
+    set_rng_state_all of 8 states fails with IndexError where fewer devices are visible)."""
+    current = {"state": torch.tensor([7], dtype=torch.uint8)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": current["state"].clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": current.update(state=state))
+    saved = rng_state()
+    assert torch.equal(saved["cuda"], torch.tensor([7], dtype=torch.uint8))
+    current["state"] = torch.tensor([0], dtype=torch.uint8)
+    restore_rng(saved)
+    assert current["state"].tolist() == [7]
+    earlier = {**saved, "cuda": [torch.tensor([k], dtype=torch.uint8) for k in range(3, 11)]}  # 8 devices
+    restore_rng(earlier)
+    assert current["state"].tolist() == [3]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import os
 import subprocess
 import sys
@@ -86,6 +88,35 @@ def test_collectives_wait_30_minutes_or_what_the_environment_says_not_hccl_link_
         monkeypatch.setenv(dev.DIST_TIMEOUT_ENV, bad)
         with pytest.raises(ConfigError, match=f"{dev.DIST_TIMEOUT_ENV}.*{why}"):
             dev.setup_runtime("cpu")
+
+
+def test_the_stop_group_beside_nccl_waits_as_long_as_the_process_group(monkeypatch):
+    """On CUDA and NPU the SIGTERM agreement runs in a gloo group made beside the default one, where the
+    other ranks wait while rank 0 writes a checkpoint: a new group does not inherit the default group's
+    timeout (torch gives it 30 minutes), so it is passed on."""
+    from solov2.engine.parallel import stop_group
+
+    monkeypatch.setattr(dev.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dev.dist, "init_process_group", lambda **kwargs: None)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "16")
+    monkeypatch.setenv(dev.DIST_TIMEOUT_ENV, "7200")
+    runtime = dev.setup_runtime("cpu")
+    assert runtime.timeout_s == 7200
+    made: list[dict] = []
+    monkeypatch.setattr(dev.dist, "new_group", lambda **kwargs: made.append(kwargs) or "group")
+    assert stop_group(dataclasses.replace(runtime, kind="cuda")) == "group"
+    assert made == [{"backend": "gloo", "timeout": datetime.timedelta(seconds=7200)}]
+    assert stop_group(runtime) is None  # gloo already: the default group serves
+
+
+def test_a_device_index_is_refused_with_several_processes_per_node(monkeypatch):
+    """Every process of a node would bind the same device (NCCL: "Duplicate GPU detected")."""
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    with pytest.raises(ConfigError, match="--device 'cpu:1': with several processes per node"):
+        dev.setup_runtime("cpu:1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert dev.setup_runtime("cpu:1").kind == "cpu"
 
 
 def test_on_npus_hccl_waits_on_the_device_as_long_as_the_process_group(monkeypatch):

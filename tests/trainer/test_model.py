@@ -67,6 +67,16 @@ def test_frozen_stages_and_norm_eval_survive_train_mode():
     assert net.layer3[0].bn1.training
 
 
+def test_frozen_stages_stay_frozen_as_sync_batch_norm():
+    """Distributed accelerator runs convert to SyncBatchNorm (``train.sync_bn``, with ``norm_eval``
+    false), which is no BatchNorm2d: the frozen stages' statistics must still not train."""
+    net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(ResNet(depth=18, frozen_stages=1, norm_eval=False))
+    net.train()
+    frozen = [m for s in (net.stem, net.layer1) for m in s.modules() if isinstance(m, torch.nn.SyncBatchNorm)]
+    assert frozen and not any(m.training for m in frozen)
+    assert net.layer2[0].bn1.training and isinstance(net.layer2[0].bn1, torch.nn.SyncBatchNorm)
+
+
 def test_a_reference_recipe_without_backbone_weights_is_warned_about(tmp_path):
     backbone = load_config("solov2_r50_fpn_1x_coco", []).model.backbone
     note = random_backbone_warning(backbone)

@@ -13,6 +13,7 @@ import torch
 
 from solov2 import amp
 from solov2.config import load_config
+from solov2.engine import step as step_module
 from solov2.engine.counters import StepCounters
 from solov2.engine.optim import build_optimizer, init_state
 from solov2.engine.step import TrainStep
@@ -40,7 +41,7 @@ def status_register(monkeypatch) -> _FakeStatusRegister:
     return fake
 
 
-def _step(status: amp.OverflowStatus) -> tuple[TrainStep, torch.nn.Linear]:
+def _step(status: amp.OverflowStatus | None, distributed: bool = False) -> tuple[TrainStep, torch.nn.Linear]:
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
     cfg = load_config("solov2_r50_fpn_1x_coco").train  # fused SGD, as on an NPU
@@ -54,12 +55,12 @@ def _step(status: amp.OverflowStatus) -> tuple[TrainStep, torch.nn.Linear]:
 
     step = TrainStep(forward, optimizer, params, device_kind="cpu", dtype=None,
                      scaler=amp.FixedLossScaler(128.0), grad_clip=35.0, counters=StepCounters("cpu"),
-                     overflow=status)  # fmt: skip
+                     overflow=status, distributed=distributed)  # fmt: skip
     return step, model
 
 
 def test_an_overflowing_backward_skips_the_step_without_a_host_read(status_register):
-    step, model = _step(amp.OverflowStatus(torch.device("cpu"), distributed=False))
+    step, model = _step(amp.OverflowStatus(torch.device("cpu")))
     status_register.overflow()  # left over from before the step: cleared before the backward pass
     reads = HostReads()
     with reads:
@@ -78,21 +79,29 @@ def test_an_overflowing_backward_skips_the_step_without_a_host_read(status_regis
     assert (counts.nonfinite, counts.first_nonfinite, counts.last_nonfinite) == (1, 2, 2)
 
 
-def test_an_overflow_on_another_rank_skips_the_step_here(status_register, monkeypatch):
-    """The all-reduce (max) of the flags: this rank saw nothing, another one overflowed."""
+@pytest.mark.parametrize("status", [True, False], ids=["npu-overflow-flag", "loss-only"])
+def test_a_bad_step_on_another_rank_skips_the_step_here(status_register, monkeypatch, status):
+    """The gradients are all-reduced, the loss and the overflow flag are not: one all-reduce (max) of
+    "non-finite loss or overflow" makes every rank skip what any rank saw. Here this rank saw nothing,
+    another one did."""
     reduced = []
 
     def all_reduce(tensor, op):
         reduced.append(op)
         tensor.fill_(1.0)
 
-    monkeypatch.setattr(amp.dist, "all_reduce", all_reduce)
-    step, model = _step(amp.OverflowStatus(torch.device("cpu"), distributed=True))
+    monkeypatch.setattr(step_module.dist, "all_reduce", all_reduce)
+    step, model = _step(amp.OverflowStatus(torch.device("cpu")) if status else None, distributed=True)
     before = [p.detach().clone() for p in model.parameters()]
-    step(None, None, 1)
-    assert reduced == [amp.dist.ReduceOp.MAX]
+    reads = HostReads()
+    with reads:
+        step(None, None, 1)
+    assert reduced == [step_module.dist.ReduceOp.MAX] and reads.reads == []
     assert all(torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
     assert step.counters.read().nonfinite == 1
+    monkeypatch.setattr(step_module.dist, "all_reduce", lambda tensor, op: None)  # no rank saw anything
+    step(None, None, 2)
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
 
 
 def test_the_status_is_read_only_where_fp16_overflows_saturate(monkeypatch):

@@ -8,7 +8,6 @@ import importlib
 from collections.abc import Iterator
 
 import torch
-import torch.distributed as dist
 
 from .errors import ConfigError
 
@@ -107,30 +106,24 @@ class OverflowStatus:
     saturates an overflowing value to the largest finite one and raises a flag in its float status
     register instead of giving inf/NaN. :meth:`clear` resets the register before the backward pass
     (where loss scaling can overflow), :meth:`overflowed` reads it afterwards into a tensor, as
-    torch_npu's own overflow check does, but without copying it to the host. Under several processes
-    the flags are all-reduced (max), so that every rank skips the same steps."""
+    torch_npu's own overflow check does, but without copying it to the host. The flag is this
+    process's: :class:`~solov2.engine.step.TrainStep` all-reduces it with the loss's finiteness."""
 
-    def __init__(self, device: torch.device, *, distributed: bool) -> None:
+    def __init__(self, device: torch.device) -> None:
         self._npu = importlib.import_module("torch_npu")
         self._buffer = torch.zeros(8, dtype=torch.float32, device=device)
-        self.distributed = distributed
 
     def clear(self) -> None:
         self._npu.npu_clear_float_status(self._buffer)
 
     def overflowed(self) -> torch.Tensor:
-        """A bool scalar on the device: whether anything overflowed since :meth:`clear`, on any rank."""
-        flag = (self._npu.npu_get_float_status(self._buffer)[:1] != 0).to(torch.float32)
-        if self.distributed:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return flag[0] > 0
+        """A bool scalar on the device: whether anything overflowed since :meth:`clear`."""
+        return self._npu.npu_get_float_status(self._buffer)[0] != 0
 
 
-def overflow_status(
-    kind: str, dtype: torch.dtype | None, device: torch.device, *, distributed: bool = False
-) -> OverflowStatus | None:
+def overflow_status(kind: str, dtype: torch.dtype | None, device: torch.device) -> OverflowStatus | None:
     """An :class:`OverflowStatus` where fp16 overflows saturate, else None (inf/NaN show them)."""
-    return OverflowStatus(device, distributed=distributed) if saturates_fp16(kind, dtype) else None
+    return OverflowStatus(device) if saturates_fp16(kind, dtype) else None
 
 
 def make_scaler(

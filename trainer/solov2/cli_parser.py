@@ -101,7 +101,8 @@ def _add_device_arg(parser: argparse.ArgumentParser, default: str = "auto") -> N
         "--device",
         default=default,
         help="auto (npu, then cuda, then cpu), cpu, cuda, npu, or one device like cuda:1. Under torchrun each "
-        "process takes the device of its LOCAL_RANK. Default: %(default)s",
+        "process takes the device of its LOCAL_RANK (an index is refused with several processes per node). "
+        "Default: %(default)s",
     )
 
 

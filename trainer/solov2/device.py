@@ -80,6 +80,8 @@ class Runtime:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    timeout_s: int = DEFAULT_DIST_TIMEOUT_S
+    """How long a collective of the process group (and of groups made beside it) may wait."""
 
     @property
     def distributed(self) -> bool:
@@ -164,16 +166,24 @@ def setup_runtime(requested: str = "auto", *, timeout_s: int | None = None) -> R
     if not 0 <= rank < world_size:
         raise ConfigError(f"environment: RANK={rank} must lie in [0, WORLD_SIZE={world_size})")
     kind = detect_device_kind(requested)
+    if ":" in requested and _env_int("LOCAL_WORLD_SIZE", 1) > 1:
+        raise ConfigError(
+            f"--device {requested!r}: with several processes per node each takes its LOCAL_RANK's device; "
+            f"give --device {kind} without an index (CUDA_VISIBLE_DEVICES / ASCEND_RT_VISIBLE_DEVICES pick "
+            "which devices the node's processes use)"
+        )
     device = _bind(kind, _device_index(requested, local_rank))
+    timeout = timeout_s or (dist_timeout_s() if world_size > 1 else DEFAULT_DIST_TIMEOUT_S)
     if world_size > 1 and not dist.is_initialized():
-        timeout = timeout_s or dist_timeout_s()
         if kind == "npu":  # read when the HCCL process group is made; 17340 s is HCCL's most on a 910
             os.environ.setdefault("HCCL_EXEC_TIMEOUT", str(min(timeout, HCCL_EXEC_TIMEOUT_MAX)))
         dist.init_process_group(
             backend=BACKENDS[kind], rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout)
         )
         _JOINED[0] = True
-    return Runtime(device=device, kind=kind, rank=rank, local_rank=local_rank, world_size=world_size)
+    return Runtime(
+        device=device, kind=kind, rank=rank, local_rank=local_rank, world_size=world_size, timeout_s=timeout
+    )
 
 
 _JOINED = [False]

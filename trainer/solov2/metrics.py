@@ -20,8 +20,9 @@ name                                              type     meaning
 ``solov2_train_step_seconds``                     gauge    time of one training step (smoothed)
 ``solov2_train_nonfinite_steps_total``            counter  steps skipped because the loss was not finite
 ``solov2_train_dropped_positives_total``          counter  positive (instance, cell) pairs beyond
-                                                           ``model.targets.max_positives``
-``solov2_train_truncated_instances_total``        counter  instances beyond ``model.targets.max_instances``
+                                                           ``model.targets.max_positives``, all processes
+``solov2_train_truncated_instances_total``        counter  instances beyond ``model.targets.max_instances``,
+                                                           all processes (counted at the end of an epoch)
 ``solov2_eval_ap{iou_type, metric}``              gauge    final COCO results: ``iou_type`` ``segm`` or
                                                            ``bbox``; ``metric`` ``AP``, ``AP50``, ``AP75``,
                                                            ``APs``, ``APm``, ``APl``; values in 0..1

@@ -28,9 +28,11 @@ LAST = "last_checkpoint"
 
 
 def rng_state() -> dict[str, Any]:
+    """The random generators' states; on CUDA the current device's only, so that a run resumed with
+    fewer devices per node (or on another machine) can restore it."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -39,7 +41,8 @@ def restore_rng(state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]  # a list of every device's state in checkpoints of earlier versions
+        torch.cuda.set_rng_state(cuda[0] if isinstance(cuda, list) else cuda)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 __all__ = ["StepCounters", "WindowCounts"]
@@ -60,10 +61,17 @@ class StepCounters:
         )
         self.values.copy_(updated)
 
-    def read(self) -> WindowCounts:
+    def read(self, *, distributed: bool = False) -> WindowCounts:
         """Copy the counters to the host (the one synchronisation) and start a new window; the
-        current run of non-finite steps carries over."""
-        nonfinite, longest, run, first, last, dropped = self.values.tolist()
+        current run of non-finite steps carries over. ``distributed``: every process calls this at the
+        same step, and dropped positives are summed over them (the non-finite counts are the same on
+        every rank: the step agrees on skipping)."""
+        values = self.values.clone()
+        if distributed:
+            dropped_here = values[5:].clone()
+            dist.all_reduce(dropped_here, op=dist.ReduceOp.SUM)
+            values[5:] = dropped_here
+        nonfinite, longest, run, first, last, dropped = values.tolist()
         fresh = torch.zeros_like(self.values)
         fresh[2] = self.values[2]
         fresh[1] = self.values[2]

@@ -160,6 +160,7 @@ def evaluate(
     autocast_dtype: torch.dtype | None = None,
     log: Callable[[str], None] = print,
     log_interval: int = 50,
+    inferred: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Run ``model`` over ``loader`` and score the detections against ``coco_gt`` (segm and bbox).
 
@@ -183,6 +184,9 @@ def evaluate(
         autocast_dtype: run a PyTorch model under ``torch.autocast`` with this dtype (None: no autocast).
         log: where progress and summary lines go (rank 0 only).
         log_interval: a progress line every this many batches.
+        inferred: called on every rank once its inference is done, before the results are gathered
+            and rank 0 scores them: the place for a collective of its own, while the ranks are still
+            together (the other ranks do not wait in it for the scoring, which can be long).
 
     Returns:
         On rank 0: ``{"segm_AP", "segm_AP50", "segm_AP75", "segm_APs", "segm_APm", "segm_APl",
@@ -208,6 +212,8 @@ def evaluate(
                 f"{len(per_image) / max(elapsed, 1e-9):.1f} img/s"
             )
 
+    if inferred is not None:
+        inferred()
     gathered = _gather(per_image, rank, world_size)
     if gathered is None:
         return {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -109,7 +110,8 @@ def compile_forward(replica: nn.Module, *, compile: bool, mode: str, distributed
 
 def stop_group(runtime: Runtime) -> dist.ProcessGroup | None:
     """A gloo group beside nccl or hccl, through which every process agrees on a SIGTERM stop (a CPU
-    all-reduce); None when the default group is gloo already or there is one process."""
+    all-reduce); None when the default group is gloo already or there is one process. Its collectives
+    wait as long as the default group's (a new group does not inherit that timeout)."""
     if runtime.distributed and runtime.backend != "gloo":
-        return dist.new_group(backend="gloo")
+        return dist.new_group(backend="gloo", timeout=timedelta(seconds=runtime.timeout_s))
     return None

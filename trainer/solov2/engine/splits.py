@@ -63,6 +63,7 @@ def evaluate_split(
     loader = build_eval_loader(
         dataset, cfg, rank=runtime.rank, world_size=runtime.world_size, **pin_options(runtime.kind)
     )
+    skipped: list[int] = []  # counted over the ranks before rank 0 scores, while all are in step
     metrics = evaluate(
         model,
         loader,
@@ -75,12 +76,12 @@ def evaluate_split(
         world_size=runtime.world_size,
         autocast_dtype=autocast_dtype,
         log=log,
+        inferred=lambda: skipped.append(distinct_over_ranks(dataset.bad_images(), runtime)),
     )
-    skipped = distinct_over_ranks(dataset.bad_images(), runtime)
     if runtime.is_main and metrics:
         log(format_ap_table(metrics))
         if skip_bad_images:
-            metrics["skipped_eval_images"] = skipped
+            metrics["skipped_eval_images"] = skipped[0]
     return metrics
 
 
@@ -92,6 +93,15 @@ def union_over_ranks(flags: torch.Tensor, runtime: Runtime) -> torch.Tensor:
     t = flags.to(device=runtime.device, dtype=torch.int32)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t.to(device="cpu", dtype=flags.dtype)
+
+
+def sum_over_ranks(value: int, runtime: Runtime) -> int:
+    """``value`` summed over the processes (a collective when distributed: every process must call it)."""
+    if not runtime.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=runtime.device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return int(t.item())
 
 
 def distinct_over_ranks(flags: torch.Tensor, runtime: Runtime) -> int:

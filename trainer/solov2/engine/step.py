@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from ..amp import FixedLossScaler, OverflowStatus, autocast
@@ -38,6 +39,10 @@ class TrainStep:
         overflow: on an NPU that saturates fp16 overflows, its float status
             (:class:`~solov2.amp.OverflowStatus`): a step that overflowed in the backward pass is
             skipped like a non-finite one.
+        distributed: several processes train one model. The gradients are all-reduced, so every rank
+            sees the same norm, but the loss and an NPU's overflow flag are each rank's own: one
+            all-reduce on the device (max) makes a step that is non-finite on any rank skipped on all,
+            so that the replicas never drift apart.
     """
 
     def __init__(
@@ -54,6 +59,7 @@ class TrainStep:
         compile_update: bool = False,
         loss_fn: Callable[[dict[str, Tensor]], Tensor] = total_loss,
         overflow: OverflowStatus | None = None,
+        distributed: bool = False,
     ) -> None:
         self.forward, self.optimizer, self.params = forward, optimizer, params
         self.device_kind, self.dtype, self.scaler = device_kind, dtype, scaler
@@ -61,7 +67,8 @@ class TrainStep:
         self.counters = counters
         self.loss_fn = loss_fn
         self.overflow = overflow
-        self.update: Callable[[Tensor, Tensor | None], Tensor] = self._update
+        self.distributed = distributed
+        self.update: Callable[[Tensor], Tensor] = self._update
         if compile_update and not is_fused(optimizer):
             self.update = torch.compile(self._update, dynamic=False)
 
@@ -74,22 +81,29 @@ class TrainStep:
         if self.overflow is not None:
             self.overflow.clear()
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-        finite = self.update(loss.detach(), None if self.overflow is None else self.overflow.overflowed())
+        bad = ~torch.isfinite(loss.detach())
+        if self.overflow is not None:
+            bad = bad | self.overflow.overflowed()
+        finite = self.update(_on_any_rank(bad) if self.distributed else bad)
         self.counters.add(finite=finite, dropped=out["dropped_positives"], iteration=iteration)
         out["loss"] = loss
         return out
 
-    def _update(self, loss: Tensor, overflowed: Tensor | None) -> Tensor:
-        """Unscale, clip and apply the gradients if they and ``loss`` are finite (and nothing
-        ``overflowed``, where the device says so); returns that flag."""
+    def _update(self, bad: Tensor) -> Tensor:
+        """Unscale, clip and apply the gradients if they are finite and the step is not ``bad`` (a
+        non-finite loss or an overflow, on any rank); returns whether it was applied."""
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_norm)
-        # Under DDP the gradients are all-reduced: every rank sees the same norm and decides alike.
-        finite = torch.isfinite(norm) & torch.isfinite(loss)
-        if overflowed is not None:
-            finite = finite & ~overflowed
+        finite = torch.isfinite(norm) & ~bad
         apply_update(self.optimizer, finite, self.device_kind)
         if isinstance(self.scaler, torch.amp.GradScaler):
             self.scaler.update()  # from unscale_'s inf check: lowers the scale after an overflow
         return finite
+
+
+def _on_any_rank(flag: Tensor) -> Tensor:
+    """``flag`` (a bool scalar on the device) or-ed over all processes: one all-reduce, no host read."""
+    value = flag.to(torch.float32).reshape(1)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value[0] > 0

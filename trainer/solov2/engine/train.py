@@ -52,7 +52,7 @@ from .reporting import (
 )
 from .schedule import lr_factor, scaled_lr, schedule_warnings
 from .sigterm import SigtermStop, agree
-from .splits import coco_split, distinct_over_ranks, evaluate_split, union_over_ranks
+from .splits import coco_split, distinct_over_ranks, evaluate_split, sum_over_ranks, union_over_ranks
 from .startup import check_outputs
 from .step import TrainStep
 from .training_setup import TrainOptions, open_metrics, seed_everything, train_dataset, train_loader
@@ -116,9 +116,8 @@ class _Trainer:
             counters=self.counters,
             compile_update=opts.compile,
             loss_fn=lambda out: total_loss(out),  # looked up at call time
-            overflow=overflow_status(
-                runtime.kind, self.dtype, runtime.device, distributed=runtime.distributed
-            ),
+            overflow=overflow_status(runtime.kind, self.dtype, runtime.device),
+            distributed=runtime.distributed,
         )
         self.stop_group = stop_group(runtime)
         self.metrics = open_metrics(opts.metrics_port, main=runtime.is_main)
@@ -317,7 +316,7 @@ class _Trainer:
     def _read_counters(self) -> None:
         """Read the step counters (a host sync: logging iterations only); log and count skipped steps
         and stop on too many consecutive ones."""
-        counts = self.counters.read()
+        counts = self.counters.read(distributed=self.rt.distributed)
         self.metrics.add_dropped_positives(counts.dropped_positives)
         limit = self.cfg.train.max_nonfinite
         message, diverged = nonfinite_verdict(counts, limit)
@@ -381,7 +380,7 @@ class _Trainer:
             self.window.add(images=self.total_batch, data_wait=data_wait)
             self._after_step(out)
             tick = time.perf_counter()
-        truncated = self.loader.stats()["truncated_instances"]
+        truncated = sum_over_ranks(self.loader.stats()["truncated_instances"], self.rt)
         self.metrics.add_truncated(truncated - self.truncated)
         self.truncated = truncated
         self.epoch += 1

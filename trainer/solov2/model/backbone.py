@@ -68,7 +68,7 @@ class ResNet(nn.Module):
         super().train(mode)
         for module in [self] if self.norm_eval else self._frozen():
             for m in module.modules():
-                if isinstance(m, nn.BatchNorm2d):
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):  # SyncBatchNorm too (not a BatchNorm2d)
                     m.eval()
         return self
 
