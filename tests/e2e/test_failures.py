@@ -120,6 +120,29 @@ def test_sigterm_checkpoints_writes_a_retryable_message_and_exits_143(small_coco
     assert f"resume: {last} at epoch {epoch}, iteration {iteration}" in resumed.stdout + resumed.stderr
 
 
+def test_ctrl_c_checkpoints_and_exits_130_without_a_traceback(small_coco, tmp_path):
+    """A terminal's Ctrl-C (SIGINT to the foreground process group) stops like SIGTERM: at the next
+    step boundary, with a checkpoint that --resume continues from."""
+    work = tmp_path / "work"
+    command = _train(small_coco, work, "", "--no-eval", opts=("train.epochs=30", "data.workers=1"))
+    proc = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    marker = work / "checkpoints" / "epoch_1.pth"
+    deadline = time.monotonic() + 240
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), "training never finished its first epoch"
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    last = (work / "checkpoints" / "last_checkpoint").read_text().strip()
+    assert last.startswith("iter_") and "Traceback" not in stderr
+    assert (
+        f"SIGINT: stopped at iteration {last.removeprefix('iter_').removesuffix('.pth')}" in stdout + stderr
+    )
+    assert "terminated by SIGINT at iteration" in stderr.strip().splitlines()[-1]
+
+
 def test_the_root_cause_wins_over_a_peers_consequential_error(small_coco, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(small_coco, data)

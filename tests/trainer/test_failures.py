@@ -4,10 +4,14 @@ and a SIGTERM stop that never reaches a step boundary still ends within its time
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
 import time
+
+import pytest
 
 from solov2.engine.failures import Terminated, report_failure
 from solov2.errors import DataError
@@ -60,3 +64,23 @@ def test_a_stop_that_never_reaches_a_step_boundary_exits_143_in_time(tmp_path):
         "error_type": "Terminated",
         "retryable": True,
     }
+
+
+def test_ctrl_c_stops_at_the_step_boundary_and_twice_at_once():
+    """The first SIGINT only asks (the loop checkpoints at its next step boundary; exit 130); a second
+    one does not wait for it."""
+    from solov2.engine.sigterm import SigtermStop
+
+    stop = SigtermStop(lambda: "", timeout_s=60.0, on_timeout=lambda _text: None)
+    stop.install()
+    try:
+        stop.deferred = True
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested and (stop.signal_name, stop.exit_code) == ("SIGINT", 130)
+        os.kill(os.getpid(), signal.SIGTERM)  # torchrun passing the stop on: no news
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+    finally:
+        stop.uninstall()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -21,7 +21,7 @@ from .engine.failures import Terminated
 from .errors import ConfigError, UserError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-EXIT_TERMINATED = Terminated.exit_code  # 128 + SIGTERM
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
 
 def _config(args: argparse.Namespace, checkpoint: Path | None = None) -> Config:
@@ -196,9 +196,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"solov2 {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except Terminated as exc:
+    except Terminated as exc:  # 143 on SIGTERM, 130 on SIGINT
         print(f"solov2 {args.command}: {exc}", file=sys.stderr)
-        return EXIT_TERMINATED
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"solov2 {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # as torchrun runs it

@@ -22,9 +22,15 @@ CLAIM_NAME = "solov2-termination-message.claim"
 
 
 class Terminated(Exception):
-    """The run stopped on SIGTERM (Kubernetes suspend, eviction, preemption): retrying resumes it."""
+    """The run stopped on SIGTERM (Kubernetes suspend, eviction, preemption) or a Ctrl-C (SIGINT):
+    retrying resumes it. ``exit_code`` is 128 + the signal's number, what a shell reports for a process
+    the signal killed: 143 for SIGTERM, 130 for SIGINT."""
 
-    exit_code = 143  # 128 + SIGTERM, what a shell reports for a process killed by it
+    exit_code = 143
+
+    def __init__(self, text: str, exit_code: int = 143) -> None:
+        super().__init__(text)
+        self.exit_code = exit_code
 
 
 def _claim_path() -> Path | None:

@@ -1,10 +1,13 @@
-"""Stopping on SIGTERM: what Kubernetes sends on suspend, eviction, preemption and node drain.
+"""Stopping on SIGTERM (what Kubernetes sends on suspend, eviction, preemption and node drain) and on
+SIGINT (Ctrl-C), alike.
 
 Inside the training loop the handler only raises a flag; the loop stops at the next step boundary
 (every process at the same one, see :func:`agree`), writes a checkpoint and raises
 :class:`~.failures.Terminated`. Outside the loop (start-up, evaluation) there is no step to finish,
 so the handler raises :class:`Terminated` at once. A watchdog bounds the wait: ``timeout_s`` after
-the signal, if the process is still running, it writes the termination message and exits with 143.
+the signal, if the process is still running, it writes the termination message and exits with 128 +
+the signal's number (143, or 130 for SIGINT). A second Ctrl-C does not wait for the step boundary: it
+raises KeyboardInterrupt.
 """
 
 from __future__ import annotations
@@ -25,8 +28,11 @@ from .failures import Terminated
 __all__ = ["SigtermStop", "agree", "leave_process_group"]
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 class SigtermStop:
-    """SIGTERM handling for one run, installed by :meth:`install` until :meth:`uninstall`.
+    """SIGTERM and SIGINT handling for one run, installed by :meth:`install` until :meth:`uninstall`.
 
     Args:
         describe: the termination text (iteration, checkpoint) at the moment it is asked for.
@@ -39,22 +45,31 @@ class SigtermStop:
     ) -> None:
         self.describe, self.timeout_s, self.on_timeout = describe, timeout_s, on_timeout
         self.requested = False
+        self.signal = signal.SIGTERM  # the one that asked for the stop
         self.deferred = False  # True inside the training loop: stop at the next step boundary
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
         self._timer: threading.Timer | None = None
         self._pid = os.getpid()
+
+    @property
+    def signal_name(self) -> str:
+        return self.signal.name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signal)
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
             self._pid = os.getpid()
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
 
     def uninstall(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if os.getpid() != self._pid:
@@ -62,20 +77,23 @@ class SigtermStop:
             # group. The worker keeps serving batches until the training process shuts it down.
             return
         if self.requested:
+            if signum == signal.SIGINT == self.signal:
+                raise KeyboardInterrupt  # Ctrl-C twice: do not wait for the step boundary
             return  # torchrun and the kubelet may both signal; the first one counts
         self.requested = True
+        self.signal = signal.Signals(signum)
         self._timer = threading.Timer(self.timeout_s, self._expire)
         self._timer.daemon = True
         self._timer.start()
         if not self.deferred:
-            raise Terminated(self.describe())
+            raise Terminated(self.describe(), self.exit_code)
 
     def _expire(self) -> None:
         text = f"{self.describe()}; no clean stop within {self.timeout_s:g} s (--stop-timeout)"
         try:
             self.on_timeout(text)
         finally:
-            os._exit(Terminated.exit_code)
+            os._exit(self.exit_code)
 
 
 def agree(flag: bool, group: Any = None) -> bool:

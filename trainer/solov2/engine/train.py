@@ -266,11 +266,19 @@ class _Trainer:
         return path
 
     def termination_text(self, checkpoint: Path | None = None) -> str:
-        """The ``error`` text of a SIGTERM stop: where training stood and the checkpoint to resume from."""
+        """The ``error`` text of a SIGTERM (or SIGINT) stop: where training stood and the checkpoint to
+        resume from."""
         if checkpoint is None:
             with contextlib.suppress(UserError, OSError):
                 checkpoint = latest_checkpoint(self.ckpt_dir)
-        return f"terminated by SIGTERM at iteration {self.iteration}; checkpoint {checkpoint or 'none'}"
+        return f"terminated by {self._signal_name} at iteration {self.iteration}; checkpoint {checkpoint or 'none'}"
+
+    @property
+    def _signal_name(self) -> str:
+        return "SIGTERM" if self.sigterm is None else self.sigterm.signal_name
+
+    def _terminated(self, text: str) -> Terminated:
+        return Terminated(text, 143 if self.sigterm is None else self.sigterm.exit_code)
 
     def _stop_requested(self) -> bool:
         """Whether any process got SIGTERM; every process asks at the same step boundary."""
@@ -283,8 +291,8 @@ class _Trainer:
         path = saved or self.save(f"iter_{self.iteration}.pth")
         if self.rt.distributed:
             agree(True, self.stop_group)  # the others wait until rank 0 has written it
-        self.log(f"SIGTERM: stopped at iteration {self.iteration}, checkpoint {path}")
-        return Terminated(self.termination_text(path))
+        self.log(f"{self._signal_name}: stopped at iteration {self.iteration}, checkpoint {path}")
+        return self._terminated(self.termination_text(path))
 
     # -- one step ----------------------------------------------------------------------------------
     def step(self, batch: Any) -> dict[str, torch.Tensor]:
@@ -361,7 +369,7 @@ class _Trainer:
         while self.epoch < self.cfg.train.epochs:
             self._run_epoch()
         if self.epoch and self._stop_requested():  # SIGTERM came while the last checkpoint was written
-            raise Terminated(self.termination_text(self.ckpt_dir / f"epoch_{self.epoch}.pth"))
+            raise self._terminated(self.termination_text(self.ckpt_dir / f"epoch_{self.epoch}.pth"))
         if self.sigterm is not None:
             self.sigterm.deferred = False  # evaluation stops at once on SIGTERM
         results = self._results()
@@ -445,9 +453,9 @@ def train(cfg: Config, opts: TrainOptions, log: Callable[[str], None] = print) -
     termination message with the results.
 
     A process that fails writes the failure's termination message instead, unless a peer of its pod
-    failed first (see :mod:`.failures`). On SIGTERM training stops at the next step boundary, writes a
-    checkpoint and raises :class:`Terminated` (its message is retryable); ``opts.stop_timeout``
-    seconds after the signal the process exits with 143 whatever it is doing.
+    failed first (see :mod:`.failures`). On SIGTERM or SIGINT training stops at the next step boundary,
+    writes a checkpoint and raises :class:`Terminated` (its message is retryable); ``opts.stop_timeout``
+    seconds after the signal the process exits with 143 (130 for SIGINT) whatever it is doing.
     """
     trainer: _Trainer | None = None
     runtime: Runtime | None = None
@@ -455,7 +463,7 @@ def train(cfg: Config, opts: TrainOptions, log: Callable[[str], None] = print) -
     def describe() -> str:
         if trainer is not None:
             return trainer.termination_text()
-        return "terminated by SIGTERM at iteration 0; checkpoint none"
+        return f"terminated by {sigterm.signal_name} at iteration 0; checkpoint none"
 
     sigterm = SigtermStop(
         describe,
