@@ -74,10 +74,20 @@ def test_used_work_dir_retention_counts_and_a_foreign_checkpoint(small_coco, tmp
     assert json.loads(log.read_text())["retryable"] is False
 
     # A resume that has nothing left to train (a restart after training ended, e.g. in evaluation)
-    # still reports the image skipped before it.
+    # says so and keeps what training measured: the image skipped, its throughput and last losses.
+    trained = json.loads((work / "results.json").read_text())
     resumed = _run(_train(data, work, "", "--resume", "--no-eval", "--skip-bad-images", opts=opts))
     assert resumed.returncode == 0, resumed.stderr
-    assert json.loads((work / "results.json").read_text())["skipped_images"] == 1
+    assert (
+        "resume: epoch_2.pth: training is complete (2 epochs, iteration 8), nothing to train"
+        in resumed.stdout
+    )
+    again = json.loads((work / "results.json").read_text())
+    assert again["skipped_images"] == 1 and again["images_per_second"] == trained["images_per_second"] > 0
+    assert again["loss"] == trained["loss"] and (again["epochs"], again["iterations"]) == (2, 8)
+    fewer = _run(_train(data, work, "", "--resume", "--no-eval", opts=("train.epochs=1",)))
+    assert "(train.epochs=1 is fewer: the checkpoint's training stands)" in fewer.stdout, fewer.stderr
+    assert json.loads((work / "results.json").read_text())["epochs"] == 2
 
     other = _run(_train(data, work, log, "--resume", opts=("model.fpn.out_channels=32", "train.epochs=3")))
     assert other.returncode == 2

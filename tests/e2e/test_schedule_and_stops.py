@@ -140,3 +140,31 @@ def test_unfinished_checkpoint_writes_are_removed_at_the_start(small_coco, tmp_p
         path.write_bytes(b"x" * 10)
     _train(small_coco, work, "--resume", opts=["train.epochs=1"])
     assert not any(p.exists() for p in partial) and all(p.exists() for p in kept)
+
+
+def test_a_missing_val_split_is_said_at_the_start_and_an_empty_one_is_not_scored(small_coco, tmp_path):
+    """A typo in the data set shows before the training, not after it; an empty split gives no AP of
+    0 that would pass for a result."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(small_coco, data)
+    val = data / "annotations" / "instances_val2017.json"
+    coco = json.loads(val.read_text())
+    val.write_text(json.dumps({**coco, "images": [], "annotations": []}))
+    lines: list[str] = []
+    cfg = load_config("solov2_tiny_cpu", ["train.epochs=1"])
+    options = TrainOptions(
+        data_path=data, work_dir=tmp_path / "w", device="cpu", evaluate=True, termination_log=None
+    )
+    (options.work_dir / "checkpoints").mkdir(parents=True)
+    results = _Trainer(cfg, options, setup_runtime("cpu"), log=lines.append).run()
+    assert f"evaluation skipped: {val}: no images to evaluate" in lines and "segm_AP" not in results
+    val.unlink()
+    lines.clear()
+    resumed = TrainOptions(**{**options.__dict__, "resume": True})
+    _Trainer(cfg, resumed, setup_runtime("cpu"), log=lines.append).run()
+    warning = (
+        f"warning: no {val}: the evaluation after training will be skipped (--no-eval trains without one)"
+    )
+    assert lines.index(warning) < lines.index(f"evaluation skipped: no {val}")

@@ -23,6 +23,10 @@ def coco_split(data_path: Path, split: str) -> tuple[Path, Path]:
     return data_path / split, data_path / "annotations" / f"instances_{split}.json"
 
 
+class EmptySplit(DataError):
+    """The split has no images: there is no AP to compute (a table of zeros would pass for one)."""
+
+
 def evaluate_split(
     model: nn.Module | Runner,
     cfg: Config,
@@ -50,6 +54,8 @@ def evaluate_split(
     dataset = CocoInstances(
         image_dir, ann, num_classes=cfg.model.head.num_classes, skip_bad_images=skip_bad_images
     )
+    if len(dataset) == 0:
+        raise EmptySplit(f"{ann}: no images to evaluate")
     if class_names is not None and list(class_names) != dataset.class_names:
         differ = [
             f"{i}: {a!r} vs {b!r}"

@@ -52,7 +52,14 @@ from .reporting import (
 )
 from .schedule import lr_factor, scaled_lr, schedule_warnings
 from .sigterm import SigtermStop, agree
-from .splits import coco_split, distinct_over_ranks, evaluate_split, sum_over_ranks, union_over_ranks
+from .splits import (
+    EmptySplit,
+    coco_split,
+    distinct_over_ranks,
+    evaluate_split,
+    sum_over_ranks,
+    union_over_ranks,
+)
 from .startup import check_outputs
 from .step import TrainStep
 from .training_setup import TrainOptions, open_metrics, seed_everything, train_dataset, train_loader
@@ -101,6 +108,7 @@ class _Trainer:
         self.epoch, self.iteration, self.batch_in_epoch = 0, 0, 0
         self.nonfinite, self.truncated = 0, 0
         self.last_losses: dict[str, float] = {}
+        self.images_per_second = 0.0  # at the end of the last epoch trained (kept in the checkpoints)
         self.replica = replicate(self.model, runtime)
         self.forward = compile_forward(
             self.replica, compile=opts.compile, mode=opts.compile_mode, distributed=runtime.distributed
@@ -176,6 +184,7 @@ class _Trainer:
             "world_size": self.rt.world_size,
             "nonfinite_steps": self.nonfinite,
             "bad_image_ids": bad_image_ids,
+            "figures": {"images_per_second": self.images_per_second, "losses": self.last_losses},
         }
 
     def _bad_image_ids(self) -> list[int]:
@@ -217,12 +226,28 @@ class _Trainer:
         self.batch_in_epoch = state["batch_in_epoch"]
         self.nonfinite = state.get("nonfinite_steps", 0)
         self.dataset.mark_bad(state.get("bad_image_ids", []))  # skipped_images counts the whole run
+        figures = state.get("figures") or {}
+        self.images_per_second = float(figures.get("images_per_second", 0.0))
+        self.last_losses = dict(figures.get("losses") or {})
         restore_rng(state["rng"])
         old_batch = _total_batch(state) or self.total_batch
         if old_batch != self.total_batch:
             self._rebatch(old_batch, state.get("world_size"))
         self._follow_schedule()
-        self.log(f"resume: {path.name} at epoch {self.epoch + 1}, iteration {self.iteration}")
+        epochs = self.cfg.train.epochs
+        if self.epoch < epochs:
+            self.log(f"resume: {path.name} at epoch {self.epoch + 1}, iteration {self.iteration}")
+            return
+        self.log(
+            f"resume: {path.name}: training is complete ({self.epoch} epochs, iteration {self.iteration}), "
+            "nothing to train"
+            + (
+                f" (train.epochs={epochs} is fewer: the checkpoint's training stands)"
+                if self.epoch > epochs
+                else ""
+            )
+            + ("; evaluating" if self.opts.evaluate else "")
+        )
 
     def _rebatch(self, old_batch: int, old_world_size: int | None) -> None:
         """The checkpoint was written with another total batch (another process count, or
@@ -388,6 +413,8 @@ class _Trainer:
             self.window.add(images=self.total_batch, data_wait=data_wait)
             self._after_step(out)
             tick = time.perf_counter()
+        if self.iteration > self.clock.start_iteration:  # else an earlier attempt's figure stands
+            self.images_per_second = round(self.clock.images_per_second(self.iteration, self.total_batch), 3)
         truncated = sum_over_ranks(self.loader.stats()["truncated_instances"], self.rt)
         self.metrics.add_truncated(truncated - self.truncated)
         self.truncated = truncated
@@ -408,14 +435,17 @@ class _Trainer:
         counts = self.dataset.annotation_counts()
         if any(counts.values()):
             self.log("data: " + ", ".join(f"{n} {key.replace('_', ' ')}" for key, n in counts.items()))
+        _, val = coco_split(self.opts.data_path, "val2017")
+        if self.opts.evaluate and not val.is_file():
+            self.log(f"warning: no {val}: the evaluation after training will be skipped (--no-eval trains without one)")
 
     def _results(self) -> dict[str, Any]:
         """What training did: iterations, throughput, skipped steps, the last checkpoint, the last
         logged losses by name, the data set's counts."""
         return {
-            "epochs": self.cfg.train.epochs,
+            "epochs": self.epoch,
             "iterations": self.iteration,
-            "images_per_second": round(self.clock.images_per_second(self.iteration, self.total_batch), 3),
+            "images_per_second": self.images_per_second,
             "nonfinite_steps": self.nonfinite,
             "checkpoint": str(self.ckpt_dir / f"epoch_{self.epoch}.pth"),
             **results_losses(self.last_losses),
@@ -428,18 +458,22 @@ class _Trainer:
         if not ann.is_file():
             self.log(f"evaluation skipped: no {ann}")
             return {}
-        return evaluate_split(
-            self.model,
-            self.cfg,
-            data_path=self.opts.data_path,
-            split="val2017",
-            runtime=self.rt,
-            autocast_dtype=self.dtype,
-            out_dir=self.opts.work_dir,
-            log=self.log,
-            skip_bad_images=self.opts.skip_bad_images,
-            class_names=self.dataset.class_names,
-        )
+        try:
+            return evaluate_split(
+                self.model,
+                self.cfg,
+                data_path=self.opts.data_path,
+                split="val2017",
+                runtime=self.rt,
+                autocast_dtype=self.dtype,
+                out_dir=self.opts.work_dir,
+                log=self.log,
+                skip_bad_images=self.opts.skip_bad_images,
+                class_names=self.dataset.class_names,
+            )
+        except EmptySplit as exc:  # every process finds it so, before any collective
+            self.log(f"evaluation skipped: {exc}")
+            return {}
 
 
 def _total_batch(state: dict[str, Any]) -> int | None:
