@@ -59,6 +59,10 @@ def test_config_flag_and_device_errors_write_the_termination_message(
         (["--metrics-port", "abc"], "argument --metrics-port: invalid int value: 'abc'"),
         (["--compile-mode", "fastest"], "argument --compile-mode: invalid choice: 'fastest'"),
         (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (
+            ["--epochs", "1"],
+            "unrecognized arguments: --epochs 1 (config fields go in --opts: --opts train.epochs=1)",
+        ),
     ],
 )
 def test_flags_argparse_refuses_write_the_termination_message_too(small_coco, tmp_path, capsys, extra, named):

@@ -60,6 +60,19 @@ def test_unreadable_or_foreign_checkpoints_are_clear_errors(tmp_path):
         latest_checkpoint(tmp_path)
 
 
+def test_a_work_dir_or_an_onnx_file_given_as_checkpoint_names_what_to_pass(tmp_path):
+    work = tmp_path / "work"
+    save_checkpoint(work / "checkpoints" / "epoch_1.pth", _state(1.0))
+    with pytest.raises(
+        WeightsError, match=r"a directory without last_checkpoint \(a work dir\? its checkpoints"
+    ):
+        read_config(work)
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"\x08\x09onnx")
+    with pytest.raises(WeightsError, match=r"\(an ONNX model: pass it with --onnx\)"):
+        read_config(onnx)
+
+
 def test_load_from_skips_layers_whose_shape_changed(tmp_path):
     source = SOLOv2(load_config("solov2_tiny_cpu"))
     torch.save(

@@ -140,6 +140,23 @@ def test_image_without_annotations_is_background(tmp_path):
     assert s.image.shape == (3, H, W) and s.original_size == (H, W)
 
 
+def test_filter_empty_gt_leaves_out_background_and_tiny_images_as_mmdetection_does(tmp_path):
+    """Kept: an image with an instance, one with only a crowd region (mmdetection's rule looks at any
+    annotation of a known category); left out: one without annotations, one under 32 pixels."""
+    images = [{"id": 1}, {"id": 2}, {"id": 3}, {"id": 4, "height": 31, "width": 64}]
+    anns = [
+        {"image_id": 1, "segmentation": [square(2, 2, 10)]},
+        {"image_id": 2, "segmentation": [square(2, 2, 10)], "iscrowd": 1},
+        {"image_id": 4, "segmentation": [square(2, 2, 10)]},
+    ]
+    paths = write_set(tmp_path, images, anns)
+    ds = CocoInstances(*paths, filter_empty_gt=True)
+    assert ds.image_ids == [1, 2] and len(ds) == 2 and ds.filtered_images == 2
+    assert [ds[i].image_id for i in range(2)] == [1, 2] and ds.instance_counts() == [1, 0]
+    everything = CocoInstances(*paths)
+    assert everything.image_ids == [1, 2, 3, 4] and everything.filtered_images == 0
+
+
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK"])
 def test_image_modes_become_rgb(tmp_path, mode):
     image_dir, ann_file = write_set(
@@ -218,11 +235,11 @@ def test_missing_corrupt_or_wrongly_sized_image_names_the_file(tmp_path):
     Image.new("RGB", (W + 1, H)).save(image_dir / "3.png")
     Image.new("RGB", (W, H), color=(200, 10, 10)).save(image_dir / "4.jpg")
     (image_dir / "4.jpg").write_bytes((image_dir / "4.jpg").read_bytes()[:200])  # truncated JPEG
-    ds = CocoInstances(image_dir, ann_file)
+    ds = CocoInstances(image_dir, ann_file, bad_image_hint=" (what to do)")
     for index, pattern in enumerate(
         ["1.png: image file not found", "2.png: cannot decode", "3.png: image is", "4.jpg"]
     ):
-        with pytest.raises(DataError, match=pattern):
+        with pytest.raises(DataError, match=pattern + r".* \(what to do\)$"):
             ds[index]
 
 

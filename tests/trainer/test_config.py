@@ -69,6 +69,7 @@ def test_r50_1x_matches_the_reference_recipe():
     )
     assert (t.warmup_iters, t.lr_steps, t.epochs) == (500, (8, 11), 12)
     assert d.img_scale == (1333, 800) and d.flip_prob == 0.5 and d.samples_per_device == 2
+    assert d.filter_empty_gt  # mmdetection's filter_cfg of its COCO recipes
     # The YAML writes every field out, so it equals the defaults of the dataclass tree.
     assert to_dict(cfg) == to_dict(load_config(None))
 
@@ -82,6 +83,20 @@ def test_3x_recipes_differ_from_1x_only_where_the_recipe_does():
     assert three.data.multiscale_short_sides == (640, 672, 704, 736, 768, 800)
     assert three.model == one.model
     assert r101.model.backbone.depth == 101 and r101.train == three.train
+    assert one.data.eval_scale == three.data.eval_scale == (1333, 800)
+
+
+def test_the_light_recipe_tests_at_mmdetections_scale():
+    """Trained at short sides 352..512, evaluated (and exported, and predicted) at 448 as mmdetection's
+    light recipe is; an image of 480x640 becomes 448x597, not 512x683."""
+    from solov2.data.transforms import EvalTransform, fit_size
+
+    light = load_config("solov2_light_r18_fpn_3x_coco")
+    assert light.data.img_scale == (768, 512) and light.data.eval_scale == (768, 448)
+    assert EvalTransform(light.data).img_scale == (768, 448)
+    assert fit_size(480, 640, light.data.eval_scale) == (448, 597)
+    with pytest.raises(ConfigError, match=r"data.test_img_scale: must be \[\] \(data.img_scale\)"):
+        load_config("solov2_light_r18_fpn_3x_coco", ["data.test_img_scale=[448]"])
 
 
 def test_opts_override_nested_fields_with_yaml_values():
@@ -134,14 +149,17 @@ def test_bad_values_name_the_field(opts, field):
 def test_unknown_yaml_key_and_missing_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  head:\n    num_clases: 3\n")
-    with pytest.raises(ConfigError, match=r"^model\.head\.num_clases: unknown key"):
+    with pytest.raises(ConfigError, match=r"^config: .*bad\.yaml: model\.head\.num_clases: unknown key"):
         load_config(bad)
+    with pytest.raises(ConfigError, match=r"^model\.head\.num_clases: unknown key"):  # an override's own
+        load_config("solov2_tiny_cpu", ["model.head.num_clases=3"])
     with pytest.raises(ConfigError, match=r"no file 'nope\.yaml'"):
         load_config("nope.yaml")
     broken = tmp_path / "broken.yaml"
     broken.write_text("model: [\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match=r"broken\.yaml is not valid YAML: .* \(line 2, column 1\)$") as exc:
         load_config(broken)
+    assert "\n" not in str(exc.value)  # one line, as every error of the command line
     assert issubclass(ConfigError, BaseConfigError)
 
 

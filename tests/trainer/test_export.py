@@ -181,3 +181,5 @@ def test_eval_and_predict_take_a_checkpoint_or_an_onnx_model_and_export_a_checkp
         main(["predict", "a.png", "--onnx", "a", "--config", "solov2_tiny_cpu", "--out", str(tmp_path)]) == 2
     )
     assert "--config: not used with --onnx" in capsys.readouterr().err
+    assert main(["predict", "a.png", "--onnx", "a", "--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert "--device cuda: not used with --onnx (onnxruntime runs it on the CPU)" in capsys.readouterr().err

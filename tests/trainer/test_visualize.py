@@ -153,3 +153,26 @@ def test_predict_images_shrinks_an_image_no_canvas_holds(tmp_path: Path):
     assert (record["width"], record["height"], record["overlay"]) == (100, 100, "square.png")
     (inst,) = record["instances"]
     assert inst["class"] == "1" and inst["segmentation"]["size"] == [100, 100]
+
+
+def test_an_unreadable_image_among_several_is_named_after_the_others_are_written(tmp_path: Path):
+    from solov2.engine.predict import check_image_paths
+    from solov2.errors import DataError
+
+    cfg = load_config("solov2_tiny_cpu")
+    good = tmp_path / "good.png"
+    _write_image(good, 64, 64, 0)
+    notes = tmp_path / "annotations.json"
+    notes.write_text("{}")
+    out = tmp_path / "out"
+    with pytest.raises(
+        DataError, match=r"1 of 2 images could not be read \(.*annotations\.json.*\); the pred"
+    ):
+        predict_images(BoxModel(), [notes, good], cfg=cfg, out_dir=out, class_names=["a", "b"])
+    (record,) = json.loads((out / "predictions.json").read_text())
+    assert record["file"] == str(good) and (out / "good.png").is_file()
+    # Paths that are no files at all are refused before a model is loaded.
+    with pytest.raises(DataError, match=r"IMAGE .*: a directory \(pass image files, e\.g\. .*/\*\.jpg\)"):
+        check_image_paths([good, tmp_path])
+    with pytest.raises(DataError, match=r"IMAGE .*gone\.jpg: no such file"):
+        check_image_paths([tmp_path / "gone.jpg"])

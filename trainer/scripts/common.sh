@@ -16,8 +16,8 @@ extra=()
 accepted="${accepted:-data_path work_dir config device nproc checkpoint epochs pretrained}"
 
 usage() {
-    sed -n '2,/^$/s/^# \{0,1\}//p' "$0" >&2
-    exit 2
+    sed -n '2,/^$/s/^# \{0,1\}//p' "$0"
+    exit 0
 }
 
 refuse() {
@@ -75,4 +75,15 @@ backbone_opts() {
         opts+=(--opts "model.backbone.weights=$pretrained")
     fi
 }
-SOLOV2="${SOLOV2:-solov2}"
+# The trainer: $SOLOV2, else `solov2` on the PATH, else this checkout's .venv (what `make setup` makes).
+if [ -z "${SOLOV2:-}" ]; then
+    SOLOV2=solov2
+    if ! command -v solov2 >/dev/null 2>&1; then
+        SOLOV2="$script_dir/../../.venv/bin/solov2"
+        if [ ! -x "$SOLOV2" ]; then
+            echo "$(basename "$0"): solov2 is not on the PATH: activate the environment it is installed in" \
+                "(e.g. source .venv/bin/activate after make setup) or set SOLOV2=/path/to/solov2" >&2
+            exit 2
+        fi
+    fi
+fi

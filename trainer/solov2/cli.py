@@ -57,6 +57,8 @@ def _train(args: argparse.Namespace) -> int:
 def _no_config_with_onnx(args: argparse.Namespace) -> None:
     if args.config is not None:
         raise ConfigError("--config: not used with --onnx (the file holds its config; --opts still apply)")
+    if args.device not in ("auto", "cpu"):
+        raise ConfigError(f"--device {args.device}: not used with --onnx (onnxruntime runs it on the CPU)")
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -80,8 +82,10 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from .engine.commands import run_predict
+    from .engine.predict import check_image_paths
     from .engine.startup import check_output_dir
 
+    check_image_paths(args.images)
     check_output_dir(f"--out {args.out}", args.out)
     if args.onnx is not None:
         from .engine.commands import run_predict_onnx

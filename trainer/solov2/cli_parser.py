@@ -67,8 +67,33 @@ class _Parser(argparse.ArgumentParser):
             owner = getattr(self, "subcommands", {}).get(command, self)
             if command in argv and extra[0] in argv[: argv.index(command)]:
                 owner = self
-            owner.error(f"unrecognized arguments: {' '.join(extra)}")
+            hint = _opts_hint(extra) if "--opts" in owner._option_string_actions else ""
+            owner.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
         return parsed
+
+
+def _opts_hint(extra: Sequence[str]) -> str:
+    """``" (config fields go in --opts: --opts train.epochs=1)"`` when an unknown flag is named like a
+    config field (``--epochs 1``, ``--base-lr=0.02``); else ``""``."""
+    from .config import load_config, to_dict
+
+    fields: dict[str, str] = {}
+
+    def walk(tree: dict[str, Any], prefix: str) -> None:
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                fields.setdefault(key, prefix + key)
+
+    walk(to_dict(load_config(None)), "")
+    for i, arg in enumerate(extra):
+        name, _, value = arg.removeprefix("--").partition("=")
+        if arg.startswith("--") and name.replace("-", "_") in fields:
+            if not value:
+                value = extra[i + 1] if i + 1 < len(extra) and not extra[i + 1].startswith("-") else "VALUE"
+            return f" (config fields go in --opts: --opts {fields[name.replace('-', '_')]}={value})"
+    return ""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -164,8 +164,14 @@ class DataConfig:
     """Images are resized to fit inside (long side, short side) keeping their aspect ratio."""
     multiscale_short_sides: tuple[int, ...] = ()
     """If set, training picks a random short side from this list (3x recipe: 640..800)."""
+    test_img_scale: tuple[int, ...] = ()
+    """(long side, short side) evaluation and predict resize to; empty: img_scale (the light recipe
+    trains at short sides 352..512 and tests at 448, as mmdetection's does)."""
     flip_prob: float = 0.5
     """Probability of a horizontal flip in training."""
+    filter_empty_gt: bool = True
+    """Training leaves out images without any annotation (a crowd region counts) and images under 32
+    pixels on a side, as mmdetection's COCO recipes do (its filter_empty_gt and min_size 32)."""
     mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     """RGB pixel mean subtracted before the backbone."""
     std: tuple[float, float, float] = (58.395, 57.12, 57.375)
@@ -183,6 +189,11 @@ class DataConfig:
     process, at most 8."""
     prefetch_factor: int = 4
     """Batches each data-loading worker prepares ahead."""
+
+    @property
+    def eval_scale(self) -> tuple[int, ...]:
+        """What evaluation and predict resize to: ``test_img_scale``, else ``img_scale``."""
+        return tuple(self.test_img_scale) or tuple(self.img_scale)
 
 
 @dataclass(frozen=True)
@@ -264,10 +275,17 @@ def load_config(name: str | Path | None = None, opts: Sequence[str] = ()) -> Con
         try:
             loaded = parse_yaml(path.read_text())
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config: {path} is not valid YAML: {exc}") from exc
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"config: {path} is not valid YAML: {problem}{where}") from exc
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config: {path} must hold a mapping at the top level")
         raw = loaded or {}
+        try:  # a key or type the file itself gets wrong is the file's, not an override's
+            _build(Config, yaml.safe_load(yaml.safe_dump(raw)), "")
+        except ConfigError as exc:
+            raise ConfigError(f"config: {path}: {exc}") from exc
     return config_from_dict(raw, opts)
 
 
@@ -443,6 +461,11 @@ def validate(cfg: Config) -> None:
         d.size_divisor % 32 == 0,
         "data.size_divisor",
         "must be a positive multiple of 32 (the FPN's coarsest stride)",
+    )
+    _require(
+        len(d.test_img_scale) in (0, 2),
+        "data.test_img_scale",
+        "must be [] (data.img_scale) or (long side, short side)",
     )
     _require(len(d.canvases) >= 1, "data.canvases", "needs at least one (height, width)")
     for i, (ch, cw) in enumerate(d.canvases):

@@ -83,6 +83,7 @@ RANGES: dict[str, Range] = {
     "model.inference.max_per_img": AT_LEAST_1,
     "data.img_scale": AT_LEAST_1,
     "data.multiscale_short_sides": AT_LEAST_1,
+    "data.test_img_scale": AT_LEAST_1,
     "data.flip_prob": UNIT,
     "data.mean": Range(0, 255),
     "data.std": Range(0, 255, lo_open=True),

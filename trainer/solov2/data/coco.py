@@ -3,7 +3,9 @@
 ``CocoInstances(image_dir, ann_file)`` reads a COCO annotation file (``instances_*.json``) once and
 decodes one image and its annotations per ``__getitem__``:
 
-- every image entry of the file is a sample, also the ones without annotations (pure background);
+- every image entry of the file is a sample, also the ones without annotations (pure background),
+  unless ``filter_empty_gt`` leaves out those and the ones under 32 pixels on a side, as
+  mmdetection's COCO recipes do for training (``filtered_images`` counts them);
 - ``iscrowd=1`` regions are not returned as instances (they stay in ``coco`` for evaluation), nor are
   annotations with a zero area, a box thinner than one pixel, no segmentation or an empty mask
   (``annotation_counts`` counts them, the polygon parts of fewer than 3 points, and the boxes clamped
@@ -219,6 +221,19 @@ def _segmentation(
     raise DataError(f"{ann_file}: annotation {ann.get('id')} has an unknown segmentation format")
 
 
+MIN_IMAGE_SIZE = 32
+"""With ``filter_empty_gt``, images with a shorter side are left out (mmdetection's ``min_size``)."""
+
+
+def _trainable(coco: COCO, image_id: int) -> bool:
+    """mmdetection's ``filter_empty_gt`` for its COCO recipes: the image has an annotation (a crowd
+    region counts) and both sides of at least :data:`MIN_IMAGE_SIZE` pixels."""
+    info = coco.imgs[image_id]
+    return (
+        bool(coco.imgToAnns.get(image_id)) and min(int(info["height"]), int(info["width"])) >= MIN_IMAGE_SIZE
+    )
+
+
 def _empty_masks(anns: list[dict[str, Any]], height: int, width: int, ann_file: Path) -> int:
     """How many of one ``height x width`` image's usable annotations have a mask without a pixel at that
     size (a sliver or a sub-pixel polygon), so that loading drops them. Every polygon part of the image
@@ -263,6 +278,8 @@ class CocoInstances(Dataset):
         *,
         num_classes: int | None = None,
         skip_bad_images: bool = False,
+        filter_empty_gt: bool = False,
+        bad_image_hint: str = "",
     ) -> None:
         self.image_dir = Path(image_dir)
         self.ann_file = Path(ann_file)
@@ -286,6 +303,11 @@ class CocoInstances(Dataset):
             info = coco.imgs[image_id]
             if not all(k in info for k in ("file_name", "height", "width")):
                 raise DataError(f"{self.ann_file}: image {image_id} lacks file_name, height or width")
+        self.filtered_images = 0
+        if filter_empty_gt:
+            kept = [i for i in self.image_ids if _trainable(coco, i)]
+            self.filtered_images = len(self.image_ids) - len(kept)
+            self.image_ids = kept
         for ann in coco.anns.values():
             if ann.get("category_id") not in self.category_to_label:
                 raise DataError(
@@ -295,6 +317,7 @@ class CocoInstances(Dataset):
             _check_bbox(ann, self.ann_file)
         self._annotation_counts = self._count_degenerate(coco, self.ann_file)
         self.skip_bad_images = skip_bad_images
+        self.bad_image_hint = bad_image_hint  # appended to a bad image's error (what the command offers)
         # One flag per image in shared memory: data-loading workers mark the bad images they meet.
         self._bad = torch.zeros(len(self.image_ids), dtype=torch.uint8).share_memory_()
         records = [
@@ -415,7 +438,7 @@ class CocoInstances(Dataset):
                 )
         except DataError as exc:
             if not self.skip_bad_images:
-                raise
+                raise DataError(f"{exc}{self.bad_image_hint}") from exc
             if self._bad[index] != _BAD_NOW:
                 self._bad[index] = _BAD_NOW
                 _log.warning("skipping bad image: %s", exc)

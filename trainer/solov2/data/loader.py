@@ -428,7 +428,7 @@ def build_eval_loader(
     sampler = EvalBatchSampler(
         dataset.image_sizes(),
         cfg.data.canvases,
-        img_scale=cfg.data.img_scale,
+        img_scale=cfg.data.eval_scale,
         batch_size=cfg.data.samples_per_device,
         rank=rank,
         world_size=world_size,

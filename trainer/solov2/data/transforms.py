@@ -199,10 +199,11 @@ class TrainTransform:
 
 
 class EvalTransform:
-    """Evaluation: rescale to fit ``img_scale`` (shrunk further if needed to fit the canvas), pad."""
+    """Evaluation: rescale to fit ``eval_scale`` (``test_img_scale``, else ``img_scale``; shrunk further if
+    needed to fit the canvas), pad."""
 
     def __init__(self, cfg: DataConfig) -> None:
-        self.img_scale = tuple(cfg.img_scale)
+        self.img_scale = cfg.eval_scale
 
     def __call__(self, sample: Sample, *, canvas: tuple[int, int]) -> Sample:
         size = fit_into(fit_size(*sample.original_size, self.img_scale), canvas)

@@ -164,14 +164,17 @@ def _read(path: Path, flag: str) -> Any:
     if path.is_dir():  # a checkpoint directory: its newest checkpoint
         newest = latest_checkpoint(path)
         if newest is None:
-            raise WeightsError(f"{flag} {path}: a directory without {LAST}")
+            inside = path / "checkpoints"
+            hint = f" (a work dir? its checkpoints are in {inside})" if (inside / LAST).is_file() else ""
+            raise WeightsError(f"{flag} {path}: a directory without {LAST}{hint}")
         path = newest
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except FileNotFoundError as exc:
         raise WeightsError(f"{flag} {path}: no such file") from exc
     except Exception as exc:
-        raise WeightsError(f"{flag} {path}: cannot read it ({type(exc).__name__}: {exc})") from exc
+        hint = " (an ONNX model: pass it with --onnx)" if path.suffix == ".onnx" else ""
+        raise WeightsError(f"{flag} {path}: cannot read it ({type(exc).__name__}: {exc}){hint}") from exc
 
 
 def read_config(path: Path) -> dict[str, Any]:

@@ -79,7 +79,7 @@ def load_image(path: Path) -> Tensor:
 def prepare_image(image: Tensor, data: DataConfig) -> tuple[Tensor, ImageMeta]:
     """Resize and pad one ``[3, H, W]`` uint8 image as the evaluation loader does.
 
-    The image is scaled to fit ``data.img_scale`` (``fit_size``), put on the canvas of ``data.canvases``
+    The image is scaled to fit ``data.eval_scale`` (``fit_size``), put on the canvas of ``data.canvases``
     that ``choose_canvas`` picks (the smallest holding it; if none does, it is shrunk to fit the one needing
     the least shrinking) and zero-padded at the bottom-right, by the loader's own ``EvalTransform``.
 
@@ -88,7 +88,7 @@ def prepare_image(image: Tensor, data: DataConfig) -> tuple[Tensor, ImageMeta]:
     """
     original = (int(image.shape[-2]), int(image.shape[-1]))
     canvases = [(int(h), int(w)) for h, w in data.canvases]
-    canvas = canvases[choose_canvas(*fit_size(*original, data.img_scale), canvases)]
+    canvas = canvases[choose_canvas(*fit_size(*original, data.eval_scale), canvases)]
     sample = Sample(
         image=image,
         masks=torch.zeros(0, *original, dtype=torch.uint8),

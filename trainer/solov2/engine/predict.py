@@ -22,10 +22,24 @@ import torch
 from torch import nn
 
 from ..config import Config
+from ..errors import DataError
 from ..visualize import draw_overlay
 from .inference import Runner, TorchRunner, detect_image, instance_records, load_image
 
-__all__ = ["predict_images"]
+__all__ = ["check_image_paths", "predict_images"]
+
+
+def check_image_paths(paths: Sequence[str | Path]) -> None:
+    """Refuse a missing path or a directory before anything is loaded.
+
+    Raises:
+        DataError: naming the first such path (and, for a directory, how to pass its images).
+    """
+    for path in map(Path, paths):
+        if path.is_dir():
+            raise DataError(f"IMAGE {path}: a directory (pass image files, e.g. {path}/*.jpg)")
+        if not path.is_file():
+            raise DataError(f"IMAGE {path}: no such file")
 
 
 def _overlay_name(file: str, used: set[str], out_dir: Path) -> str:
@@ -52,14 +66,14 @@ def predict_images(
     """Segment image files and write overlays and ``predictions.json`` to ``out_dir``.
 
     Each image goes through :func:`~solov2.engine.inference.detect_image` with ``cfg.data`` (resized to fit
-    ``img_scale``, on the canvas evaluation would pick, zero-padded bottom-right, run alone) and ``model``:
+    ``eval_scale``, on the canvas evaluation would pick, zero-padded bottom-right, run alone) and ``model``:
     a PyTorch model (run on ``device`` in eval mode, its train/eval state restored) or a runner such as
     ``solov2.engine.inference.TorchRunner`` (with autocast) or ``solov2.export.OnnxRunner``. Detections
     scoring at least ``score_thr`` are pasted back to the original size and thresholded at
     ``cfg.model.inference.mask_thr``.
 
     Raises:
-        DataError: a file cannot be read as an image.
+        DataError: a file cannot be read as an image (named; the others are predicted and written first).
 
     Returns:
         The records written to ``predictions.json`` (see the module docstring).
@@ -69,8 +83,13 @@ def predict_images(
     out_dir.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     records: list[dict[str, Any]] = []
+    unreadable: list[str] = []
     for path in paths:
-        image = load_image(Path(path))
+        try:
+            image = load_image(Path(path))
+        except DataError as exc:
+            unreadable.append(str(exc))
+            continue
         found = detect_image(
             runner, image, cfg.data, mask_thr=cfg.model.inference.mask_thr, score_thr=score_thr
         )
@@ -97,4 +116,10 @@ def predict_images(
             }
         )
     (out_dir / "predictions.json").write_text(json.dumps(records, indent=1) + "\n")
+    if unreadable:
+        raise DataError(
+            f"{len(unreadable)} of {len(paths)} images could not be read ({'; '.join(unreadable[:3])}"
+            + ("; ..." if len(unreadable) > 3 else "")
+            + f"); the predictions of the others are in {out_dir / 'predictions.json'}"
+        )
     return records

@@ -208,9 +208,12 @@ class _Trainer:
                 self._resume_from(path)
                 return
         if self.opts.load_from is not None:
-            skipped = load_weights(self.model, self.opts.load_from, to_dict(self.cfg))
+            source = self.opts.load_from
+            skipped = load_weights(self.model, source, to_dict(self.cfg))
+            if source.is_dir():  # a checkpoints directory: say which of its files
+                source = latest_checkpoint(source) or source
             self.log(
-                f"load-from: weights of {self.opts.load_from}"
+                f"load-from: weights of {source}"
                 + (f" (shape changed, left initialised: {', '.join(skipped)})" if skipped else "")
             )
 
@@ -432,12 +435,19 @@ class _Trainer:
             f"amp {self.dtype or 'fp32'}"
             + (f", compiled ({self.opts.compile_mode})" if self.opts.compile else "")
         )
+        if self.dataset.filtered_images:
+            self.log(
+                f"data: {self.dataset.filtered_images} images without annotations or under 32 pixels on a side "
+                "left out (data.filter_empty_gt)"
+            )
         counts = self.dataset.annotation_counts()
         if any(counts.values()):
             self.log("data: " + ", ".join(f"{n} {key.replace('_', ' ')}" for key, n in counts.items()))
         _, val = coco_split(self.opts.data_path, "val2017")
         if self.opts.evaluate and not val.is_file():
-            self.log(f"warning: no {val}: the evaluation after training will be skipped (--no-eval trains without one)")
+            self.log(
+                f"warning: no {val}: the evaluation after training will be skipped (--no-eval trains without one)"
+            )
 
     def _results(self) -> dict[str, Any]:
         """What training did: iterations, throughput, skipped steps, the last checkpoint, the last

@@ -54,7 +54,12 @@ def train_dataset(cfg: Config, data_path: Path, *, skip_bad_images: bool) -> Coc
     """The ``train2017`` split of ``data_path``, checked against the model's class count."""
     image_dir, ann = coco_split(data_path, "train2017")
     return CocoInstances(
-        image_dir, ann, num_classes=cfg.model.head.num_classes, skip_bad_images=skip_bad_images
+        image_dir,
+        ann,
+        num_classes=cfg.model.head.num_classes,
+        skip_bad_images=skip_bad_images,
+        filter_empty_gt=cfg.data.filter_empty_gt,
+        bad_image_hint=" (--skip-bad-images replaces and counts such images; --resume continues the run)",
     )
 
 

@@ -63,7 +63,7 @@ def metadata(
         "solov2.canvas": json.dumps(list(canvas)),
         "solov2.batch": str(batch),
         "solov2.mask_stride": str(MASK_STRIDE),
-        "solov2.img_scale": json.dumps(list(cfg.data.img_scale)),
+        "solov2.img_scale": json.dumps(list(cfg.data.eval_scale)),
         "solov2.score_thr": str(infer.score_thr),
         "solov2.mask_thr": str(infer.mask_thr),
         "solov2.update_thr": str(infer.update_thr),
