@@ -85,12 +85,13 @@ def _predict(args: argparse.Namespace) -> int:
     from .engine.predict import check_image_paths
     from .engine.startup import check_output_dir
 
+    if args.onnx is not None:
+        _no_config_with_onnx(args)
     check_image_paths(args.images)
     check_output_dir(f"--out {args.out}", args.out)
     if args.onnx is not None:
         from .engine.commands import run_predict_onnx
 
-        _no_config_with_onnx(args)
         run_predict_onnx(
             args.onnx, opts=args.opts, images=args.images, out=args.out, score_thr=args.score_thr
         )
