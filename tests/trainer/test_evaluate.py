@@ -191,6 +191,17 @@ def test_evaluate_perfect_detections_score_one_and_write_files(tmp_path: Path):
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == metrics
 
 
+def test_an_image_skipped_as_unreadable_counts_its_ground_truth_as_missed():
+    """With --skip-bad-images an unreadable image yields no detections; leaving it out of the scored
+    images would drop its ground truth and raise the AP above what the model earned."""
+    coco = make_coco()  # image 99 with one instance, never run: it could not be read
+    perfect = run(FakeModel([make_detections(ids) for ids in BATCHES]), coco)
+    assert perfect["segm_AP"] == pytest.approx(1.0) and perfect["images"] == 3
+    skipped = run(FakeModel([make_detections(ids) for ids in BATCHES]), coco, inferred=lambda: [99])
+    assert skipped["images"] == 4 and skipped["detections"] == 5
+    assert skipped["segm_AP"] < 0.95 and skipped["bbox_AP"] < 0.95
+
+
 def test_evaluate_without_detections_gives_zero_ap():
     empty = [make_detections(ids) for ids in BATCHES]
     for det in empty:

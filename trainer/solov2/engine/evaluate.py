@@ -160,7 +160,7 @@ def evaluate(
     autocast_dtype: torch.dtype | None = None,
     log: Callable[[str], None] = print,
     log_interval: int = 50,
-    inferred: Callable[[], None] | None = None,
+    inferred: Callable[[], Iterable[int]] | None = None,
 ) -> dict[str, float]:
     """Run ``model`` over ``loader`` and score the detections against ``coco_gt`` (segm and bbox).
 
@@ -186,7 +186,9 @@ def evaluate(
         log_interval: a progress line every this many batches.
         inferred: called on every rank once its inference is done, before the results are gathered
             and rank 0 scores them: the place for a collective of its own, while the ranks are still
-            together (the other ranks do not wait in it for the scoring, which can be long).
+            together (the other ranks do not wait in it for the scoring, which can be long). It returns
+            the ids of images to score without detections (images skipped as unreadable: their ground
+            truth counts as missed, as it would in a run that read them and found nothing).
 
     Returns:
         On rank 0: ``{"segm_AP", "segm_AP50", "segm_AP75", "segm_APs", "segm_APm", "segm_APl",
@@ -212,8 +214,7 @@ def evaluate(
                 f"{len(per_image) / max(elapsed, 1e-9):.1f} img/s"
             )
 
-    if inferred is not None:
-        inferred()
+    unseen = set(inferred()) if inferred is not None else set()
     gathered = _gather(per_image, rank, world_size)
     if gathered is None:
         return {}
@@ -221,8 +222,8 @@ def evaluate(
     for part in gathered:
         for image_id, dets in part.items():
             merged.setdefault(image_id, dets)
-    image_ids = sorted(merged)
-    results = [r for image_id in image_ids for r in merged[image_id]]
+    results = [r for image_id in sorted(merged) for r in merged[image_id]]
+    image_ids = sorted(set(merged) | unseen)
 
     metrics: dict[str, float] = {}
     for iou_type in IOU_TYPES:

@@ -70,6 +70,12 @@ def evaluate_split(
         dataset, cfg, rank=runtime.rank, world_size=runtime.world_size, **pin_options(runtime.kind)
     )
     skipped: list[int] = []  # counted over the ranks before rank 0 scores, while all are in step
+
+    def unreadable() -> list[int]:
+        flags = union_over_ranks(dataset.bad_images(), runtime)
+        skipped.append(int(flags.sum()))
+        return [int(dataset.image_ids[i]) for i in flags.nonzero().flatten().tolist()]
+
     metrics = evaluate(
         model,
         loader,
@@ -82,7 +88,7 @@ def evaluate_split(
         world_size=runtime.world_size,
         autocast_dtype=autocast_dtype,
         log=log,
-        inferred=lambda: skipped.append(distinct_over_ranks(dataset.bad_images(), runtime)),
+        inferred=unreadable,
     )
     if runtime.is_main and metrics:
         log(format_ap_table(metrics))
