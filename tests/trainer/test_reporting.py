@@ -7,7 +7,13 @@ import torch
 
 from solov2.engine.checkpoint import periodic_checkpoint_due
 from solov2.engine.counters import WindowCounts
-from solov2.engine.reporting import ThroughputWindow, loss_values, nonfinite_verdict, results_losses
+from solov2.engine.reporting import (
+    LossWindow,
+    ThroughputWindow,
+    loss_values,
+    nonfinite_verdict,
+    results_losses,
+)
 
 
 def test_every_loss_term_is_reported_by_name():
@@ -26,6 +32,25 @@ def test_every_loss_term_is_reported_by_name():
         "loss_mask": 1.5,
         "loss_boundary": 0.125,
     }
+
+
+def test_logged_losses_are_the_mean_of_the_finite_steps_since_the_last_line():
+    """One batch's loss jumps by 10x on this data: the progress line shows the interval's mean, as
+    mmdetection's logs do, and a skipped non-finite step does not poison it."""
+    window = LossWindow()
+
+    def step(total: float, cls: float, applied: bool = True) -> None:
+        out = {"loss": torch.tensor(total), "loss_cls": torch.tensor(cls), "num_positives": torch.tensor(3)}
+        window.add(out, torch.tensor(applied))
+
+    step(1.0, 0.25)
+    step(3.0, 0.75)
+    step(float("nan"), float("nan"), applied=False)
+    assert window.read() == {"total": 2.0, "cls": 0.5}
+    step(5.0, 1.0)
+    assert window.read() == {"total": 5.0, "cls": 1.0}  # a new window
+    step(float("inf"), 1.0, applied=False)
+    assert window.read() == {}  # nothing applied: the caller shows the last step's values
 
 
 def test_throughput_window_averages_over_its_steps():

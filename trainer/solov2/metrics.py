@@ -8,7 +8,8 @@ name                                              type     meaning
 ================================================  =======  ==================================================
 ``solov2_train_images_per_second``                gauge    training throughput of all ranks together
                                                            (world size x batch / step time, smoothed)
-``solov2_train_loss{component}``                  gauge    last logged loss; ``component`` is ``total``,
+``solov2_train_loss{component}``                  gauge    logged loss, the mean of the applied steps since
+                                                           the previous line; ``component`` is ``total``,
                                                            ``cls`` or ``mask``
 ``solov2_train_learning_rate``                    gauge    learning rate of the last step
 ``solov2_train_epoch``                            gauge    current epoch, 1-based

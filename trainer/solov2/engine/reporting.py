@@ -7,12 +7,14 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 
 from ..errors import UserError
 from .counters import WindowCounts
 
 __all__ = [
+    "LossWindow",
     "RunClock",
     "ThroughputWindow",
     "TrainingDiverged",
@@ -32,6 +34,42 @@ def loss_values(out: Mapping[str, Tensor]) -> dict[str, float]:
         if key.startswith("loss_"):
             values[key.removeprefix("loss_")] = float(value.detach())
     return values
+
+
+class LossWindow:
+    """The losses of the steps since the last report, summed on the device (no host synchronisation in
+    a step) and averaged when read, as mmdetection's logs average over their interval; skipped
+    (non-finite) steps are left out of the mean."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.sums: Tensor | None = None  # one per name, then the count of finite steps
+
+    def add(self, out: Mapping[str, Tensor], finite: Tensor) -> None:
+        """One step's ``loss`` and ``loss_*`` outputs; ``finite`` (a bool scalar on the device) says
+        whether the step was applied."""
+        names = ["loss", *(k for k in out if k.startswith("loss_"))]
+        values = torch.stack(
+            [*(out[k].detach().float() for k in names), torch.ones_like(out["loss"], dtype=torch.float32)]
+        )
+        if self.sums is None or names != self.names:
+            self.names, self.sums = names, torch.zeros_like(values)
+        self.sums += torch.where(finite, values, torch.zeros_like(values))
+
+    def read(self) -> dict[str, float]:
+        """Mean losses by component (``total``, ``cls``, ...; as :func:`loss_values`) over the finite
+        steps since the last read (a host synchronisation: logging iterations only); ``{}`` when there
+        were none."""
+        if self.sums is None:
+            return {}
+        *sums, steps = self.sums.tolist()
+        self.sums.zero_()
+        if not steps:
+            return {}
+        return {
+            ("total" if n == "loss" else n.removeprefix("loss_")): v / steps
+            for n, v in zip(self.names, sums, strict=True)
+        }
 
 
 def results_losses(losses: Mapping[str, float]) -> dict[str, float]:

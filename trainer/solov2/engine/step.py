@@ -23,7 +23,8 @@ __all__ = ["TrainStep"]
 
 
 class TrainStep:
-    """``step(images, gt, iteration)`` -> the forward's outputs plus ``loss`` (all on the device).
+    """``step(images, gt, iteration)`` -> the forward's outputs plus ``loss`` and ``applied`` (whether
+    the update was applied: a bool scalar), all on the device.
 
     Args:
         forward: the (DDP-wrapped, possibly compiled) model in training mode.
@@ -87,6 +88,7 @@ class TrainStep:
         finite = self.update(_on_any_rank(bad) if self.distributed else bad)
         self.counters.add(finite=finite, dropped=out["dropped_positives"], iteration=iteration)
         out["loss"] = loss
+        out["applied"] = finite
         return out
 
     def _update(self, bad: Tensor) -> Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +43,7 @@ from .failures import Terminated, report_failure
 from .optim import build_optimizer, describe_optimizer, init_state
 from .parallel import compile_forward, replicate, share_running_statistics, stop_group, sync_batch_norm
 from .reporting import (
+    LossWindow,
     RunClock,
     ThroughputWindow,
     TrainingDiverged,
@@ -63,6 +65,7 @@ from .splits import (
 from .startup import check_outputs
 from .step import TrainStep
 from .training_setup import TrainOptions, open_metrics, seed_everything, train_dataset, train_loader
+from .work_dir_lock import hold_work_dir
 
 __all__ = ["TrainOptions", "TrainingDiverged", "train"]
 
@@ -108,6 +111,7 @@ class _Trainer:
         self.epoch, self.iteration, self.batch_in_epoch = 0, 0, 0
         self.nonfinite, self.truncated = 0, 0
         self.last_losses: dict[str, float] = {}
+        self.losses = LossWindow()
         self.images_per_second = 0.0  # at the end of the last epoch trained (kept in the checkpoints)
         self.replica = replicate(self.model, runtime)
         self.forward = compile_forward(
@@ -330,6 +334,7 @@ class _Trainer:
         images = batch.images.to(self.rt.device, non_blocking=True)
         gt = batch.gt.to(self.rt.device, non_blocking=True)
         out = self.train_step(images, gt, self.iteration + 1)
+        self.losses.add(out, out["applied"])
         self.scheduler.step()
         return out
 
@@ -368,7 +373,7 @@ class _Trainer:
     def _report(self, out: dict[str, torch.Tensor]) -> None:
         """Feed the progress line and the metrics: losses by name, learning rate, throughput, time left."""
         now = time.perf_counter()
-        self.last_losses = loss_values(out)
+        self.last_losses = self.losses.read() or loss_values(out)  # all skipped: show the last (non-finite)
         values = dict(
             losses=self.last_losses,
             # the rate the last step trained with (the scheduler has moved on to the next one's)
@@ -515,8 +520,11 @@ def train(cfg: Config, opts: TrainOptions, log: Callable[[str], None] = print) -
         on_timeout=lambda text: report_failure(opts.termination_log, Terminated(text)),
     )
     sigterm.install()
+    lock = None
     try:
         check_outputs(opts)
+        if os.environ.get("RANK", "0") == "0":  # one process per run takes the work dir
+            lock = hold_work_dir(opts.work_dir, log=log)
         runtime = setup_runtime(opts.device)
         trainer = _Trainer(cfg, opts, runtime, log, sigterm)
         results = trainer.run()
@@ -536,4 +544,6 @@ def train(cfg: Config, opts: TrainOptions, log: Callable[[str], None] = print) -
             trainer.metrics.close()
         if runtime is not None:
             shutdown(runtime)
+        if lock is not None:
+            lock.close()
         sigterm.uninstall()

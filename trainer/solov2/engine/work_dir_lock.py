@@ -1,0 +1,114 @@
+"""One training per work directory: a second ``solov2 train`` into a work dir that a running one uses is
+refused, where both would write the same checkpoints and ``last_checkpoint``.
+
+Rank 0 takes an exclusive ``flock`` on ``WORK_DIR/.solov2-train.lock`` until the training ends (the
+kernel, or the network file system's server, drops it when the process ends, however it ends) and
+writes who holds it. A lock held by a live process of this machine refuses the new run at once. A lock
+held elsewhere may be a lost node's, which a network file system keeps until its lease ends (about 90 s
+on NFSv4): the new run waits for it, up to :data:`WAIT_SECONDS`, saying so. A file system without
+``flock`` gets no lock, with a warning.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from ..errors import ConfigError
+
+__all__ = ["LOCK_NAME", "WAIT_SECONDS", "hold_work_dir"]
+
+LOCK_NAME = ".solov2-train.lock"
+WAIT_SECONDS = 120
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _start_ticks(pid: int) -> str:
+    """When process ``pid`` started (field 22 of ``/proc/PID/stat``), "" where unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _me() -> dict[str, Any]:
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "boot_id": _boot_id(), "pid": pid, "start": _start_ticks(pid),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+
+
+def _alive_here(holder: dict[str, Any]) -> bool:
+    """Whether ``holder`` is a live process of this machine (not a pid reused in another container)."""
+    me = _me()
+    if (holder.get("host"), holder.get("boot_id")) != (me["host"], me["boot_id"]):
+        return False
+    pid = holder.get("pid")
+    return isinstance(pid, int) and bool(holder.get("start")) and _start_ticks(pid) == holder["start"]
+
+
+def _describe(holder: dict[str, Any]) -> str:
+    if not holder:
+        return "a process that wrote no details"
+    return f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}"
+
+
+def hold_work_dir(
+    work_dir: Path, *, wait_s: float = WAIT_SECONDS, log: Callable[[str], None] = print
+) -> IO[str] | None:
+    """Take ``work_dir``'s training lock; closing the returned file releases it. None where the file
+    system has no ``flock`` (a warning is logged).
+
+    Raises:
+        ConfigError: another training holds it (a live process here, or elsewhere past ``wait_s``).
+    """
+    path = work_dir / LOCK_NAME
+    file = path.open("a+")
+    deadline = time.monotonic() + wait_s
+    waiting = False
+    while True:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                file.close()
+                log(
+                    f"warning: --work-dir {work_dir}: no lock against a second training here ({exc.strerror})"
+                )
+                return None
+        file.seek(0)
+        try:
+            holder = json.loads(file.read() or "{}")
+        except json.JSONDecodeError:
+            holder = {}
+        if _alive_here(holder) or time.monotonic() >= deadline:
+            file.close()
+            raise ConfigError(
+                f"--work-dir {work_dir}: in use by another training ({_describe(holder)}); wait for it to "
+                "end, or choose another --work-dir"
+            )
+        if not waiting:
+            log(
+                f"--work-dir {work_dir}: locked by {_describe(holder)}, not a process of this machine; "
+                f"waiting up to {wait_s:g} s (a lost node's lock ends with its file system lease)"
+            )
+            waiting = True
+        time.sleep(1.0)
+    file.seek(0)
+    file.truncate()
+    file.write(json.dumps(_me()) + "\n")
+    file.flush()
+    return file
