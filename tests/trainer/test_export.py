@@ -181,5 +181,17 @@ def test_eval_and_predict_take_a_checkpoint_or_an_onnx_model_and_export_a_checkp
         main(["predict", "a.png", "--onnx", "a", "--config", "solov2_tiny_cpu", "--out", str(tmp_path)]) == 2
     )
     assert "--config: not used with --onnx" in capsys.readouterr().err
+    # Images after --opts are images (an override has an '='): here a.png is looked for, and missing.
+    argv = [
+        "predict",
+        "--onnx",
+        "a",
+        "--out",
+        str(tmp_path),
+        "--opts",
+        "model.inference.mask_thr=0.4",
+        "a.png",
+    ]
+    assert main(argv) == 2 and "IMAGE a.png: no such file" in capsys.readouterr().err
     assert main(["predict", "a.png", "--onnx", "a", "--device", "cuda", "--out", str(tmp_path)]) == 2
     assert "--device cuda: not used with --onnx (onnxruntime runs it on the CPU)" in capsys.readouterr().err

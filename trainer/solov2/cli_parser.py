@@ -60,7 +60,7 @@ class _Parser(argparse.ArgumentParser):
         """As argparse's, but a flag the sub-command does not know is reported with that sub-command's
         usage (argparse reports it with the top-level one); one given before the sub-command is the
         top level's."""
-        argv = list(sys.argv[1:] if args is None else args)
+        argv = _images_out_of_opts(list(sys.argv[1:] if args is None else args))
         parsed, extra = self.parse_known_args(argv, namespace)
         if extra:
             command = getattr(parsed, "command", None)
@@ -70,6 +70,25 @@ class _Parser(argparse.ArgumentParser):
             hint = _opts_hint(extra) if "--opts" in owner._option_string_actions else ""
             owner.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
         return parsed
+
+
+def _images_out_of_opts(argv: list[str]) -> list[str]:
+    """``predict ... --opts a=1 img.jpg`` -> ``predict ... img.jpg --opts a=1``: an override always has
+    an ``=``, so what follows ``--opts`` without one is predict's images, which argparse would give to
+    ``--opts`` (and then miss)."""
+    if argv[:1] != ["predict"] or "--opts" not in argv:
+        return argv
+    images: list[str] = []
+    kept: list[str] = []
+    in_opts = False
+    for arg in argv:
+        if arg.startswith("-"):
+            in_opts = arg == "--opts"
+        elif in_opts and "=" not in arg:
+            images.append(arg)
+            continue
+        kept.append(arg)
+    return [kept[0], *images, *kept[1:]]
 
 
 def _opts_hint(extra: Sequence[str]) -> str:
