@@ -139,11 +139,14 @@ class Kube:
             )  # fmt: skip
         else:
             group, version, plural = PODGROUP_API
-            await asyncio.to_thread(
-                self.custom.patch_namespaced_custom_object,
-                group, version, meta["namespace"], plural, meta["name"], patch,
-                _content_type=_MERGE_PATCH, _preload_content=False,
-            )  # fmt: skip
+            # A merge patch merges maps: minResources is cleared first, so that a resource the spec no
+            # longer requests (another device, a dropped memory request) does not stay in it.
+            for step in ({"spec": {"minResources": None}}, patch):
+                await asyncio.to_thread(
+                    self.custom.patch_namespaced_custom_object,
+                    group, version, meta["namespace"], plural, meta["name"], step,
+                    _content_type=_MERGE_PATCH, _preload_content=False,
+                )  # fmt: skip
 
     async def delete_pod(self, namespace: str, name: str) -> None:
         try:

@@ -371,7 +371,9 @@ def build_podgroup(name: str, namespace: str, spec: TrainingSpec) -> dict[str, A
         return None
     group, version, _ = PODGROUP_API
     podgroup_spec: dict[str, Any] = {"minMember": spec.min_available}
-    requests = _resources(spec).requests
+    resources = _resources(spec)
+    # A limit without a request is also the request (the API server's defaulting).
+    requests = {**(resources.limits or {}), **(resources.requests or {})}
     if requests:
         podgroup_spec["minResources"] = {r: _times(q, spec.min_available) for r, q in requests.items()}
     if spec.gang.get("queue"):

@@ -85,7 +85,9 @@ def test_used_work_dir_retention_counts_and_a_foreign_checkpoint(small_coco, tmp
     again = json.loads((work / "results.json").read_text())
     assert again["skipped_images"] == 1 and again["images_per_second"] == trained["images_per_second"] > 0
     assert again["loss"] == trained["loss"] and (again["epochs"], again["iterations"]) == (2, 8)
+    (work / "results.json").unlink()
     fewer = _run(_train(data, work, "", "--resume", "--no-eval", opts=("train.epochs=1",)))
+    assert fewer.returncode == 0, fewer.stderr
     assert "(train.epochs=1 is fewer: the checkpoint's training stands)" in fewer.stdout, fewer.stderr
     assert json.loads((work / "results.json").read_text())["epochs"] == 2
 

@@ -168,3 +168,22 @@ def test_a_missing_val_split_is_said_at_the_start_and_an_empty_one_is_not_scored
         f"warning: no {val}: the evaluation after training will be skipped (--no-eval trains without one)"
     )
     assert lines.index(warning) < lines.index(f"evaluation skipped: no {val}")
+
+
+def test_a_resume_on_another_number_of_images_says_so(small_coco, tmp_path):
+    """The synthetic set has background images: filtering them changes the images per epoch."""
+    work = tmp_path / "w"
+    _train(small_coco, work, opts=["train.epochs=1"])
+    lines: list[str] = []
+    cfg = load_config("solov2_tiny_cpu", ["train.epochs=1", "data.filter_empty_gt=true"])
+    options = TrainOptions(data_path=small_coco, work_dir=work, device="cpu", evaluate=False, termination_log=None,
+                           resume=True)  # fmt: skip
+    trainer = _Trainer(cfg, options, setup_runtime("cpu"), log=lines.append)
+    trainer.restore()
+    kept = len(trainer.dataset)
+    assert kept < 8
+    assert (
+        f"warning: resume: the checkpoint's run trained on 8 images per epoch, this one has {kept} (another "
+        "data set, or data.filter_empty_gt): the epoch in progress goes on at the checkpoint's iteration, in "
+        "the new data's batches"
+    ) in lines

@@ -118,6 +118,9 @@ def test_podgroup_asks_for_what_its_minimum_of_workers_requests():
     }
     cpu_only = read_spec("tiny", {"image": "i", "device": "cpu", "gangScheduling": {}})
     assert "minResources" not in build_podgroup("tiny", "ml", cpu_only)["spec"]
+    limited = read_spec("tiny", {"image": "i", "device": "cpu", "nodes": 2, "gangScheduling": {},
+                                 "resources": {"cpu": "2", "limits": {"cpu": "4", "memory": "8Gi"}}})  # fmt: skip
+    assert build_podgroup("tiny", "ml", limited)["spec"]["minResources"] == {"cpu": "4", "memory": "16Gi"}
 
 
 def test_volumes_and_shared_memory():

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from solov2.cli import main
+from solov2.cli_parser import build_parser
 from solov2.config import config_from_dict, load_config, to_dict
 from solov2.data.synthetic import write_synthetic_coco
 from solov2.engine.inference import TorchRunner
@@ -181,17 +182,10 @@ def test_eval_and_predict_take_a_checkpoint_or_an_onnx_model_and_export_a_checkp
         main(["predict", "a.png", "--onnx", "a", "--config", "solov2_tiny_cpu", "--out", str(tmp_path)]) == 2
     )
     assert "--config: not used with --onnx" in capsys.readouterr().err
-    # Images after --opts are images (an override has an '='): here a.png is looked for, and missing.
-    argv = [
-        "predict",
-        "--onnx",
-        "a",
-        "--out",
-        str(tmp_path),
-        "--opts",
-        "model.inference.mask_thr=0.4",
-        "a.png",
-    ]
-    assert main(argv) == 2 and "IMAGE a.png: no such file" in capsys.readouterr().err
+    # Images after --opts are images (an override has an '='), in their order: looked for, and missing.
+    opts = ["--opts", "model.inference.mask_thr=0.4"]
+    argv = ["predict", "--onnx", "a", "--out", str(tmp_path), "z.png", *opts, "a.png"]
+    assert main(argv) == 2 and "IMAGE z.png: no such file" in capsys.readouterr().err
+    assert [str(p) for p in build_parser().parse_args(argv).images] == ["z.png", "a.png"]
     assert main(["predict", "a.png", "--onnx", "a", "--device", "cuda", "--out", str(tmp_path)]) == 2
     assert "--device cuda: not used with --onnx (onnxruntime runs it on the CPU)" in capsys.readouterr().err

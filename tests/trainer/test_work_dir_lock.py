@@ -8,56 +8,102 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import pytest
 
-from solov2.engine.work_dir_lock import LOCK_NAME, hold_work_dir
+from solov2.engine.work_dir_lock import LOCK_NAME, WorkDirBusy, hold_work_dir
 from solov2.errors import ConfigError
 
 
-def test_a_second_training_into_a_work_dir_in_use_is_refused_and_the_next_one_runs(tmp_path):
-    held = hold_work_dir(tmp_path, log=lambda _m: None)
-    assert held is not None
-    holder = json.loads((tmp_path / LOCK_NAME).read_text())
-    with pytest.raises(
-        ConfigError, match=rf"--work-dir {tmp_path}: in use by another training \(pid {holder['pid']} on"
-    ):
-        hold_work_dir(tmp_path, wait_s=60, log=lambda _m: None)  # refused at once: the holder lives here
-    held.close()
-    again = hold_work_dir(tmp_path, log=lambda _m: None)
-    assert again is not None
-    again.close()
-
-
-def test_the_lock_ends_with_its_process_however_it_ends(tmp_path):
+def test_a_second_training_into_a_work_dir_in_use_is_refused_until_the_first_ends_however(tmp_path):
     script = textwrap.dedent(f"""
-        import os
+        import time
         from pathlib import Path
         from solov2.engine.work_dir_lock import hold_work_dir
         hold_work_dir(Path({str(tmp_path)!r}), log=lambda _m: None)
-        os._exit(9)  # no clean-up
+        print("held", flush=True)
+        time.sleep(60)
     """)
-    assert subprocess.run([sys.executable, "-c", script], timeout=60).returncode == 9
+    first = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline() == "held\n"
+        with pytest.raises(
+            ConfigError, match=rf"--work-dir {tmp_path}: in use by another training \(pid {first.pid} on"
+        ):
+            hold_work_dir(tmp_path, wait_s=60, log=lambda _m: None)  # at once: the holder lives here
+    finally:
+        first.kill()  # no clean-up: the lock ends with the process all the same
+        first.wait()
     held = hold_work_dir(tmp_path, wait_s=0, log=lambda _m: None)
     assert held is not None
+    with pytest.raises(ConfigError, match="this process holds it already"):
+        hold_work_dir(tmp_path, log=lambda _m: None)
     held.close()
 
 
-def test_a_lock_held_from_elsewhere_is_waited_for_then_refused(tmp_path):
-    """The holder's details name another machine, as after a lost node: the run waits (saying so)."""
+def _held_elsewhere(tmp_path, details):
     other = (tmp_path / LOCK_NAME).open("a+")
     fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    other.write(
-        json.dumps({"host": "worker-0-lost", "boot_id": "x", "pid": 7, "start": "1", "since": "then"})
-    )
+    other.write(details)
     other.flush()
+    return other
+
+
+LOST = json.dumps({"host": "worker-0-lost", "boot_id": "x", "pid": 7, "start": "1", "since": "then"})
+
+
+def test_a_lock_held_from_elsewhere_is_waited_for_then_refused_as_retryable(tmp_path):
+    """The holder's details name another machine, as after a lost node: the run waits (saying so),
+    then fails with an error a retry may get past."""
+    other = _held_elsewhere(tmp_path, LOST)
     lines: list[str] = []
     with pytest.raises(
-        ConfigError, match=r"in use by another training \(pid 7 on worker-0-lost, since then\)"
+        WorkDirBusy, match=r"in use by another training \(pid 7 on worker-0-lost, since then\)"
     ):
         hold_work_dir(tmp_path, wait_s=1.5, log=lines.append)
     assert lines == [
         f"--work-dir {tmp_path}: locked by pid 7 on worker-0-lost, since then, not a process of this machine; "
         "waiting up to 1.5 s (a lost node's lock ends with its file system lease)"
     ]
+    assert not issubclass(WorkDirBusy, ConfigError)  # retryable in the termination message
+    threading.Timer(1.0, other.close).start()  # the lease ends during the wait
+    held = hold_work_dir(tmp_path, wait_s=30, log=lines.append)
+    assert held is not None
+    held.close()
+
+
+def test_a_lock_file_with_foreign_content_is_no_holder(tmp_path):
+    other = _held_elsewhere(tmp_path, "[1]\xff")
+    with pytest.raises(WorkDirBusy, match=r"a process that wrote no details"):
+        hold_work_dir(tmp_path, wait_s=0, log=lambda _m: None)
     other.close()
+
+
+def test_data_loading_workers_forked_while_it_is_held_do_not_keep_it():
+    """A persistent loader worker outlives its training for a while; the lock must not."""
+    import multiprocessing
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        held = hold_work_dir(Path(tmp), log=lambda _m: None)
+        ready = multiprocessing.get_context("fork").Event()
+        worker = multiprocessing.get_context("fork").Process(target=_serve, args=(ready,))
+        worker.start()
+        try:
+            assert ready.wait(30)
+            held.close()
+            again = hold_work_dir(Path(tmp), wait_s=0, log=lambda _m: None)
+            assert again is not None
+            again.close()
+        finally:
+            worker.kill()
+            worker.join()
+
+
+def _serve(ready) -> None:
+    """A forked data-loading worker that keeps running."""
+    ready.set()
+    time.sleep(30)

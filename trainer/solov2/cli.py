@@ -18,6 +18,7 @@ from pathlib import Path
 from .cli_parser import FlagError, build_parser, termination_log, termination_log_of
 from .config import Config, config_from_dict, load_config
 from .engine.failures import Terminated
+from .engine.work_dir_lock import WorkDirBusy
 from .errors import ConfigError, UserError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -204,6 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Terminated as exc:  # 143 on SIGTERM, 130 on SIGINT
         print(f"solov2 {args.command}: {exc}", file=sys.stderr)
         return exc.exit_code
+    except WorkDirBusy as exc:  # retryable: the termination message says so
+        print(f"solov2 {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"solov2 {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -73,22 +73,22 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _images_out_of_opts(argv: list[str]) -> list[str]:
-    """``predict ... --opts a=1 img.jpg`` -> ``predict ... img.jpg --opts a=1``: an override always has
-    an ``=``, so what follows ``--opts`` without one is predict's images, which argparse would give to
-    ``--opts`` (and then miss)."""
+    """``predict ... a.jpg --opts x=1 b.jpg`` -> ``predict ... a.jpg b.jpg --opts x=1``: an override
+    always has an ``=``, so what follows ``--opts`` without one is predict's images, which argparse
+    would give to ``--opts`` (and then miss). They go just before that ``--opts``, in their order."""
     if argv[:1] != ["predict"] or "--opts" not in argv:
         return argv
-    images: list[str] = []
-    kept: list[str] = []
-    in_opts = False
+    out: list[str] = []
+    opts_at: int | None = None  # where the --opts being read sits in ``out``
     for arg in argv:
         if arg.startswith("-"):
-            in_opts = arg == "--opts"
-        elif in_opts and "=" not in arg:
-            images.append(arg)
+            opts_at = len(out) if arg == "--opts" else None
+        elif opts_at is not None and "=" not in arg:
+            out.insert(opts_at, arg)
+            opts_at += 1
             continue
-        kept.append(arg)
-    return [kept[0], *images, *kept[1:]]
+        out.append(arg)
+    return out
 
 
 def _opts_hint(extra: Sequence[str]) -> str:

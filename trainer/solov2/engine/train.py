@@ -189,6 +189,7 @@ class _Trainer:
             "nonfinite_steps": self.nonfinite,
             "bad_image_ids": bad_image_ids,
             "figures": {"images_per_second": self.images_per_second, "losses": self.last_losses},
+            "train_images": len(self.dataset),
         }
 
     def _bad_image_ids(self) -> list[int]:
@@ -233,6 +234,13 @@ class _Trainer:
         self.batch_in_epoch = state["batch_in_epoch"]
         self.nonfinite = state.get("nonfinite_steps", 0)
         self.dataset.mark_bad(state.get("bad_image_ids", []))  # skipped_images counts the whole run
+        images = state.get("train_images")
+        if images is not None and images != len(self.dataset):
+            self.log(
+                f"warning: resume: the checkpoint's run trained on {images} images per epoch, this one has "
+                f"{len(self.dataset)} (another data set, or data.filter_empty_gt): the epoch in progress "
+                "goes on at the checkpoint's iteration, in the new data's batches"
+            )
         figures = state.get("figures") or {}
         self.images_per_second = float(figures.get("images_per_second", 0.0))
         self.last_losses = dict(figures.get("losses") or {})

@@ -5,8 +5,10 @@ Rank 0 takes an exclusive ``flock`` on ``WORK_DIR/.solov2-train.lock`` until the
 kernel, or the network file system's server, drops it when the process ends, however it ends) and
 writes who holds it. A lock held by a live process of this machine refuses the new run at once. A lock
 held elsewhere may be a lost node's, which a network file system keeps until its lease ends (about 90 s
-on NFSv4): the new run waits for it, up to :data:`WAIT_SECONDS`, saying so. A file system without
-``flock`` gets no lock, with a warning.
+on NFSv4): the new run waits for it, up to :data:`WAIT_SECONDS`, saying so, then fails with
+:class:`WorkDirBusy`, which a retry may get past. A file system without ``flock``, or a lock file this
+user cannot open, gets no lock, with a warning. Forked children (data-loading workers) close their copy
+of the lock's descriptor, so that the lock ends with the training, not with the last of them.
 """
 
 from __future__ import annotations
@@ -23,10 +25,38 @@ from typing import IO, Any
 
 from ..errors import ConfigError
 
-__all__ = ["LOCK_NAME", "WAIT_SECONDS", "hold_work_dir"]
+__all__ = ["LOCK_NAME", "WAIT_SECONDS", "WorkDirBusy", "hold_work_dir"]
 
 LOCK_NAME = ".solov2-train.lock"
 WAIT_SECONDS = 120
+_HELD: list[IO[str]] = []
+
+
+def _close_in_child() -> None:
+    for file in _HELD:
+        file.close()  # this process's descriptor only: the parent keeps the lock
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
+
+
+class WorkDirBusy(RuntimeError):
+    """Another machine's training holds the work dir past the wait: maybe a lost node's lock that its
+    file system has not dropped yet, so a retry may succeed (not a :class:`ConfigError`)."""
+
+
+class _Lock:
+    """The held lock: :meth:`close` releases it."""
+
+    def __init__(self, file: IO[str]) -> None:
+        self._file = file
+        _HELD.append(file)
+
+    def close(self) -> None:
+        if self._file in _HELD:
+            _HELD.remove(self._file)
+        self._file.close()
 
 
 def _boot_id() -> str:
@@ -65,17 +95,33 @@ def _describe(holder: dict[str, Any]) -> str:
     return f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}"
 
 
+def _holder(file: IO[str]) -> dict[str, Any]:
+    file.seek(0)
+    try:
+        holder = json.loads(file.read() or "{}")
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
 def hold_work_dir(
     work_dir: Path, *, wait_s: float = WAIT_SECONDS, log: Callable[[str], None] = print
-) -> IO[str] | None:
-    """Take ``work_dir``'s training lock; closing the returned file releases it. None where the file
-    system has no ``flock`` (a warning is logged).
+) -> _Lock | None:
+    """Take ``work_dir``'s training lock; ``close()`` on the result releases it. None where the file
+    system has no ``flock`` or the lock file cannot be opened (a warning is logged).
 
     Raises:
-        ConfigError: another training holds it (a live process here, or elsewhere past ``wait_s``).
+        ConfigError: a live process of this machine holds it.
+        WorkDirBusy: a process elsewhere holds it past ``wait_s``.
     """
     path = work_dir / LOCK_NAME
-    file = path.open("a+")
+    try:
+        file = path.open("a+", encoding="utf-8", errors="replace")
+    except OSError as exc:
+        log(
+            f"warning: --work-dir {work_dir}: no lock against a second training here ({path}: {exc.strerror})"
+        )
+        return None
     deadline = time.monotonic() + wait_s
     waiting = False
     while True:
@@ -89,16 +135,23 @@ def hold_work_dir(
                     f"warning: --work-dir {work_dir}: no lock against a second training here ({exc.strerror})"
                 )
                 return None
-        file.seek(0)
-        try:
-            holder = json.loads(file.read() or "{}")
-        except json.JSONDecodeError:
-            holder = {}
-        if _alive_here(holder) or time.monotonic() >= deadline:
+        holder = _holder(file)
+        if holder.get("pid") == os.getpid() and _alive_here(holder):
+            file.close()
+            raise ConfigError(
+                f"--work-dir {work_dir}: this process holds it already (an earlier training in it has not ended)"
+            )
+        if _alive_here(holder):
             file.close()
             raise ConfigError(
                 f"--work-dir {work_dir}: in use by another training ({_describe(holder)}); wait for it to "
                 "end, or choose another --work-dir"
+            )
+        if time.monotonic() >= deadline:
+            file.close()
+            raise WorkDirBusy(
+                f"--work-dir {work_dir}: in use by another training ({_describe(holder)}) for more than "
+                f"{wait_s:g} s; if that machine is gone, its file system lease keeps the lock a little longer"
             )
         if not waiting:
             log(
@@ -111,4 +164,4 @@ def hold_work_dir(
     file.truncate()
     file.write(json.dumps(_me()) + "\n")
     file.flush()
-    return file
+    return _Lock(file)
