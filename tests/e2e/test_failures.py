@@ -99,19 +99,32 @@ def test_used_work_dir_retention_counts_and_a_foreign_checkpoint(small_coco, tmp
     assert message["error"] in other.stderr and "Traceback" not in other.stderr
 
 
+def _signal_after_the_first_epoch(
+    command: list[str], work: Path, signum: int
+) -> tuple[subprocess.Popen[str], str, str]:
+    """Run ``command`` in its own process group until its first epoch's checkpoint exists, then send
+    ``signum`` to the whole group (as torchrun, or a terminal's Ctrl-C, does); returns the ended process
+    and its output (kept in files: a pipe nobody reads while it trains could fill up and stall it)."""
+    out, err = work.parent / f"{work.name}.stdout", work.parent / f"{work.name}.stderr"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        proc = subprocess.Popen(
+            command, env=ENV, stdout=stdout, stderr=stderr, text=True, start_new_session=True
+        )
+        marker = work / "checkpoints" / "epoch_1.pth"
+        deadline = time.monotonic() + 240
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), f"training never finished its first epoch: {err.read_text()[-2000:]}"
+        os.killpg(proc.pid, signum)
+        proc.wait(timeout=60)  # well inside the pods' 180 s grace period
+    return proc, out.read_text(), err.read_text()
+
+
 def test_sigterm_checkpoints_writes_a_retryable_message_and_exits_143(small_coco, tmp_path):
     work, log = tmp_path / "work", tmp_path / "termination-log"
     # A data-loading worker, and the signal sent to the whole process group, as torchrun does.
     command = _train(small_coco, work, log, "--no-eval", opts=("train.epochs=30", "data.workers=1"))
-    proc = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
-    marker = work / "checkpoints" / "epoch_1.pth"
-    deadline = time.monotonic() + 240
-    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert marker.exists(), "training never finished its first epoch"
-    os.killpg(proc.pid, signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)  # well inside the pods' 180 s grace period
+    proc, _, stderr = _signal_after_the_first_epoch(command, work, signal.SIGTERM)
     # The message below names a checkpoint: it stopped in time (after --stop-timeout it would exit
     # without one).
     assert proc.returncode == 143, stderr
@@ -137,15 +150,7 @@ def test_ctrl_c_checkpoints_and_exits_130_without_a_traceback(small_coco, tmp_pa
     step boundary, with a checkpoint that --resume continues from."""
     work = tmp_path / "work"
     command = _train(small_coco, work, "", "--no-eval", opts=("train.epochs=30", "data.workers=1"))
-    proc = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
-    marker = work / "checkpoints" / "epoch_1.pth"
-    deadline = time.monotonic() + 240
-    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert marker.exists(), "training never finished its first epoch"
-    os.killpg(proc.pid, signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
+    proc, stdout, stderr = _signal_after_the_first_epoch(command, work, signal.SIGINT)
     assert proc.returncode == 130, stderr
     last = (work / "checkpoints" / "last_checkpoint").read_text().strip()
     assert last.startswith("iter_") and "Traceback" not in stderr
