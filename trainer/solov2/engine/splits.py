@@ -72,9 +72,9 @@ def evaluate_split(
     skipped: list[int] = []  # counted over the ranks before rank 0 scores, while all are in step
 
     def unreadable() -> list[int]:
-        flags = union_over_ranks(dataset.bad_images(), runtime)
-        skipped.append(int(flags.sum()))
-        return [int(dataset.image_ids[i]) for i in flags.nonzero().flatten().tolist()]
+        ids = bad_image_ids_over_ranks(dataset, runtime)
+        skipped.append(len(ids))
+        return ids
 
     metrics = evaluate(
         model,
@@ -105,6 +105,13 @@ def union_over_ranks(flags: torch.Tensor, runtime: Runtime) -> torch.Tensor:
     t = flags.to(device=runtime.device, dtype=torch.int32)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t.to(device="cpu", dtype=flags.dtype)
+
+
+def bad_image_ids_over_ranks(dataset: CocoInstances, runtime: Runtime) -> list[int]:
+    """COCO ids of the images of ``dataset`` that any process found bad so far (a collective when
+    distributed: every process must call it)."""
+    flags = union_over_ranks(dataset.bad_images(), runtime)
+    return [int(dataset.image_ids[i]) for i in flags.nonzero().flatten().tolist()]
 
 
 def sum_over_ranks(value: int, runtime: Runtime) -> int:

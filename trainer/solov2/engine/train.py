@@ -18,6 +18,7 @@ import torch
 
 from ..amp import amp_dtype, make_scaler, overflow_status
 from ..config import Config, to_dict
+from ..data.coco import MIN_IMAGE_SIZE
 from ..data.cpus import node_processes
 from ..data.shared_memory import shm_warning
 from ..device import Runtime, auto_device_warning, setup_runtime, shutdown
@@ -56,11 +57,11 @@ from .schedule import lr_factor, scaled_lr, schedule_warnings
 from .sigterm import SigtermStop, agree
 from .splits import (
     EmptySplit,
+    bad_image_ids_over_ranks,
     coco_split,
     distinct_over_ranks,
     evaluate_split,
     sum_over_ranks,
-    union_over_ranks,
 )
 from .startup import check_outputs
 from .step import TrainStep
@@ -195,10 +196,7 @@ class _Trainer:
     def _bad_image_ids(self) -> list[int]:
         """COCO ids of the images any process found bad so far (with ``--skip-bad-images``; a collective
         then, so every process asks)."""
-        if not self.opts.skip_bad_images:
-            return []
-        flags = union_over_ranks(self.dataset.bad_images(), self.rt)
-        return [int(self.dataset.image_ids[i]) for i in flags.nonzero().flatten().tolist()]
+        return bad_image_ids_over_ranks(self.dataset, self.rt) if self.opts.skip_bad_images else []
 
     def restore(self) -> None:
         if self.rt.is_main:
@@ -450,8 +448,8 @@ class _Trainer:
         )
         if self.dataset.filtered_images:
             self.log(
-                f"data: {self.dataset.filtered_images} images without annotations or under 32 pixels on a side "
-                "left out (data.filter_empty_gt)"
+                f"data: {self.dataset.filtered_images} images without annotations or under {MIN_IMAGE_SIZE} pixels "
+                "on a side left out (data.filter_empty_gt)"
             )
         counts = self.dataset.annotation_counts()
         if any(counts.values()):

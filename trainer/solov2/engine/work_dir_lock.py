@@ -136,13 +136,13 @@ def hold_work_dir(
                 )
                 return None
         holder = _holder(file)
-        if holder.get("pid") == os.getpid() and _alive_here(holder):
-            file.close()
-            raise ConfigError(
-                f"--work-dir {work_dir}: this process holds it already (an earlier training in it has not ended)"
-            )
         if _alive_here(holder):
             file.close()
+            if holder["pid"] == os.getpid():
+                raise ConfigError(
+                    f"--work-dir {work_dir}: this process holds it already (an earlier training in it has not "
+                    "ended)"
+                )
             raise ConfigError(
                 f"--work-dir {work_dir}: in use by another training ({_describe(holder)}); wait for it to "
                 "end, or choose another --work-dir"
