@@ -265,9 +265,9 @@ def _add_train_end_args(p: argparse.ArgumentParser) -> None:
         type=float,
         default=25.0,
         metavar="SECONDS",
-        help="on SIGTERM, training stops at the next step boundary, writes a checkpoint and the termination "
-        "message, and exits with 143; if that takes longer than this, the process exits with 143 without "
-        "the checkpoint. Default: %(default)s",
+        help="on SIGTERM (or Ctrl-C), training stops at the next step boundary, writes a checkpoint and the "
+        "termination message, and exits with 143 (130 for Ctrl-C); if that takes longer than this, the process "
+        "exits so without the checkpoint. Default: %(default)s",
     )
 
 
