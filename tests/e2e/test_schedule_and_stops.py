@@ -187,3 +187,45 @@ def test_a_resume_on_another_number_of_images_says_so(small_coco, tmp_path):
         "data set, or data.filter_empty_gt): the epoch in progress goes on at the checkpoint's iteration, in "
         "the new data's batches"
     ) in lines
+
+
+def test_max_iters_stops_inside_an_epoch_on_the_full_schedule_and_a_higher_limit_goes_on(
+    small_coco, tmp_path, capsys
+):
+    work = tmp_path / "w"
+    # 2 epochs of 4 iterations, the rate decayed x0.1 after epoch 1; stop at iteration 6 of 8.
+    schedule = ["train.epochs=2", "train.warmup_iters=0", "train.lr_steps=[1]"]
+    _train(small_coco, work, opts=[*schedule, "train.max_iters=6"])
+    out = capsys.readouterr().out
+    assert "4 iterations/epoch x 2 epochs, stopping at iteration 6 (train.max_iters)" in out
+    assert "iter 6/6 " in out and "iter 7/" not in out
+    assert _rates(out) == pytest.approx({1: 1e-3, 2: 1e-3, 3: 1e-3, 4: 1e-3, 5: 1e-4, 6: 1e-4})
+    assert f"train.max_iters=6 reached in epoch 2: checkpoint {work / 'checkpoints' / 'iter_6.pth'}" in out
+    results = json.loads((work / "results.json").read_text())
+    assert (results["epochs"], results["iterations"]) == (1, 6)
+    assert results["checkpoint"] == str(work / "checkpoints" / "iter_6.pth")
+    assert results["images_per_second"] > 0
+
+    _train(small_coco, work, "--resume", opts=[*schedule, "train.max_iters=6"])
+    assert "resume: iter_6.pth: train.max_iters=6 is reached (iteration 6), nothing to train" in (
+        capsys.readouterr().out
+    )
+
+    _train(small_coco, work, "--resume", opts=schedule)  # no limit: the rest of epoch 2
+    out = capsys.readouterr().out
+    assert "resume: iter_6.pth at epoch 2, iteration 6" in out
+    assert _rates(out) == pytest.approx({7: 1e-4, 8: 1e-4})
+    results = json.loads((work / "results.json").read_text())
+    assert (results["epochs"], results["iterations"]) == (2, 8)
+    assert results["checkpoint"] == str(work / "checkpoints" / "epoch_2.pth")
+
+
+def test_max_iters_at_an_epoch_end_writes_the_epoch_checkpoint_only(small_coco, tmp_path, capsys):
+    work = tmp_path / "w"
+    _train(small_coco, work, opts=["train.epochs=3", "train.warmup_iters=0", "train.max_iters=4"])
+    assert "reached in epoch" not in capsys.readouterr().out
+    assert sorted(p.name for p in (work / "checkpoints").glob("*.pth")) == ["epoch_1.pth"]
+    results = json.loads((work / "results.json").read_text())
+    assert (results["epochs"], results["iterations"], results["checkpoint"]) == (
+        1, 4, str(work / "checkpoints" / "epoch_1.pth"),
+    )  # fmt: skip

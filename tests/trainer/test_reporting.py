@@ -9,6 +9,7 @@ from solov2.engine.checkpoint import periodic_checkpoint_due
 from solov2.engine.counters import WindowCounts
 from solov2.engine.reporting import (
     LossWindow,
+    RunClock,
     ThroughputWindow,
     loss_values,
     nonfinite_verdict,
@@ -80,3 +81,19 @@ def test_nonfinite_verdict_says_where_and_when_to_stop():
 def test_periodic_checkpoints_follow_the_interval():
     assert [i for i in range(1, 11) if periodic_checkpoint_due(i, 4)] == [4, 8]
     assert not any(periodic_checkpoint_due(i, 0) for i in range(1, 11))
+
+
+def test_the_run_rate_leaves_out_the_start_up_before_the_first_progress_line():
+    clock = RunClock(start_iteration=0, start=100.0)
+    # 20 iterations of 2 images: 10 s, the first step's compilation included; then 20 more in 4 s.
+    assert clock.images_per_second(20, 2, now=110.0) == pytest.approx(4.0)
+    clock.settled(110.0, 20)
+    assert clock.images_per_second(20, 2, now=110.0) == pytest.approx(4.0)  # no step since: the start's
+    assert clock.images_per_second(40, 2, now=114.0) == pytest.approx(10.0)
+    clock.settled(114.0, 40)  # later progress lines do not move the mark
+    assert clock.images_per_second(60, 2, now=118.0) == pytest.approx(10.0)
+
+
+def test_a_resumed_run_measures_from_where_it_resumed():
+    clock = RunClock(start_iteration=100, start=0.0)
+    assert clock.images_per_second(110, 4, now=8.0) == pytest.approx(5.0)

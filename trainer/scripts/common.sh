@@ -1,7 +1,7 @@
 # Shared argument parsing for the ModelZoo-style entry points. Sourced, not run.
 # Flags (all --name=value): --data_path (required), --work_dir, --config, --device, --nproc, --checkpoint,
-# --epochs, --pretrained, each script taking those it names in `accepted`; anything after `--` is passed
-# to `solov2` unchanged.
+# --epochs, --steps, --pretrained, each script taking those it names in `accepted`; anything after `--` is
+# passed to `solov2` unchanged.
 
 config="solov2_r50_fpn_1x_coco"
 work_dir=""
@@ -9,11 +9,12 @@ device="auto"
 nproc=""
 checkpoint=""
 epochs=""
+steps=""
 pretrained=""
 data_path=""
 extra=()
 # The flags the sourcing script takes (it sets `accepted` first); any other is refused, not ignored.
-accepted="${accepted:-data_path work_dir config device nproc checkpoint epochs pretrained}"
+accepted="${accepted:-data_path work_dir config device nproc checkpoint epochs steps pretrained}"
 
 usage() {
     sed -n '2,/^$/s/^# \{0,1\}//p' "$0"
@@ -61,6 +62,39 @@ opts=()
 if [ -n "$epochs" ]; then
     opts+=(--opts "train.epochs=$epochs")
 fi
+
+# The performance scripts' run: --steps=N iterations (default 500) from the start, no evaluation, then the
+# throughput from WORK_DIR/results.json as the FPS line.
+performance_opts() {
+    steps="${steps:-500}"
+    if [[ ! "$steps" =~ ^[1-9][0-9]*$ ]]; then
+        echo "$(basename "$0"): --steps: a positive number of iterations, not '$steps'" >&2
+        exit 2
+    fi
+    opts+=(--no-eval --opts "train.max_iters=$steps")
+}
+# A performance run starts over: in a work dir an earlier performance run made (it leaves a marker), that
+# run's checkpoints and results go first. A work dir with other checkpoints is left alone (and unmarked):
+# solov2 refuses to start over there.
+fresh_performance_dir() {
+    if [ -f "$work_dir/.performance-run" ]; then
+        rm -rf "$work_dir/checkpoints" "$work_dir/results.json"
+    elif [ -n "$(ls -A "$work_dir/checkpoints" 2>/dev/null)" ]; then
+        return
+    fi
+    mkdir -p "$work_dir"
+    touch "$work_dir/.performance-run"
+}
+report_fps() {
+    local fps
+    fps="$(sed -n 's/^ *"images_per_second": \([0-9.eE+-]*\),*$/\1/p' "$work_dir/results.json" 2>/dev/null)"
+    if [ -z "$fps" ]; then
+        echo "$(basename "$0"): no images_per_second in $work_dir/results.json: see $work_dir/train.log" >&2
+        exit 1
+    fi
+    echo "FPS: $fps images/s over $steps iterations, all devices together, from the first progress line on" \
+        "(start-up and compilation left out); log: $work_dir/train.log" | tee -a "$work_dir/train.log"
+}
 
 # Backbone weights for a training from the start: --pretrained=FILE, or else, for the ResNet-50 configs,
 # the ModelZoo layout's data/pretrained/resnet50.pth beside the data set (DIR/../pretrained) if it is there.

@@ -200,6 +200,10 @@ class DataConfig:
 class TrainConfig:
     epochs: int = 12
     """Training epochs."""
+    max_iters: int = 0
+    """Stop after this many iterations in all (0 = train every epoch), for trial and performance runs:
+    the schedule (warm-up, lr_steps) stays that of train.epochs, a checkpoint is written where it stops,
+    and a resume with a higher value goes on from there."""
     optimizer: Literal["sgd", "adamw"] = "sgd"
     """sgd (momentum, the reference recipe) or adamw (for short from-scratch runs such as the tiny config)."""
     base_lr: float = 0.01

@@ -93,6 +93,7 @@ RANGES: dict[str, Range] = {
     "data.workers": Range(-1),  # -1: derived from the CPUs the process may use
     "data.prefetch_factor": AT_LEAST_1,
     "train.epochs": AT_LEAST_1,
+    "train.max_iters": NON_NEGATIVE,
     "train.base_lr": POSITIVE,
     "train.base_batch_size": AT_LEAST_1,
     "train.momentum": UNIT_OPEN_HIGH,

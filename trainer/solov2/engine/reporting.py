@@ -110,20 +110,36 @@ class ThroughputWindow:
 @dataclass
 class RunClock:
     """Time since training (re)started at iteration ``start_iteration``: the time left and the run's
-    images per second."""
+    images per second.
+
+    The run's rate is measured from the first progress line on (:meth:`settled`) once a step has
+    followed it, so that start-up (compilation, the loader workers' first batches, the first step's
+    allocations) does not count: a short performance run reports its steady rate.
+    """
 
     start_iteration: int
     start: float = field(default_factory=time.perf_counter)
+    steady_iteration: int | None = None
+    steady_start: float = 0.0
+
+    def settled(self, now: float, iteration: int) -> None:
+        """Note the first progress line (later calls change nothing)."""
+        if self.steady_iteration is None:
+            self.steady_iteration, self.steady_start = iteration, now
 
     def eta(self, now: float, iteration: int, total_iterations: int) -> float:
         """Seconds left at the mean step time so far."""
         done = iteration - self.start_iteration
         return (now - self.start) / max(done, 1) * (total_iterations - iteration)
 
-    def images_per_second(self, iteration: int, batch: int) -> float:
-        """Images (``batch`` per iteration) trained per second since the start."""
-        seconds = time.perf_counter() - self.start
-        return (iteration - self.start_iteration) * batch / max(seconds, 1e-9)
+    def images_per_second(self, iteration: int, batch: int, now: float | None = None) -> float:
+        """Images (``batch`` per iteration) trained per second since the first progress line, or since
+        the start when no step followed that line."""
+        now = time.perf_counter() if now is None else now
+        since, start = self.start_iteration, self.start
+        if self.steady_iteration is not None and iteration > self.steady_iteration:
+            since, start = self.steady_iteration, self.steady_start
+        return (iteration - since) * batch / max(now - start, 1e-9)
 
 
 def nonfinite_verdict(counts: WindowCounts, limit: int) -> tuple[str | None, bool]:

@@ -102,9 +102,13 @@ class _Trainer:
         self.scaler = make_scaler(runtime.kind, self.dtype, cfg.train.loss_scale)
         self.loader = train_loader(self.dataset, cfg, runtime)
         self.iters_per_epoch = self.loader.batches_per_epoch
-        self.total_iters = self.iters_per_epoch * cfg.train.epochs
+        self.total_iters = self.iters_per_epoch * cfg.train.epochs  # the schedule's length
+        limit = cfg.train.max_iters
+        self.stop_iteration = (
+            min(limit, self.total_iters) if limit else self.total_iters
+        )  # where this run ends
         self.progress = ProgressLogger(
-            epochs=cfg.train.epochs, total_iterations=self.total_iters, interval=cfg.train.log_interval
+            epochs=cfg.train.epochs, total_iterations=self.stop_iteration, interval=cfg.train.log_interval
         )
         if runtime.is_main and log is print:
             self.log = self.progress.write
@@ -168,6 +172,17 @@ class _Trainer:
         self.log(f"optimizer: {optimizer}")
         if self.metrics.port is not None:
             self.log(f"metrics: Prometheus metrics on http://0.0.0.0:{self.metrics.port}/metrics")
+
+    def _limit_reached(self) -> bool:
+        """Whether ``train.max_iters`` is set and this run has got there."""
+        return 0 < self.cfg.train.max_iters <= self.iteration
+
+    @property
+    def checkpoint(self) -> Path:
+        """The checkpoint of where training stands: the last epoch's, or where ``train.max_iters`` stopped
+        it inside an epoch."""
+        name = f"iter_{self.iteration}.pth" if self.batch_in_epoch else f"epoch_{self.epoch}.pth"
+        return self.ckpt_dir / name
 
     def lr_factor(self, iteration: int) -> float:
         """Multiplier of the scaled learning rate at a global iteration (0-based)."""
@@ -248,6 +263,12 @@ class _Trainer:
             self._rebatch(old_batch, state.get("world_size"))
         self._follow_schedule()
         epochs = self.cfg.train.epochs
+        if self.epoch < epochs and self._limit_reached():
+            self.log(
+                f"resume: {path.name}: train.max_iters={self.cfg.train.max_iters} is reached (iteration "
+                f"{self.iteration}), nothing to train" + ("; evaluating" if self.opts.evaluate else "")
+            )
+            return
         if self.epoch < epochs:
             self.log(f"resume: {path.name} at epoch {self.epoch + 1}, iteration {self.iteration}")
             return
@@ -350,12 +371,13 @@ class _Trainer:
         self.iteration += 1
         self.batch_in_epoch += 1
         end_of_epoch = self.batch_in_epoch == self.iters_per_epoch
-        if self.progress.due(self.iteration) or end_of_epoch:
+        last = self._limit_reached()
+        if self.progress.due(self.iteration) or end_of_epoch or last:
             self._read_counters()
             self._report(out)
         interval = self.cfg.train.checkpoint_interval
         saved = None
-        if periodic_checkpoint_due(self.iteration, interval) and not end_of_epoch:
+        if (periodic_checkpoint_due(self.iteration, interval) or last) and not end_of_epoch:
             saved = self.save(f"iter_{self.iteration}.pth")
         if self._stop_requested():
             raise self._terminate(saved)
@@ -384,16 +406,17 @@ class _Trainer:
             losses=self.last_losses,
             # the rate the last step trained with (the scheduler has moved on to the next one's)
             lr=self.scheduler.base_lrs[0] * self.lr_factor(self.iteration - 1),
-            eta_seconds=self.clock.eta(now, self.iteration, self.total_iters),
+            eta_seconds=self.clock.eta(now, self.iteration, self.stop_iteration),
             **self.window.figures(now),
         )
         epoch, epochs = self.epoch + 1, self.cfg.train.epochs
         self.metrics.update(
-            epoch=epoch, total_epochs=epochs, iteration=self.iteration, total_iterations=self.total_iters,
+            epoch=epoch, total_epochs=epochs, iteration=self.iteration, total_iterations=self.stop_iteration,
             **values,
         )  # fmt: skip
         if self.rt.is_main:
             self.progress.update(epoch=epoch, iteration=self.iteration, **values)
+        self.clock.settled(now, self.iteration)
         self.window.restart()
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -405,10 +428,10 @@ class _Trainer:
         self.window, self.clock = ThroughputWindow(), RunClock(self.iteration)
         if self.sigterm is not None:
             self.sigterm.deferred = True  # from here on SIGTERM waits for the next step boundary
-        while self.epoch < self.cfg.train.epochs:
+        while self.epoch < self.cfg.train.epochs and not self._limit_reached():
             self._run_epoch()
-        if self.epoch and self._stop_requested():  # SIGTERM came while the last checkpoint was written
-            raise self._terminated(self.termination_text(self.ckpt_dir / f"epoch_{self.epoch}.pth"))
+        if self.iteration and self._stop_requested():  # SIGTERM came while the last checkpoint was written
+            raise self._terminated(self.termination_text(self.checkpoint))
         if self.sigterm is not None:
             self.sigterm.deferred = False  # evaluation stops at once on SIGTERM
         results = self._results()
@@ -426,12 +449,20 @@ class _Trainer:
             out = self.step(batch)
             self.window.add(images=self.total_batch, data_wait=data_wait)
             self._after_step(out)
+            if self._limit_reached():
+                break
             tick = time.perf_counter()
         if self.iteration > self.clock.start_iteration:  # else an earlier attempt's figure stands
             self.images_per_second = round(self.clock.images_per_second(self.iteration, self.total_batch), 3)
         truncated = sum_over_ranks(self.loader.stats()["truncated_instances"], self.rt)
         self.metrics.add_truncated(truncated - self.truncated)
         self.truncated = truncated
+        if self.batch_in_epoch < self.iters_per_epoch:  # train.max_iters stopped it; _after_step saved
+            self.log(
+                f"train.max_iters={self.cfg.train.max_iters} reached in epoch {self.epoch + 1}: "
+                f"checkpoint {self.checkpoint}"
+            )
+            return
         self.epoch += 1
         self.batch_in_epoch = 0
         path = self.save(f"epoch_{self.epoch}.pth")
@@ -442,7 +473,13 @@ class _Trainer:
         self.log(
             f"train: {len(self.dataset)} images, {self.dataset.num_classes} classes, {rt.world_size} "
             f"process(es) on {rt.kind}, batch {self.total_batch}, lr {self.base_lr:g}, "
-            f"{self.iters_per_epoch} iterations/epoch x {cfg.train.epochs} epochs, "
+            f"{self.iters_per_epoch} iterations/epoch x {cfg.train.epochs} epochs"
+            + (
+                f", stopping at iteration {self.stop_iteration} (train.max_iters)"
+                if self.stop_iteration < self.total_iters
+                else ""
+            )
+            + ", "
             f"amp {self.dtype or 'fp32'}"
             + (f", compiled ({self.opts.compile_mode})" if self.opts.compile else "")
         )
@@ -468,7 +505,7 @@ class _Trainer:
             "iterations": self.iteration,
             "images_per_second": self.images_per_second,
             "nonfinite_steps": self.nonfinite,
-            "checkpoint": str(self.ckpt_dir / f"epoch_{self.epoch}.pth"),
+            "checkpoint": str(self.checkpoint),
             **results_losses(self.last_losses),
             **self.dataset.annotation_counts(),
             "skipped_images": distinct_over_ranks(self.dataset.bad_images(), self.rt),
