@@ -37,6 +37,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	$(BIN)/mypy
+	$(BIN)/shellcheck --external-sources --source-path=SCRIPTDIR trainer/scripts/*.sh tools/install.sh .ci/run
 
 # helm, kubectl, prometheus and promtool for the delivery tests, cached in .tools/ (quick when cached).
 tools:

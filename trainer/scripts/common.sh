@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # sourced: the variables set here are the sourcing script's
 # Shared argument parsing for the ModelZoo-style entry points. Sourced, not run.
 # Flags (all --name=value): --data_path (required), --work_dir, --config, --device, --nproc, --checkpoint,
 # --epochs, --steps, --pretrained, each script taking those it names in `accepted`; anything after `--` is
