@@ -112,7 +112,8 @@ def main() -> None:
         collate_ms = {}
         for n in max_instances_list:
             per_batch = per_image_ms(
-                lambda p, n=n: collate(p[1], canvas=canvases[p[0]], max_instances=n), pairs
+                lambda p, n=n: collate(p[1], canvas=canvases[p[0]], max_instances=n, fill=cfg.data.pad_value),
+                pairs,
             )
             collate_ms[str(n)] = round(per_batch / 2, 2)
         stages = {k: round(v, 2) for k, v in stages.items()}

@@ -54,8 +54,9 @@ def square_sample(n: int, size=(20, 30), image_id: int = 5) -> Sample:
 def test_collate_pads_instances_and_images_and_counts_truncation():
     stats = LoaderStats()
     batch = collate(
-        [square_sample(3), None, square_sample(6, image_id=9)], canvas=(32, 32), max_instances=4, stats=stats
-    )
+        [square_sample(3), None, square_sample(6, image_id=9)], canvas=(32, 32), max_instances=4, stats=stats,
+        fill=(124, 116, 104),
+    )  # fmt: skip
     assert isinstance(batch, Batch)
     gt = batch.gt
     # Masks at stride 4, with centres and pixel counts from the canvas-size masks.
@@ -66,11 +67,10 @@ def test_collate_pads_instances_and_images_and_counts_truncation():
     assert batch.image_sizes.tolist() == [[20, 30], [0, 0], [20, 30]]
     assert batch.original_sizes.tolist() == [[40, 60], [0, 0], [40, 60]]
     assert gt.valid.sum(1).tolist() == [3, 0, 4]
-    assert (
-        not batch.images[1].any()
-        and not batch.images[0, :, 20:].any()
-        and batch.images[0, :, :20, :30].eq(7).all()
-    )
+    colour = torch.tensor([124, 116, 104], dtype=torch.uint8).view(3, 1, 1)
+    assert batch.images[1].eq(colour).all()  # a padding image is all padding colour
+    assert batch.images[0, :, 20:].eq(colour).all() and batch.images[0, :, :20, 30:].eq(colour).all()
+    assert batch.images[0, :, :20, :30].eq(7).all()
     assert gt.labels[2].tolist() == [2, 0, 1, 2]  # the 4 largest of 6 (indices 2..5), in order
     assert not gt.masks[0, 3:].any() and not gt.masks[1].any()
     gt.validate(num_classes=3, image_size=(32, 32))
@@ -98,6 +98,7 @@ def test_train_loader_yields_valid_static_batches(root):
     canvas_of = assign_canvases(ds.image_sizes(), CANVASES, img_scale=(256, 192))
     id_to_index = {image_id: i for i, image_id in enumerate(ds.image_ids)}
     batches = list(loader)
+    fill = torch.tensor(cfg.data.pad_value, dtype=torch.uint8).view(3, 1, 1)
     assert len(batches) == len(loader) > 0
     for batch in batches:
         canvas = tuple(batch.images.shape[-2:])
@@ -107,7 +108,8 @@ def test_train_loader_yields_valid_static_batches(root):
         batch.gt.validate(num_classes=3, image_size=canvas)
         for b in range(2):
             h, w = batch.image_sizes[b].tolist()
-            assert not batch.images[b, :, h:].any() and not batch.gt.masks[b, :, :, (w + 3) // 4 :].any()
+            assert batch.images[b, :, h:].eq(fill).all() and batch.images[b, :, :h, w:].eq(fill).all()
+            assert not batch.gt.masks[b, :, :, (w + 3) // 4 :].any()
             assert (batch.gt.counts[b][batch.gt.valid[b]] > 0).all()
     assert loader.stats()["images"] == 2 * len(batches)
 
@@ -234,3 +236,18 @@ def test_images_of_a_canvas_smaller_than_one_global_batch_are_named_in_a_warning
 def test_loader_checks_num_classes(root):
     with pytest.raises(DataError, match=r"model\.head\.num_classes: is 5 .* defines 3"):
         build_train_loader(dataset(root), config("model.head.num_classes=5"))
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["solov2_r50_fpn_1x_coco", "solov2_r50_fpn_3x_coco", "solov2_light_r18_fpn_3x_coco", "solov2_tiny_cpu"],
+)
+def test_padding_normalises_to_mmdetections_zero(name):
+    """mmdetection pads after normalising, with 0; the uint8 canvases here are padded with the mean colour,
+    which the model's normalisation turns into less than half a grey level from 0."""
+    data = load_config(name).data
+    padded = (torch.tensor(data.pad_value, dtype=torch.float32) - torch.tensor(data.mean)) / torch.tensor(
+        data.std
+    )
+    assert padded.abs().max() < 0.5 / min(data.std)
+    assert data.pad_value == (124, 116, 104)

@@ -65,6 +65,7 @@ def test_export_writes_named_graph_with_metadata_and_prints_the_check(exported):
     assert json.loads(meta["solov2.canvas"]) == [256, 256]
     assert meta["solov2.mask_stride"] == "4" and meta["solov2.batch"] == "2"
     assert float(meta["solov2.score_thr"]) == 0.1 and float(meta["solov2.mask_thr"]) == 0.5
+    assert json.loads(meta["solov2.pad_value"]) == [124, 116, 104]  # what a consumer pads canvases with
 
     def shape(value):
         return [d.dim_value for d in value.type.tensor_type.shape.dim], value.type.tensor_type.elem_type

@@ -113,7 +113,9 @@ def test_train_samples_always_fit_their_canvas_with_valid_boxes(short_sides):
         out = transform(make_sample(h, w, seed=i), canvas=canvas, seed=i)
         ih, iw = out.image_size
         assert out.image.shape[-2:] == canvas and ih <= canvas[0] and iw <= canvas[1]
-        assert not out.image[:, ih:].any() and not out.masks[:, :, iw:].any()
+        fill = torch.tensor(cfg.pad_value, dtype=torch.uint8).view(3, 1, 1)  # the mean colour
+        assert out.image[:, ih:].eq(fill).all() and out.image[:, :ih, iw:].eq(fill).all()
+        assert not out.masks[:, ih:].any() and not out.masks[:, :, iw:].any()
         b = out.boxes
         assert (
             (b[:, 0] >= 0).all() and (b[:, 2] <= iw).all() and (b[:, 1] >= 0).all() and (b[:, 3] <= ih).all()

@@ -127,7 +127,8 @@ def test_predict_images_pastes_masks_back_to_the_original_size(tmp_path: Path):
     assert size == (128, 256)
     (images,) = model.inputs
     assert images.shape == (1, 3, 256, 256) and images.dtype == torch.uint8
-    assert (images[0, :, 128:] == 0).all()  # padding below the image
+    fill = torch.tensor(cfg.data.pad_value, dtype=torch.uint8).view(3, 1, 1)
+    assert images[0, :, 128:].eq(fill).all()  # padding below the image, in the mean colour
     assert record["overlay"] == "img_1.png"  # never overwrites the input
     assert (record["width"], record["height"]) == (128, 64)
     (inst,) = record["instances"]
@@ -149,7 +150,8 @@ def test_predict_images_shrinks_an_image_no_canvas_holds(tmp_path: Path):
     # fit_size gives 256x256; neither canvas holds it; both need x0.5, the first wins: 128x128 on 128x256.
     (images,) = model.inputs
     assert images.shape == (1, 3, 128, 256)
-    assert (images[0, :, :, 128:] == 0).all() and images[0, :, :, :128].float().mean() > 50
+    fill = torch.tensor(cfg.data.pad_value, dtype=torch.uint8).view(3, 1, 1)
+    assert images[0, :, :, 128:].eq(fill).all() and not images[0, :, :, :128].eq(fill).all(0).any()
     assert (record["width"], record["height"], record["overlay"]) == (100, 100, "square.png")
     (inst,) = record["instances"]
     assert inst["class"] == "1" and inst["segmentation"]["size"] == [100, 100]

@@ -195,6 +195,13 @@ class DataConfig:
         """What evaluation and predict resize to: ``test_img_scale``, else ``img_scale``."""
         return tuple(self.test_img_scale) or tuple(self.img_scale)
 
+    @property
+    def pad_value(self) -> tuple[int, int, int]:
+        """The uint8 RGB colour canvases are padded with: ``mean`` rounded, which normalises to within
+        half a grey level of 0 (mmdetection pads with 0 after normalising)."""
+        r, g, b = (min(255, max(0, round(m))) for m in self.mean)
+        return r, g, b
+
 
 @dataclass(frozen=True)
 class TrainConfig:

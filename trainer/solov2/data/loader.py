@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
-from ..config import Config
+from ..config import Config, DataConfig
 from ..errors import DataError, UserError
 from ..structures import MASK_STRIDE, Batch, CompactGroundTruth
 from ..targets import mask_statistics
@@ -90,12 +90,14 @@ def collate(
     max_instances: int,
     with_gt: bool = True,
     stats: LoaderStats | None = None,
+    fill: Sequence[int] = (0, 0, 0),
 ) -> Batch:
-    """Stack samples (each padded to ``canvas`` or smaller, content at the top-left) into a Batch.
+    """Stack samples (each padded to ``canvas`` or smaller, content at the top-left) into a Batch; the
+    rest of each canvas gets the RGB colour ``fill`` (``DataConfig.pad_value`` in the loaders).
 
     The ground truth is a :class:`~solov2.structures.CompactGroundTruth`: masks at stride 4, and each
     instance's centre of mass and pixel count, computed here at the canvas resolution.
-    ``None`` entries become padding images (zeros, ``image_id == -1``, sizes ``(0, 0)``, no instances).
+    ``None`` entries become padding images (all ``fill``, ``image_id == -1``, sizes ``(0, 0)``, no instances).
     Instances are padded to ``max_instances`` with ``valid = False``; beyond it the largest are kept.
     """
     b, (ch, cw), n_max = len(samples), canvas, max_instances
@@ -113,14 +115,18 @@ def collate(
         centers = torch.zeros(b, n_max, 2)
         pixels = torch.zeros(b, n_max, dtype=torch.int64)
     counts = dict.fromkeys(LoaderStats.FIELDS[:5], 0)
+    colour = torch.tensor(fill, dtype=torch.uint8).view(3, 1, 1)
     for i, s in enumerate(samples):
         if s is None:
+            images[i] = colour
             counts["padding_images"] += 1
             continue
         h, w = s.image.shape[-2:]
         if h > ch or w > cw:
             raise ValueError(f"collate: a {h}x{w} sample does not fit the {ch}x{cw} canvas")
         images[i, :, :h, :w] = s.image
+        images[i, :, h:] = colour  # the strips the image leaves: below it, and right of it
+        images[i, :, :h, w:] = colour
         image_ids[i] = s.image_id
         image_sizes[i] = torch.tensor(s.image_size)
         original_sizes[i] = torch.tensor(s.original_size)
@@ -163,18 +169,18 @@ def _instance_statistics(masks: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 class BatchCollator:
     """``collate_fn`` for items ``(canvas index, Sample | None)`` of one canvas."""
 
-    def __init__(
-        self, canvases: Sequence[tuple[int, int]], *, max_instances: int, with_gt: bool, stats: LoaderStats
-    ) -> None:
-        self.canvases = [tuple(c) for c in canvases]
+    def __init__(self, data: DataConfig, *, max_instances: int, with_gt: bool, stats: LoaderStats) -> None:
+        self.canvases = [tuple(c) for c in data.canvases]
+        self.fill = data.pad_value
         self.max_instances, self.with_gt, self.stats = max_instances, with_gt, stats
 
     def __call__(self, items: Sequence[tuple[int, Sample | None]]) -> Batch:
         canvas = self.canvases[items[0][0]]
         samples = [s for _, s in items]
         return collate(
-            samples, canvas=canvas, max_instances=self.max_instances, with_gt=self.with_gt, stats=self.stats
-        )
+            samples, canvas=canvas, max_instances=self.max_instances, with_gt=self.with_gt, stats=self.stats,
+            fill=self.fill,
+        )  # fmt: skip
 
 
 class _KeyedBatches(Sampler[list[tuple[int, int, int]]]):
@@ -405,7 +411,7 @@ def build_train_loader(
         )
     stats = LoaderStats(resolve_workers(cfg))
     ds = _TrainSamples(dataset, cfg, sampler.buckets, seed, stats)
-    collator = BatchCollator(cfg.data.canvases, max_instances=max_instances, with_gt=True, stats=stats)
+    collator = BatchCollator(cfg.data, max_instances=max_instances, with_gt=True, stats=stats)
     return _loader(ds, _KeyedBatches(sampler), collator, cfg, seed, pin_memory, pin_memory_device)
 
 
@@ -435,7 +441,7 @@ def build_eval_loader(
     )
     stats = LoaderStats(resolve_workers(cfg))
     collator = BatchCollator(
-        cfg.data.canvases, max_instances=cfg.model.targets.max_instances, with_gt=with_gt, stats=stats
+        cfg.data, max_instances=cfg.model.targets.max_instances, with_gt=with_gt, stats=stats
     )
     ds = _EvalSamples(dataset, cfg, with_gt)
     return _loader(ds, _KeyedBatches(sampler), collator, cfg, 0, pin_memory, pin_memory_device)

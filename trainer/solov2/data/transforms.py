@@ -111,15 +111,17 @@ def hflip_sample(sample: Sample) -> Sample:
     return sample._replace(image=sample.image.flip(-1), masks=sample.masks.flip(-1), boxes=boxes)
 
 
-def pad_to_canvas(sample: Sample, canvas: tuple[int, int]) -> Sample:
-    """Zero-pad image and masks to ``canvas = (h, w)``, content at the top-left (boxes unchanged)."""
+def pad_to_canvas(sample: Sample, canvas: tuple[int, int], fill: Sequence[int] = (0, 0, 0)) -> Sample:
+    """Pad image and masks to ``canvas = (h, w)``, content at the top-left (boxes unchanged): the image
+    with the RGB colour ``fill`` (``DataConfig.pad_value`` in the loaders), the masks with zeros."""
     height, width = sample.image.shape[-2:]
     ch, cw = canvas
     if height > ch or width > cw:
         raise ValueError(f"pad_to_canvas: a {height}x{width} image does not fit the {ch}x{cw} canvas")
     if (height, width) == (ch, cw):
         return sample
-    image = sample.image.new_zeros(3, ch, cw)
+    image = sample.image.new_empty(3, ch, cw)
+    image[:] = torch.tensor(fill, dtype=image.dtype).view(3, 1, 1)
     image[:, :height, :width] = sample.image
     masks = sample.masks.new_zeros(sample.masks.shape[0], ch, cw)
     masks[:, :height, :width] = sample.masks
@@ -195,7 +197,7 @@ class TrainTransform:
         sample = resize_sample(sample, size)
         if flipped:
             sample = hflip_sample(sample)
-        return pad_to_canvas(sample, canvas)
+        return pad_to_canvas(sample, canvas, self.cfg.pad_value)
 
 
 class EvalTransform:
@@ -204,7 +206,8 @@ class EvalTransform:
 
     def __init__(self, cfg: DataConfig) -> None:
         self.img_scale = cfg.eval_scale
+        self.fill = cfg.pad_value
 
     def __call__(self, sample: Sample, *, canvas: tuple[int, int]) -> Sample:
         size = fit_into(fit_size(*sample.original_size, self.img_scale), canvas)
-        return pad_to_canvas(resize_sample(sample, size), canvas)
+        return pad_to_canvas(resize_sample(sample, size), canvas, self.fill)

@@ -81,7 +81,8 @@ def prepare_image(image: Tensor, data: DataConfig) -> tuple[Tensor, ImageMeta]:
 
     The image is scaled to fit ``data.eval_scale`` (``fit_size``), put on the canvas of ``data.canvases``
     that ``choose_canvas`` picks (the smallest holding it; if none does, it is shrunk to fit the one needing
-    the least shrinking) and zero-padded at the bottom-right, by the loader's own ``EvalTransform``.
+    the least shrinking) and padded at the bottom-right with ``data.pad_value``, by the loader's own
+    ``EvalTransform``.
 
     Returns:
         ``[3, Hc, Wc]`` uint8 on the chosen canvas and the image's :class:`ImageMeta`.

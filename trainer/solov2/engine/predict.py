@@ -66,7 +66,7 @@ def predict_images(
     """Segment image files and write overlays and ``predictions.json`` to ``out_dir``.
 
     Each image goes through :func:`~solov2.engine.inference.detect_image` with ``cfg.data`` (resized to fit
-    ``eval_scale``, on the canvas evaluation would pick, zero-padded bottom-right, run alone) and ``model``:
+    ``eval_scale``, on the canvas evaluation would pick, padded bottom-right, run alone) and ``model``:
     a PyTorch model (run on ``device`` in eval mode, its train/eval state restored) or a runner such as
     ``solov2.engine.inference.TorchRunner`` (with autocast) or ``solov2.export.OnnxRunner``. Detections
     scoring at least ``score_thr`` are pasted back to the original size and thresholded at

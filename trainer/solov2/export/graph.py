@@ -2,8 +2,9 @@
 
 The graph has one input and four outputs (``N`` images, canvas ``H x W``, ``K = max_per_img`` slots):
 
-- ``images``: ``[N, 3, H, W]`` uint8 RGB, the image at the top-left of the canvas, zero padding
-  (normalisation happens inside, as in training);
+- ``images``: ``[N, 3, H, W]`` uint8 RGB, the image at the top-left of the canvas, the rest in the
+  padding colour ``solov2.pad_value`` (the config's mean rounded; normalisation happens inside, as in
+  training);
 - ``scores``: ``[N, K]`` float32, mask scores after Matrix NMS, decreasing, 0 where invalid;
 - ``labels``: ``[N, K]`` int64 contiguous class ids;
 - ``masks``: ``[N, K, H/4, W/4]`` float32 soft masks (sigmoid) at the mask stride;
@@ -64,13 +65,15 @@ def metadata(
         "solov2.batch": str(batch),
         "solov2.mask_stride": str(MASK_STRIDE),
         "solov2.img_scale": json.dumps(list(cfg.data.eval_scale)),
+        "solov2.pad_value": json.dumps(list(cfg.data.pad_value)),
         "solov2.score_thr": str(infer.score_thr),
         "solov2.mask_thr": str(infer.mask_thr),
         "solov2.update_thr": str(infer.update_thr),
         "solov2.nms_pre": str(infer.nms_pre),
         "solov2.max_per_img": str(infer.max_per_img),
         "solov2.config": json.dumps(to_dict(cfg)),
-        "solov2.inputs": "images: [N, 3, H, W] uint8 RGB, image at the top-left of the canvas, zero padding",
+        "solov2.inputs": "images: [N, 3, H, W] uint8 RGB, image at the top-left of the canvas, the rest "
+        "in the RGB colour solov2.pad_value",
         "solov2.outputs": "scores [N, K] float32, labels [N, K] int64, masks [N, K, H/4, W/4] float32 "
         "soft masks, valid [N, K] bool; slots sorted by decreasing score",
     }
