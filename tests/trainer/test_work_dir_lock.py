@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from solov2.engine.work_dir_lock import LOCK_NAME, WorkDirBusy, hold_work_dir
+from solov2.engine.work_dir_lock import LOCK_NAME, WAIT_SECONDS, WorkDirBusy, hold_work_dir, lock_wait_seconds
 from solov2.errors import ConfigError
 
 
@@ -107,3 +107,17 @@ def _serve(ready) -> None:
     """A forked data-loading worker that keeps running."""
     ready.set()
     time.sleep(30)
+
+
+def test_with_several_processes_the_wait_ends_before_the_others_time_out(monkeypatch):
+    """The other ranks wait for rank 0 in the process group's set-up for SOLOV2_DIST_TIMEOUT_SECONDS; a
+    longer wait for the lock would end them with a timeout instead of the work dir's error."""
+    monkeypatch.delenv("SOLOV2_DIST_TIMEOUT_SECONDS", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert lock_wait_seconds() == WAIT_SECONDS == 120
+    monkeypatch.setenv("WORLD_SIZE", "16")
+    assert lock_wait_seconds() == 120  # the default 30 minutes leave room
+    monkeypatch.setenv("SOLOV2_DIST_TIMEOUT_SECONDS", "60")
+    assert lock_wait_seconds() == 30
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert lock_wait_seconds() == 120  # alone, nobody waits for it

@@ -66,7 +66,7 @@ from .splits import (
 from .startup import check_outputs
 from .step import TrainStep
 from .training_setup import TrainOptions, open_metrics, seed_everything, train_dataset, train_loader
-from .work_dir_lock import hold_work_dir
+from .work_dir_lock import hold_work_dir, lock_wait_seconds
 
 __all__ = ["TrainOptions", "TrainingDiverged", "train"]
 
@@ -103,10 +103,8 @@ class _Trainer:
         self.loader = train_loader(self.dataset, cfg, runtime)
         self.iters_per_epoch = self.loader.batches_per_epoch
         self.total_iters = self.iters_per_epoch * cfg.train.epochs  # the schedule's length
-        limit = cfg.train.max_iters
-        self.stop_iteration = (
-            min(limit, self.total_iters) if limit else self.total_iters
-        )  # where this run ends
+        # Where this run ends: the schedule's end, or train.max_iters before it.
+        self.stop_iteration = min(cfg.train.max_iters or self.total_iters, self.total_iters)
         self.progress = ProgressLogger(
             epochs=cfg.train.epochs, total_iterations=self.stop_iteration, interval=cfg.train.log_interval
         )
@@ -567,7 +565,7 @@ def train(cfg: Config, opts: TrainOptions, log: Callable[[str], None] = print) -
     try:
         check_outputs(opts)
         if os.environ.get("RANK", "0") == "0":  # one process per run takes the work dir
-            lock = hold_work_dir(opts.work_dir, log=log)
+            lock = hold_work_dir(opts.work_dir, wait_s=lock_wait_seconds(), log=log)
         runtime = setup_runtime(opts.device)
         trainer = _Trainer(cfg, opts, runtime, log, sigterm)
         results = trainer.run()

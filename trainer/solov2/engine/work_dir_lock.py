@@ -5,7 +5,7 @@ Rank 0 takes an exclusive ``flock`` on ``WORK_DIR/.solov2-train.lock`` until the
 kernel, or the network file system's server, drops it when the process ends, however it ends) and
 writes who holds it. A lock held by a live process of this machine refuses the new run at once. A lock
 held elsewhere may be a lost node's, which a network file system keeps until its lease ends (about 90 s
-on NFSv4): the new run waits for it, up to :data:`WAIT_SECONDS`, saying so, then fails with
+on NFSv4): the new run waits for it, up to :func:`lock_wait_seconds`, saying so, then fails with
 :class:`WorkDirBusy`, which a retry may get past. A file system without ``flock``, or a lock file this
 user cannot open, gets no lock, with a warning. Forked children (data-loading workers) close their copy
 of the lock's descriptor, so that the lock ends with the training, not with the last of them.
@@ -23,9 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from ..device import dist_timeout_s
 from ..errors import ConfigError
 
-__all__ = ["LOCK_NAME", "WAIT_SECONDS", "WorkDirBusy", "hold_work_dir"]
+__all__ = ["LOCK_NAME", "WAIT_SECONDS", "WorkDirBusy", "hold_work_dir", "lock_wait_seconds"]
 
 LOCK_NAME = ".solov2-train.lock"
 WAIT_SECONDS = 120
@@ -39,6 +40,15 @@ def _close_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_close_in_child)
+
+
+def lock_wait_seconds() -> float:
+    """How long rank 0 waits for a lock held elsewhere: :data:`WAIT_SECONDS`, and with several processes
+    (``WORLD_SIZE``) at most half the time the others wait for it in the process group's set-up
+    (``SOLOV2_DIST_TIMEOUT_SECONDS``), so that they see the work dir's error, not a timeout of their own."""
+    if int(os.environ.get("WORLD_SIZE") or 1) > 1:
+        return min(WAIT_SECONDS, dist_timeout_s() / 2)
+    return WAIT_SECONDS
 
 
 class WorkDirBusy(RuntimeError):
