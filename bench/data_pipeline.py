@@ -120,7 +120,9 @@ def main() -> None:
         default_collate = collate_ms[str(max_instances_list[0])]
         pipeline_ms = stages["decode_resize_flip_masks"] + default_collate
         k, group = pairs[0]
-        bytes_per_batch = batch_bytes(collate(group, canvas=canvases[k], max_instances=max_instances_list[0]))
+        bytes_per_batch = batch_bytes(
+            collate(group, canvas=canvases[k], max_instances=max_instances_list[0], fill=cfg.data.pad_value)
+        )
         torch.set_num_threads(threads)
 
         loaders, worker_memory = {}, {}

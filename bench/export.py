@@ -65,7 +65,9 @@ def measure(config: str, canvas: tuple[int, int], *, batch: int, runs: int, thre
         total_export = time.perf_counter() - start
         size_mib = path.stat().st_size / 2**20
         runners = {"onnxruntime": OnnxRunner(path, threads=threads), "eager": TorchRunner(model, "cpu")}
-        times = _interleaved_seconds(runners, check_images(batch, canvas, seed=1), runs)
+        times = _interleaved_seconds(
+            runners, check_images(batch, canvas, seed=1, fill=cfg.data.pad_value), runs
+        )
     ort_s, eager_s = statistics.median(times["onnxruntime"]), statistics.median(times["eager"])
     return {
         "config": config,

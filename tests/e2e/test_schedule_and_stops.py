@@ -229,3 +229,17 @@ def test_max_iters_at_an_epoch_end_writes_the_epoch_checkpoint_only(small_coco, 
     assert (results["epochs"], results["iterations"], results["checkpoint"]) == (
         1, 4, str(work / "checkpoints" / "epoch_1.pth"),
     )  # fmt: skip
+
+
+def test_a_resume_renumbered_by_another_batch_names_the_checkpoint_it_resumed_from(
+    small_coco, tmp_path, capsys
+):
+    work = tmp_path / "w"
+    schedule = ["train.epochs=2", "train.warmup_iters=0"]
+    _train(small_coco, work, opts=[*schedule, "train.max_iters=6"])  # 4 images into epoch 2: iter_6.pth
+    capsys.readouterr()
+    # Twice the images per step: those 4 images are 1 batch of 4, and the run stands at iteration 3.
+    _train(small_coco, work, "--resume", opts=[*schedule, "train.max_iters=3", "data.samples_per_device=4"])
+    assert "train.max_iters=3 is reached (iteration 3), nothing to train" in capsys.readouterr().out
+    results = json.loads((work / "results.json").read_text())
+    assert results["iterations"] == 3 and results["checkpoint"] == str(work / "checkpoints" / "iter_6.pth")

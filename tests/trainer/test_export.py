@@ -85,7 +85,9 @@ def test_export_writes_named_graph_with_metadata_and_prints_the_check(exported):
 def test_onnxruntime_outputs_equal_pytorch_on_new_images(exported, checkpoint):
     path, _ = exported
     runner = OnnxRunner(path)
-    images = check_images(3, (256, 256), seed=11)  # 3 images: two runs of the batch-2 graph, one padded
+    images = check_images(
+        3, (256, 256), seed=11, fill=(124, 116, 104)
+    )  # 3 images: two runs of the batch-2 graph, one padded
     got = runner(images)
     want = TorchRunner(_model(checkpoint), "cpu")(images)
     assert got.valid.shape == want.valid.shape == (3, runner.config().model.inference.max_per_img)

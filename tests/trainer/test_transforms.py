@@ -81,22 +81,20 @@ def test_flip_flips_boxes_and_masks_consistently():
     assert torch.equal(boxes_from_masks(f.masks), f.boxes)
     assert torch.equal(hflip_sample(f).boxes, s.boxes)
     with pytest.raises(ValueError, match="before padding"):
-        hflip_sample(pad_to_canvas(s, (64, 96)))
+        hflip_sample(pad_to_canvas(s, (64, 96), (0, 0, 0)))
 
 
 def test_pad_keeps_the_image_top_left():
     s = make_sample(50, 70)
-    p = pad_to_canvas(s, (64, 96))
+    p = pad_to_canvas(s, (64, 96), (124, 116, 104))
     assert p.image.shape == (3, 64, 96) and p.masks.shape[-2:] == (64, 96)
-    assert (
-        torch.equal(p.image[:, :50, :70], s.image)
-        and not p.image[:, 50:].any()
-        and not p.image[:, :, 70:].any()
-    )
+    colour = torch.tensor([124, 116, 104], dtype=torch.uint8).view(3, 1, 1)
+    assert torch.equal(p.image[:, :50, :70], s.image)
+    assert p.image[:, 50:].eq(colour).all() and p.image[:, :, 70:].eq(colour).all()
     assert torch.equal(p.masks[:, :50, :70], s.masks) and not p.masks[:, 50:].any()
     assert torch.equal(p.boxes, s.boxes) and p.image_size == (50, 70)
     with pytest.raises(ValueError, match="does not fit"):
-        pad_to_canvas(s, (32, 96))
+        pad_to_canvas(s, (32, 96), (0, 0, 0))
 
 
 @pytest.mark.parametrize("short_sides", [(), (96, 112, 128)])

@@ -64,8 +64,9 @@ if [ -n "$epochs" ]; then
     opts+=(--opts "train.epochs=$epochs")
 fi
 
-# The performance scripts' run: --steps=N iterations (default 500) from the start, no evaluation, then the
-# throughput from WORK_DIR/results.json as the FPS line.
+# The performance scripts' run: --steps=N iterations (default 500) from the start, no evaluation, in a
+# fresh directory under the work dir that is deleted at the end (a measurement's checkpoint is of no use),
+# then the throughput from its results.json as the FPS line.
 performance_opts() {
     steps="${steps:-500}"
     if [[ ! "$steps" =~ ^[1-9][0-9]*$ ]]; then
@@ -74,27 +75,21 @@ performance_opts() {
     fi
     opts+=(--no-eval --opts "train.max_iters=$steps")
 }
-# A performance run starts over: in a work dir an earlier performance run made (it leaves a marker), that
-# run's checkpoints and results go first. A work dir with other checkpoints is left alone (and unmarked):
-# solov2 refuses to start over there.
-fresh_performance_dir() {
-    if [ -f "$work_dir/.performance-run" ]; then
-        rm -rf "$work_dir/checkpoints" "$work_dir/results.json"
-    elif [ -n "$(ls -A "$work_dir/checkpoints" 2>/dev/null)" ]; then
-        return
-    fi
+performance_run_dir() {
     mkdir -p "$work_dir"
-    touch "$work_dir/.performance-run"
+    run_dir="$(mktemp -d "$work_dir/run.XXXXXX")"
+    trap 'rm -rf "$run_dir"' EXIT
 }
 report_fps() {
     local fps
-    fps="$(sed -n 's/^ *"images_per_second": \([0-9.eE+-]*\),*$/\1/p' "$work_dir/results.json" 2>/dev/null)"
+    fps="$(sed -n 's/^ *"images_per_second": \([0-9.eE+-]*\),*$/\1/p' "$run_dir/results.json" 2>/dev/null)"
     if [ -z "$fps" ]; then
-        echo "$(basename "$0"): no images_per_second in $work_dir/results.json: see $work_dir/train.log" >&2
+        echo "$(basename "$0"): no images_per_second in $run_dir/results.json: see $work_dir/train.log" >&2
         exit 1
     fi
-    echo "FPS: $fps images/s over $steps iterations, all devices together, from the first progress line on" \
-        "(start-up and compilation left out); log: $work_dir/train.log" | tee -a "$work_dir/train.log"
+    cp "$run_dir/results.json" "$work_dir/results.json"
+    echo "FPS: $fps images/s over $steps iterations, all devices together, measured from the first progress" \
+        "line on (train.log_interval: start-up and compilation come before it)" | tee -a "$work_dir/train.log"
 }
 
 # Backbone weights for a training from the start: --pretrained=FILE, or else, for the ResNet-50 configs,

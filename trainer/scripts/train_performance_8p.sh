@@ -5,8 +5,9 @@
 #       [--device=auto] [--pretrained=FILE] [-- solov2 args, e.g. --compile]
 # DIR holds COCO (train2017 is read; val2017 is not needed). The rate leaves out the iterations before the
 # first progress line (train.log_interval, 20): start-up, the loaders' first batches and compilation.
-# The run's checkpoint and train.log go to --work_dir (default: ./output/perf_8p); run again, it replaces
-# the checkpoint of the last measurement there.
+# It trains in a new directory under --work_dir (default: ./output/perf_8p), deleted at the end; train.log
+# (appended to) and the last run's results.json stay there. --steps must exceed train.log_interval (20)
+# for the rate to leave start-up out.
 set -euo pipefail
 accepted="data_path work_dir config device nproc steps pretrained"
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -14,9 +15,9 @@ backbone_opts
 performance_opts
 work_dir="${work_dir:-output/perf_8p}"
 nproc="${nproc:-8}"
-fresh_performance_dir
+performance_run_dir
 TORCHRUN="${TORCHRUN:-torchrun}"
 "$TORCHRUN" --standalone --nnodes 1 --nproc-per-node "$nproc" -m solov2.cli train --config "$config" \
-    --data-path "$data_path" --work-dir "$work_dir" --device "$device" \
-    --termination-log "$work_dir/termination-log" "${opts[@]}" "${extra[@]}" 2>&1 | tee -a "$work_dir/train.log"
+    --data-path "$data_path" --work-dir "$run_dir" --device "$device" \
+    --termination-log "$run_dir/termination-log" "${opts[@]}" "${extra[@]}" 2>&1 | tee -a "$work_dir/train.log"
 report_fps

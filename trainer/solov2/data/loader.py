@@ -90,7 +90,7 @@ def collate(
     max_instances: int,
     with_gt: bool = True,
     stats: LoaderStats | None = None,
-    fill: Sequence[int] = (0, 0, 0),
+    fill: Sequence[int],
 ) -> Batch:
     """Stack samples (each padded to ``canvas`` or smaller, content at the top-left) into a Batch; the
     rest of each canvas gets the RGB colour ``fill`` (``DataConfig.pad_value`` in the loaders).

@@ -25,7 +25,10 @@ def batch_bytes(cfg: Config) -> int:
     and the compact ground truth of ``model.targets.max_instances`` slots, whatever the images hold)."""
     canvas = max(cfg.data.canvases, key=lambda c: c[0] * c[1])
     empty = collate(
-        [None] * cfg.data.samples_per_device, canvas=canvas, max_instances=cfg.model.targets.max_instances
+        [None] * cfg.data.samples_per_device,
+        canvas=canvas,
+        max_instances=cfg.model.targets.max_instances,
+        fill=cfg.data.pad_value,
     )
     tensors = [t for field in empty for t in (field if isinstance(field, tuple) else (field,))]
     return sum(t.numel() * t.element_size() for t in tensors)

@@ -111,7 +111,7 @@ def hflip_sample(sample: Sample) -> Sample:
     return sample._replace(image=sample.image.flip(-1), masks=sample.masks.flip(-1), boxes=boxes)
 
 
-def pad_to_canvas(sample: Sample, canvas: tuple[int, int], fill: Sequence[int] = (0, 0, 0)) -> Sample:
+def pad_to_canvas(sample: Sample, canvas: tuple[int, int], fill: Sequence[int]) -> Sample:
     """Pad image and masks to ``canvas = (h, w)``, content at the top-left (boxes unchanged): the image
     with the RGB colour ``fill`` (``DataConfig.pad_value`` in the loaders), the masks with zeros."""
     height, width = sample.image.shape[-2:]

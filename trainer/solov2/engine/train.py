@@ -116,6 +116,7 @@ class _Trainer:
         self.last_losses: dict[str, float] = {}
         self.losses = LossWindow()
         self.images_per_second = 0.0  # at the end of the last epoch trained (kept in the checkpoints)
+        self.last_checkpoint: Path | None = None  # the newest this run wrote or resumed from
         self.replica = replicate(self.model, runtime)
         self.forward = compile_forward(
             self.replica, compile=opts.compile, mode=opts.compile_mode, distributed=runtime.distributed
@@ -177,10 +178,9 @@ class _Trainer:
 
     @property
     def checkpoint(self) -> Path:
-        """The checkpoint of where training stands: the last epoch's, or where ``train.max_iters`` stopped
-        it inside an epoch."""
-        name = f"iter_{self.iteration}.pth" if self.batch_in_epoch else f"epoch_{self.epoch}.pth"
-        return self.ckpt_dir / name
+        """The checkpoint of where training stands: the newest this run wrote (an epoch's, or where
+        ``train.max_iters`` stopped it inside an epoch) or resumed from."""
+        return self.last_checkpoint or self.ckpt_dir / f"epoch_{self.epoch}.pth"
 
     def lr_factor(self, iteration: int) -> float:
         """Multiplier of the scaled learning rate at a global iteration (0-based)."""
@@ -235,6 +235,7 @@ class _Trainer:
 
     def _resume_from(self, path: Path) -> None:
         state = load_checkpoint(path)
+        self.last_checkpoint = path
         load_training_state(
             path, state, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
             config=to_dict(self.cfg),
@@ -320,6 +321,7 @@ class _Trainer:
             prune_checkpoints(
                 self.ckpt_dir, keep_iter=t.keep_iter_checkpoints, epoch_every=t.epoch_checkpoint_every
             )
+        self.last_checkpoint = path
         return path
 
     def termination_text(self, checkpoint: Path | None = None) -> str:
@@ -373,12 +375,19 @@ class _Trainer:
         if self.progress.due(self.iteration) or end_of_epoch or last:
             self._read_counters()
             self._report(out)
+        if end_of_epoch or last:
+            self._measure_throughput()  # before the checkpoint's write
         interval = self.cfg.train.checkpoint_interval
         saved = None
         if (periodic_checkpoint_due(self.iteration, interval) or last) and not end_of_epoch:
             saved = self.save(f"iter_{self.iteration}.pth")
         if self._stop_requested():
             raise self._terminate(saved)
+
+    def _measure_throughput(self) -> None:
+        """The run's images per second so far (kept in the checkpoints, reported in the results)."""
+        if self.iteration > self.clock.start_iteration:  # else an earlier attempt's figure stands
+            self.images_per_second = round(self.clock.images_per_second(self.iteration, self.total_batch), 3)
 
     def _read_counters(self) -> None:
         """Read the step counters (a host sync: logging iterations only); log and count skipped steps
@@ -450,12 +459,10 @@ class _Trainer:
             if self._limit_reached():
                 break
             tick = time.perf_counter()
-        if self.iteration > self.clock.start_iteration:  # else an earlier attempt's figure stands
-            self.images_per_second = round(self.clock.images_per_second(self.iteration, self.total_batch), 3)
         truncated = sum_over_ranks(self.loader.stats()["truncated_instances"], self.rt)
         self.metrics.add_truncated(truncated - self.truncated)
         self.truncated = truncated
-        if self.batch_in_epoch < self.iters_per_epoch:  # train.max_iters stopped it; _after_step saved
+        if self.batch_in_epoch < self.iters_per_epoch and self._limit_reached():  # _after_step saved
             self.log(
                 f"train.max_iters={self.cfg.train.max_iters} reached in epoch {self.epoch + 1}: "
                 f"checkpoint {self.checkpoint}"

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from ..device import dist_timeout_s
+from ..device import _env_int, dist_timeout_s
 from ..errors import ConfigError
 
 __all__ = ["LOCK_NAME", "WAIT_SECONDS", "WorkDirBusy", "hold_work_dir", "lock_wait_seconds"]
@@ -46,7 +46,7 @@ def lock_wait_seconds() -> float:
     """How long rank 0 waits for a lock held elsewhere: :data:`WAIT_SECONDS`, and with several processes
     (``WORLD_SIZE``) at most half the time the others wait for it in the process group's set-up
     (``SOLOV2_DIST_TIMEOUT_SECONDS``), so that they see the work dir's error, not a timeout of their own."""
-    if int(os.environ.get("WORLD_SIZE") or 1) > 1:
+    if _env_int("WORLD_SIZE", 1) > 1:
         return min(WAIT_SECONDS, dist_timeout_s() / 2)
     return WAIT_SECONDS
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -24,12 +25,12 @@ def session_from(model: bytes | str, *, threads: int | None = None) -> Any:
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def check_images(batch: int, canvas: tuple[int, int], seed: int) -> Tensor:
+def check_images(batch: int, canvas: tuple[int, int], seed: int, fill: Sequence[int]) -> Tensor:
     """``[batch, 3, H, W]`` uint8 images of random shapes (the synthetic data set's), some on a smaller
-    image padded into the canvas as real inputs are."""
+    image padded into the canvas with the colour ``fill`` (``data.pad_value``) as real inputs are."""
     generator = torch.Generator().manual_seed(seed)
     height, width = canvas
-    images = torch.zeros(batch, 3, height, width, dtype=torch.uint8)
+    images = torch.tensor(fill, dtype=torch.uint8).view(1, 3, 1, 1).repeat(batch, 1, height, width)
     for b in range(batch):
         h, w = (height, width) if b % 2 == 0 else (height * 3 // 4, width // 2)
         image, _, _ = draw_instances(h, w, 1 + b % 6, generator)
@@ -52,9 +53,17 @@ def compare_outputs(expected: tuple[Tensor, ...], actual: tuple[np.ndarray, ...]
 
 
 def check_onnx(
-    model: bytes | str, graph: nn.Module, *, canvas: tuple[int, int], batch: int, batches: int, atol: float
+    model: bytes | str,
+    graph: nn.Module,
+    *,
+    canvas: tuple[int, int],
+    batch: int,
+    batches: int,
+    atol: float,
+    fill: Sequence[int],
 ) -> dict[str, Any]:
-    """Run ``batches`` batches of generated images through onnxruntime and through ``graph`` (PyTorch).
+    """Run ``batches`` batches of generated images (padded with ``fill``) through onnxruntime and through
+    ``graph`` (PyTorch).
 
     Returns:
         ``{"ok", "images", "detections", "valid_differ", "labels_differ", "max_score_diff",
@@ -70,7 +79,7 @@ def check_onnx(
     totals: dict[str, Any] = {"detections": 0, "valid_differ": 0, "labels_differ": 0}
     totals.update(max_score_diff=0.0, max_mask_diff=0.0)
     for index in range(max(1, batches)):
-        images = check_images(batch, canvas, seed=index)
+        images = check_images(batch, canvas, seed=index, fill=fill)
         with torch.no_grad():
             expected = graph(images)
         actual = session.run(None, {session.get_inputs()[0].name: images.numpy()})

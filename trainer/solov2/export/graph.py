@@ -157,7 +157,9 @@ def export_onnx(
     seconds = time.perf_counter() - start
     where = f"opset {opset}, batch {batch}, canvas {canvas[0]}x{canvas[1]}"
     log(f"export: traced and translated in {seconds:.1f} s ({where})")
-    report = check_onnx(data, graph, canvas=canvas, batch=batch, batches=check_batches, atol=atol)
+    report = check_onnx(
+        data, graph, canvas=canvas, batch=batch, batches=check_batches, atol=atol, fill=cfg.data.pad_value
+    )
     log(report.pop("summary"))  # type: ignore[arg-type]
     if not report["ok"]:
         raise ExportError(
