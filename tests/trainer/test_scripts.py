@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -171,3 +172,30 @@ def test_without_solov2_on_the_path_the_checkouts_environment_runs_or_the_fix_is
     res = subprocess.run(["bash", str(elsewhere / "train_full_1p.sh"), f"--data_path={data}"], env=env,
                          cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
     assert res.returncode == 2 and "solov2 is not on the PATH: activate the environment" in res.stderr
+
+
+def test_performance_8p_runs_torchrun_for_the_steps_without_evaluation_and_reports_its_fps(tmp_path):
+    log = tmp_path / "calls"
+    stub = tmp_path / "torchrun"
+    # Records its arguments and writes the results a training would, into the --work-dir it is given.
+    stub.write_text(
+        f'#!/usr/bin/env bash\necho "$*" >> {log}\nwhile [ "$1" != --work-dir ]; do shift; done\n'
+        "printf '%s\\n' '{' '  \"iterations\": 500,' '  \"images_per_second\": 41.25,' '  \"epochs\": 0' '}'"
+        ' > "$2/results.json"\n'
+    )
+    stub.chmod(0o755)
+    env = {**os.environ, "TORCHRUN": str(stub)}
+    res = _run("train_performance_8p.sh", f"--data_path={tmp_path}", env=env, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    call = log.read_text().split()
+    assert call[call.index("--nproc-per-node") + 1] == "8" and "--no-eval" in call and "--resume" not in call
+    assert "train.max_iters=500" in call
+    run_dir = Path(call[call.index("--work-dir") + 1])
+    assert run_dir.parent == Path("output/perf_8p") and not (tmp_path / run_dir).exists()  # deleted
+    assert "FPS: 41.25 images/s over 500 iterations" in res.stdout
+    assert (
+        json.loads((tmp_path / "output" / "perf_8p" / "results.json").read_text())["images_per_second"]
+        == 41.25
+    )
+    res = _run("train_full_8p.sh", f"--data_path={tmp_path}", "--steps=10", env=env, cwd=tmp_path)
+    assert res.returncode == 2 and "unknown argument '--steps=10'" in res.stderr
