@@ -81,14 +81,15 @@ performance_run_dir() {
     trap 'rm -rf "$run_dir"' EXIT
 }
 report_fps() {
-    local fps
+    local fps iterations
     fps="$(sed -n 's/^ *"images_per_second": \([0-9.eE+-]*\),*$/\1/p' "$run_dir/results.json" 2>/dev/null)"
+    iterations="$(sed -n 's/^ *"iterations": \([0-9]*\),*$/\1/p' "$run_dir/results.json" 2>/dev/null)"
     if [ -z "$fps" ]; then
         echo "$(basename "$0"): no images_per_second in $run_dir/results.json: see $work_dir/train.log" >&2
         exit 1
     fi
     cp "$run_dir/results.json" "$work_dir/results.json"
-    echo "FPS: $fps images/s over $steps iterations, all devices together, measured from the first progress" \
+    echo "FPS: $fps images/s over ${iterations:-$steps} iterations, all devices together, measured from the first progress" \
         "line on (train.log_interval: start-up and compilation come before it)" | tee -a "$work_dir/train.log"
 }
 
