@@ -18,10 +18,20 @@ from kubernetes.client.exceptions import ApiException
 from . import __version__
 from .manifests import LABEL_NAME, LABEL_TRAINING, PODGROUP_API, selector
 
-__all__ = ["GROUP", "PLURAL", "VERSION", "Kube", "Refused", "Rejected", "load_api_client"]
+__all__ = [
+    "GROUP",
+    "PLURAL",
+    "VERSION",
+    "Kube",
+    "Refused",
+    "Rejected",
+    "load_api_client",
+    "podgroup_spec_patch",
+]
 
 GROUP, VERSION, PLURAL = "solov2.io", "v1alpha1", "solov2trainings"
 _MERGE_PATCH = "application/merge-patch+json"
+_JSON_PATCH = "application/json-patch+json"
 
 
 class Rejected(Exception):
@@ -124,29 +134,29 @@ class Kube:
         return True
 
     async def _update(self, body: dict[str, Any]) -> None:
-        """Merge ``body``'s labels, owner and spec into the existing Service or PodGroup of its name (an
-        earlier gang's, or an earlier training's of the same name that the garbage collector would
-        otherwise delete under the new one)."""
+        """Bring the existing Service or PodGroup of ``body``'s name (an earlier gang's, or an earlier
+        training's of the same name that the garbage collector would otherwise delete under the new one)
+        to ``body``: its labels and owner are merged in, and its spec updated in one request."""
         meta = body["metadata"]
-        patch = {
-            "metadata": {"labels": meta.get("labels"), "ownerReferences": meta.get("ownerReferences")},
-            "spec": body["spec"],
-        }
+        name, namespace = meta["name"], meta["namespace"]
+        metadata = {"labels": meta.get("labels"), "ownerReferences": meta.get("ownerReferences")}
         if body["kind"] == "Service":
             await asyncio.to_thread(
-                self.core.patch_namespaced_service, meta["name"], meta["namespace"], patch,
+                self.core.patch_namespaced_service, name, namespace,
+                {"metadata": metadata, "spec": body["spec"]},
                 _content_type=_MERGE_PATCH, _preload_content=False,
             )  # fmt: skip
-        else:
-            group, version, plural = PODGROUP_API
-            # A merge patch merges maps: minResources is cleared first, so that a resource the spec no
-            # longer requests (another device, a dropped memory request) does not stay in it.
-            for step in ({"spec": {"minResources": None}}, patch):
-                await asyncio.to_thread(
-                    self.custom.patch_namespaced_custom_object,
-                    group, version, meta["namespace"], plural, meta["name"], step,
-                    _content_type=_MERGE_PATCH, _preload_content=False,
-                )  # fmt: skip
+            return
+        group, version, plural = PODGROUP_API
+        for patch, content_type in (
+            ({"metadata": metadata}, _MERGE_PATCH),
+            (podgroup_spec_patch(body["spec"]), _JSON_PATCH),
+        ):
+            await asyncio.to_thread(
+                self.custom.patch_namespaced_custom_object,
+                group, version, namespace, plural, name, patch,
+                _content_type=content_type, _preload_content=False,
+            )  # fmt: skip
 
     async def delete_pod(self, namespace: str, name: str) -> None:
         try:
@@ -189,6 +199,25 @@ class Kube:
         except ApiException as exc:
             if exc.status != 404:
                 raise
+
+
+def podgroup_spec_patch(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A JSON Patch that gives a PodGroup the members of ``spec``, ``minResources`` replaced whole.
+
+    Volcano admits a PodGroup to its queue when ``minResources`` fit, so the update is one atomic
+    request: a merge patch would keep a resource the spec no longer requests, and clearing the map
+    first would leave the PodGroup for a moment without any. Without ``minResources`` in ``spec``, an
+    ``add`` (of an empty map, which replaces any) followed by a ``remove`` drops it whether it was
+    there or not. A ``queue`` or ``priorityClassName`` the spec does not name is left as it is (Volcano's
+    admission webhook defaults the queue).
+    """
+    ops = [{"op": "add", "path": f"/spec/{key}", "value": value} for key, value in spec.items()]
+    if "minResources" not in spec:
+        ops += [
+            {"op": "add", "path": "/spec/minResources", "value": {}},
+            {"op": "remove", "path": "/spec/minResources"},
+        ]
+    return ops
 
 
 def _raise_refusal(exc: ApiException, body: Mapping[str, Any]) -> NoReturn:

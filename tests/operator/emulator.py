@@ -208,6 +208,14 @@ def objects_of(emulator: Emulator, resource: str, namespace: str = "default") ->
     return out
 
 
+def versions_of(emulator: Emulator, resource: str, name: str, namespace: str = "default") -> list[Any]:
+    """Every state object ``name`` has had, oldest first (None where it was deleted)."""
+    for (res, ns, obj_name), obj in list(emulator.objects.items()):
+        if _same(res, resource) and ns == namespace and obj_name == name:
+            return [None if v is None else json.loads(json.dumps(v.raw)) for v in obj.history]
+    return []
+
+
 def _same(res: Any, key: str) -> bool:
     parts = key.split("/")
     group, version, plural = ("", *parts) if len(parts) == 2 else parts

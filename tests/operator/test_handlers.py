@@ -473,7 +473,7 @@ async def test_a_worker_evicted_and_removed_at_once_is_a_disruption_not_a_failur
 
 
 async def test_a_new_gang_brings_the_podgroup_and_the_service_to_the_spec(cluster: Cluster):
-    from .emulator import PODGROUPS, SERVICES, objects_of
+    from .emulator import PODGROUPS, SERVICES, objects_of, versions_of
 
     spec = {**CPU_2, "schedulerName": "volcano", "gangScheduling": {"queue": "q"},
             "resources": {"cpu": "2", "memory": "4Gi"}}  # fmt: skip
@@ -483,7 +483,8 @@ async def test_a_new_gang_brings_the_podgroup_and_the_service_to_the_spec(cluste
         "cpu": "4",
         "memory": "8Gi",
     }
-    # A request the spec drops leaves the PodGroup too (a merge patch alone would keep it).
+    # A request the spec drops leaves the PodGroup too (a merge patch alone would keep it); Volcano
+    # never sees the PodGroup without minResources on the way.
     await cluster.patch_spec("grow", {"nodes": 3, "metricsPort": 9500, "resources": {"memory": None}})
     await cluster.reconciled("grow")
     assert cluster.phase("grow") == "Running" and len(cluster.pods("grow")) == 2  # the running gang stays
@@ -491,6 +492,8 @@ async def test_a_new_gang_brings_the_podgroup_and_the_service_to_the_spec(cluste
     await cluster.wait(lambda: len(cluster.pods("grow")) == 3, message="a gang of 3")
     assert objects_of(cluster.emulator, PODGROUPS)["grow"]["spec"]["minMember"] == 3
     assert objects_of(cluster.emulator, PODGROUPS)["grow"]["spec"]["minResources"] == {"cpu": "6"}
+    seen = [v["spec"].get("minResources") for v in versions_of(cluster.emulator, PODGROUPS, "grow") if v]
+    assert None not in seen and seen[-1] == {"cpu": "6"}, seen
     ports = objects_of(cluster.emulator, SERVICES)["grow"]["spec"]["ports"]
     assert [p["port"] for p in ports] == [29500, 9500]
     await all_running(cluster, "grow", n=3)

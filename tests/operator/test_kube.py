@@ -58,3 +58,35 @@ async def test_a_forbidden_create_is_a_refusal_that_may_pass():
     kube, _ = _kube(403, None)
     with pytest.raises(Refused, match="Service t: "):
         await kube.create(SERVICE)
+
+
+@pytest.mark.parametrize(
+    ("existing", "wanted", "expected"),
+    [
+        pytest.param(  # a resource the spec drops leaves, one it adds comes
+            {"minMember": 2, "minResources": {"cpu": "4", "huawei.com/Ascend910": "16"}, "queue": "q"},
+            {"minMember": 3, "minResources": {"cpu": "6", "memory": "12Gi"}},
+            {"minMember": 3, "minResources": {"cpu": "6", "memory": "12Gi"}, "queue": "q"},
+            id="replaced-whole",
+        ),
+        pytest.param(  # requests dropped from the spec altogether
+            {"minMember": 2, "minResources": {"cpu": "4"}, "queue": "default"},
+            {"minMember": 2},
+            {"minMember": 2, "queue": "default"},
+            id="removed",
+        ),
+        pytest.param(  # and a PodGroup that never had any
+            {"minMember": 2, "queue": "default"},
+            {"minMember": 4, "queue": "big"},
+            {"minMember": 4, "queue": "big"},
+            id="absent-stays-absent",
+        ),
+    ],
+)
+def test_a_podgroup_spec_update_replaces_min_resources_in_one_patch(existing, wanted, expected):
+    import jsonpatch
+
+    from solov2_operator.kube import podgroup_spec_patch
+
+    podgroup = {"metadata": {"name": "t"}, "spec": existing}
+    assert jsonpatch.apply_patch(podgroup, podgroup_spec_patch(wanted))["spec"] == expected
