@@ -13,6 +13,7 @@ import torch
 from solov2.config import InferenceConfig
 from solov2.postprocess import (
     encode_rle,
+    encode_rle_by_runs,
     masks_to_boxes_xywh,
     matrix_nms,
     paste_masks,
@@ -288,6 +289,22 @@ def test_encode_rle_round_trip() -> None:
         assert isinstance(rle["counts"], str) and list(rle["size"]) == [7, 5]
         assert np.array_equal(mask_util.decode(rle), mask.numpy().astype(np.uint8))
     assert encode_rle(masks[:0]) == []
+
+
+def test_rle_from_run_boundaries_is_pycocotools_own() -> None:
+    """The encoding evaluation uses for masks on an accelerator gives pycocotools' strings exactly."""
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(9, 13, 11, generator=g) > 0.6
+    masks[0] = False  # no run of 1s
+    masks[1] = True  # one run of 1s from the first pixel to the last
+    masks[2] = False
+    masks[2, 0, 0] = masks[2, -1, -1] = True  # the first and the last pixel
+    masks[3] = False
+    masks[3, :, 4:7] = True  # whole columns: runs across column ends
+    yy, xx = torch.meshgrid(torch.arange(13.0), torch.arange(11.0), indexing="ij")
+    masks[4] = (yy - 6) ** 2 / 25 + (xx - 5) ** 2 / 9 < 1  # a blob, as real masks are
+    assert encode_rle_by_runs(masks) == encode_rle(masks)
+    assert encode_rle_by_runs(masks[:0]) == []
 
 
 def test_masks_to_boxes_xywh() -> None:

@@ -1,9 +1,10 @@
 """COCO evaluation: run the model over a loader, turn detections into COCO results, score them.
 
 The model's part is static (``model(images)`` gives fixed-size :class:`~solov2.structures.Detections`);
-everything after it is host-side and per image: valid slots are pasted back to the original image
-size, thresholded, run-length encoded and scored with pycocotools' ``COCOeval`` for ``segm`` and for
-``bbox`` (boxes are the extents of the predicted masks; SOLOv2 predicts no boxes).
+everything after it is per image: valid slots are pasted back to the original image size, thresholded,
+boxed and run-length encoded where the model ran (only the run boundaries of an accelerator's masks
+are copied to the host), and scored with pycocotools' ``COCOeval`` for ``segm`` and for ``bbox``
+(boxes are the extents of the predicted masks; SOLOv2 predicts no boxes).
 
 Metric values are ``COCOeval.stats`` as they come: AP in 0..1, and -1 where the evaluated images hold
 no ground truth in that area range. When there are no detections at all, every AP is 0.0 (pycocotools

@@ -57,10 +57,11 @@ class ImageMeta(NamedTuple):
 
 
 class Instances(NamedTuple):
-    """One image's detections at its original size (host tensors), in decreasing score order."""
+    """One image's detections at its original size, in decreasing score order."""
 
     masks: Tensor
-    """``[K, H0, W0]`` bool, none empty."""
+    """``[K, H0, W0]`` bool, none empty, where the runner's output is (an accelerator's masks are never
+    copied to the host whole: :func:`instance_records` boxes and encodes them there)."""
     labels: Tensor
     """``[K]`` int64 contiguous class ids."""
     scores: Tensor
@@ -158,7 +159,7 @@ def to_instances(
     nonempty = masks.flatten(1).any(dim=1)
     slots = slots[nonempty]
     return Instances(
-        masks=masks[nonempty].cpu(),
+        masks=masks[nonempty],
         labels=det.labels[index, slots].cpu(),
         scores=det.scores[index, slots].float().cpu(),
     )
@@ -197,7 +198,8 @@ def detect_image(
 
 def instance_records(instances: Instances) -> list[dict[str, Any]]:
     """Per instance ``{"label": int, "score": float, "bbox": [x, y, w, h], "segmentation": RLE}``: the box
-    is the mask's pixel extent, the RLE is COCO's with ``str`` counts."""
+    is the mask's pixel extent, the RLE is COCO's with ``str`` counts (both computed where the masks are,
+    see :func:`~solov2.postprocess.encode_rle`)."""
     boxes = masks_to_boxes_xywh(instances.masks).tolist()
     return [
         {"label": int(label), "score": float(score), "bbox": box, "segmentation": rle}
