@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -85,7 +86,6 @@ def test_data_loading_workers_forked_while_it_is_held_do_not_keep_it():
     """A persistent loader worker outlives its training for a while; the lock must not."""
     import multiprocessing
     import tempfile
-    from pathlib import Path
 
     with tempfile.TemporaryDirectory() as tmp:
         held = hold_work_dir(Path(tmp), log=lambda _m: None)
@@ -121,3 +121,49 @@ def test_with_several_processes_the_wait_ends_before_the_others_time_out(monkeyp
     assert lock_wait_seconds() == 30
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert lock_wait_seconds() == 120  # alone, nobody waits for it
+
+
+MOUNTINFO = "\n".join(
+    [
+        "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw",
+        "40 22 0:50 / /ckpt rw,relatime shared:20 - nfs server:/export rw,vers=3,nolock,proto=tcp,local_lock=all",
+        "41 40 8:2 / /ckpt/scratch rw,relatime shared:21 - ext4 /dev/sdb1 rw",
+        r"42 22 0:51 / /with\040space rw - nfs4 server:/other rw,vers=4.2,local_lock=none",
+        "43 22 0:52 / /shared rw - nfs server:/shared rw,vers=3,local_lock=none",
+    ]
+)
+
+
+def test_an_nfs_mount_that_keeps_locks_on_its_machine_is_named():
+    from solov2.engine.work_dir_lock import node_local_locks
+
+    assert node_local_locks(Path("/ckpt/run1"), MOUNTINFO) == "nolock, local_lock=all"
+    assert node_local_locks(Path("/ckpt"), MOUNTINFO) == "nolock, local_lock=all"
+    assert node_local_locks(Path("/ckpt/scratch/run"), MOUNTINFO) is None  # a local disk mounted inside
+    assert node_local_locks(Path("/ckptx/run"), MOUNTINFO) is None  # another directory, on the root disk
+    assert node_local_locks(Path("/shared/run"), MOUNTINFO) is None  # NFS locks reach the server
+    assert node_local_locks(Path("/with space/run"), MOUNTINFO) is None
+    flock_only = MOUNTINFO.replace("nolock,proto=tcp,local_lock=all", "local_lock=flock")
+    assert node_local_locks(Path("/ckpt/run1"), flock_only) == "local_lock=flock"
+
+
+def test_a_work_dir_on_such_a_mount_is_locked_with_a_warning(tmp_path, monkeypatch):
+    from solov2.engine import work_dir_lock
+
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(
+        f"22 1 8:1 / / rw - ext4 /dev/sda1 rw\n40 22 0:50 / {tmp_path} rw - nfs s:/e rw,local_lock=all\n"
+    )
+    monkeypatch.setattr(work_dir_lock, "MOUNTINFO", mountinfo)
+    logs: list[str] = []
+    lock = hold_work_dir(tmp_path, log=logs.append)
+    assert lock is not None
+    lock.close()
+    assert logs == [
+        f"warning: --work-dir {tmp_path}: its NFS mount keeps locks on this machine only (local_lock=all): a "
+        "training into it from another machine would not be refused"
+    ]
+    mountinfo.write_text(mountinfo.read_text().replace("local_lock=all", "local_lock=none"))
+    logs.clear()
+    hold_work_dir(tmp_path, log=logs.append).close()
+    assert logs == []

@@ -7,8 +7,10 @@ writes who holds it. A lock held by a live process of this machine refuses the n
 held elsewhere may be a lost node's, which a network file system keeps until its lease ends (about 90 s
 on NFSv4): the new run waits for it, up to :func:`lock_wait_seconds`, saying so, then fails with
 :class:`WorkDirBusy`, which a retry may get past. A file system without ``flock``, or a lock file this
-user cannot open, gets no lock, with a warning. Forked children (data-loading workers) close their copy
-of the lock's descriptor, so that the lock ends with the training, not with the last of them.
+user cannot open, gets no lock, with a warning; so does one whose NFS mount keeps locks on this machine
+only (``nolock``, ``local_lock=all|flock``: another node's training would not see the lock). Forked
+children (data-loading workers) close their copy of the lock's descriptor, so that the lock ends with
+the training, not with the last of them.
 """
 
 from __future__ import annotations
@@ -26,9 +28,17 @@ from typing import IO, Any
 from ..device import _env_int, dist_timeout_s
 from ..errors import ConfigError
 
-__all__ = ["LOCK_NAME", "WAIT_SECONDS", "WorkDirBusy", "hold_work_dir", "lock_wait_seconds"]
+__all__ = [
+    "LOCK_NAME",
+    "WAIT_SECONDS",
+    "WorkDirBusy",
+    "hold_work_dir",
+    "lock_wait_seconds",
+    "node_local_locks",
+]
 
 LOCK_NAME = ".solov2-train.lock"
+MOUNTINFO = Path("/proc/self/mountinfo")
 WAIT_SECONDS = 120
 _HELD: list[IO[str]] = []
 
@@ -114,6 +124,34 @@ def _holder(file: IO[str]) -> dict[str, Any]:
     return holder if isinstance(holder, dict) else {}
 
 
+def node_local_locks(work_dir: Path, mountinfo: str | None = None) -> str | None:
+    """The mount options by which ``work_dir``'s NFS mount keeps ``flock`` locks on this machine only
+    (``nolock``, ``local_lock=all``, ``local_lock=flock``), or None (locks reach the server, or not NFS).
+
+    ``mountinfo``: the text of :data:`MOUNTINFO` (read when None; None where unreadable)."""
+    if mountinfo is None:
+        try:
+            mountinfo = MOUNTINFO.read_text()
+        except OSError:
+            return None
+    target = os.path.realpath(work_dir)
+    found: tuple[str, str, list[str]] | None = None  # mount point, file system type, options
+    for line in mountinfo.splitlines():
+        mount, sep, source = line.partition(" - ")
+        fields, super_fields = mount.split(), source.split()
+        if not sep or len(fields) < 6 or len(super_fields) < 3:
+            continue
+        point = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+        if target != point and not target.startswith(point.rstrip("/") + "/"):
+            continue
+        if found is None or len(point) >= len(found[0]):  # the innermost, the latest mounted on a tie
+            found = (point, super_fields[0], fields[5].split(",") + super_fields[2].split(","))
+    if found is None or not found[1].startswith("nfs"):
+        return None
+    local = [o for o in found[2] if o in ("nolock", "local_lock=all", "local_lock=flock")]
+    return ", ".join(dict.fromkeys(local)) or None
+
+
 def hold_work_dir(
     work_dir: Path, *, wait_s: float = WAIT_SECONDS, log: Callable[[str], None] = print
 ) -> _Lock | None:
@@ -174,4 +212,10 @@ def hold_work_dir(
     file.truncate()
     file.write(json.dumps(_me()) + "\n")
     file.flush()
+    local = node_local_locks(work_dir)
+    if local:
+        log(
+            f"warning: --work-dir {work_dir}: its NFS mount keeps locks on this machine only ({local}): a "
+            "training into it from another machine would not be refused"
+        )
     return _Lock(file)
