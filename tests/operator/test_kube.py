@@ -1,18 +1,18 @@
-"""How the operator reads the API server's refusals of the children it creates."""
+"""How the operator reads the API server's refusals of the children it creates, and how it brings an
+existing PodGroup to the spec."""
 
 from __future__ import annotations
 
 import json
 
+import jsonpatch
 import pytest
 from kubernetes.client import ApiClient, Configuration
 from kubernetes.client.exceptions import ApiException
 
-from solov2_operator.kube import Kube, Refused, Rejected
+from solov2_operator.kube import Kube, Refused, Rejected, podgroup_spec_patch
 from solov2_operator.manifests import build_service
 from solov2_operator.spec import read_spec
-
-pytestmark = pytest.mark.asyncio
 
 
 def _error(status: int, message: str) -> ApiException:
@@ -43,17 +43,20 @@ def _kube(create_status: int | None, patch_status: int | None) -> tuple[Kube, li
 SERVICE = build_service("t", "ns", read_spec("t", {"image": "x", "device": "cpu"}))
 
 
+@pytest.mark.asyncio
 async def test_an_existing_service_is_brought_to_the_spec():
     kube, calls = _kube(409, None)
     assert await kube.create(SERVICE) is False and calls == ["create", "patch"]
 
 
+@pytest.mark.asyncio
 async def test_a_service_of_that_name_that_cannot_become_ours_fails_the_spec():
     kube, _ = _kube(409, 422)  # a user's own Service, not headless: its clusterIP cannot change
     with pytest.raises(Rejected, match=r"Service t: spec\.clusterIP: Invalid value"):
         await kube.create(SERVICE)
 
 
+@pytest.mark.asyncio
 async def test_a_forbidden_create_is_a_refusal_that_may_pass():
     kube, _ = _kube(403, None)
     with pytest.raises(Refused, match="Service t: "):
@@ -84,9 +87,5 @@ async def test_a_forbidden_create_is_a_refusal_that_may_pass():
     ],
 )
 def test_a_podgroup_spec_update_replaces_min_resources_in_one_patch(existing, wanted, expected):
-    import jsonpatch
-
-    from solov2_operator.kube import podgroup_spec_patch
-
     podgroup = {"metadata": {"name": "t"}, "spec": existing}
     assert jsonpatch.apply_patch(podgroup, podgroup_spec_patch(wanted))["spec"] == expected
