@@ -1,4 +1,5 @@
-"""Every operator of the R50 training step and of inference has an NPU kernel in torch_npu.
+"""Every operator of the R50 training step, of inference and of evaluation's per-image post-processing
+has an NPU kernel in torch_npu.
 
 An operator torch_npu does not implement still runs on an NPU, through its CPU fallback: a copy to the
 host and back, and a host synchronisation, on every call. The operators are recorded here on the CPU
@@ -17,8 +18,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from solov2.config import load_config
 from solov2.data.synthetic import synthetic_batch
+from solov2.engine.inference import ImageMeta, to_instances
 from solov2.model import build_model
+from solov2.postprocess import encode_rle_by_runs, masks_to_boxes_xywh
 from solov2.smoke import _train_step
+from solov2.structures import Detections
 from solov2.targets import compact_ground_truth
 
 KERNELS = Path(__file__).with_name("npu_kernels.txt")
@@ -72,15 +76,28 @@ def r50_operators() -> dict[str, set[str]]:
     model.eval()
     with torch.no_grad(), inference:
         model(images)  # forward, Matrix NMS and the fixed-size detections
-    return {"training": training.names, "inference": inference.names}
+    # Evaluation's per-image part on the device: paste back, box and find the RLE run boundaries.
+    det = Detections(
+        scores=torch.rand(1, 6),
+        labels=torch.arange(6)[None],
+        masks=torch.rand(1, 6, 64, 64),
+        valid=torch.ones(1, 6, dtype=torch.bool),
+    )
+    evaluation = _Operators()
+    with evaluation:
+        found = to_instances(det, 0, ImageMeta((250, 256), (240, 246)), canvas_size=(256, 256), mask_thr=0.5)
+        masks_to_boxes_xywh(found.masks)
+        encode_rle_by_runs(found.masks)
+    assert found.masks.shape[0] == 6
+    return {"training": training.names, "inference": inference.names, "evaluation": evaluation.names}
 
 
-@pytest.mark.parametrize("part", ["training", "inference"])
+@pytest.mark.parametrize("part", ["training", "inference", "evaluation"])
 def test_every_operator_has_an_npu_kernel(r50_operators, part):
     kernels = _npu_kernels()
     assert "_fused_sgd_" in kernels and "convolution_backward" in kernels  # the list is the real one
     names = r50_operators[part]
-    assert len(names) > 40  # the recording saw the step
+    assert len(names) > {"training": 40, "inference": 40, "evaluation": 15}[part]  # the recording saw it
     falling_back = sorted(n for n in names if _falls_back(n, kernels))
     assert falling_back == [], f"{part}: no NPU kernel in torch_npu 2.14.0 for {falling_back}"
 
