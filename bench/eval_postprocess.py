@@ -76,7 +76,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--device", default="cpu", help="where the model's output is (cpu, cuda)")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where the model's output is: cpu or cuda (timings synchronise CUDA only)",
+    )
     parser.add_argument("--detections", type=int, default=100, help="valid detection slots per image")
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()

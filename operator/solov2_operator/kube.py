@@ -148,8 +148,9 @@ class Kube:
             )  # fmt: skip
             return
         group, version, plural = PODGROUP_API
+        # The merge patch's empty spec creates one where a PodGroup has none, for the JSON Patch to add to.
         for patch, content_type in (
-            ({"metadata": metadata}, _MERGE_PATCH),
+            ({"metadata": metadata, "spec": {}}, _MERGE_PATCH),
             (podgroup_spec_patch(body["spec"]), _JSON_PATCH),
         ):
             await asyncio.to_thread(

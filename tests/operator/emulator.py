@@ -2,7 +2,8 @@
 
 kmock 0.8 keeps (and searches) every request ever served; stamps no uid, resourceVersion, generation
 or creationTimestamp; answers a failed JSON-patch ``test`` with 500 instead of 422; ignores
-``labelSelector`` (the operator filters by labels itself); collects no garbage (tests assert owner
+``labelSelector`` (the operator filters by labels itself); applies a patch by the body's type, not its
+Content-Type (refused here where they disagree); collects no garbage (tests assert owner
 references instead); cannot parse a cluster-wide ``GET /api/v1/namespaces`` (kopf's namespace scanning
 is switched off); and serves only declared resources.
 """
@@ -31,6 +32,7 @@ PODGROUPS = "scheduling.volcano.sh/v1beta1/podgroups"
 OPERATOR_AGENTS = ("kopf/", "solov2-operator/")
 """User-Agent prefixes of the operator's requests (the tests' own client sends another)."""
 RECORDED = Path(__file__).with_name("recorded_api_requests.json")
+_JSON_PATCH = "application/json-patch+json"
 _VERBS = {
     "list": "list",
     "watch": "watch",
@@ -130,6 +132,16 @@ class Emulator(kmock.KubernetesEmulator):
                 reason = {403: "Forbidden", 404: "NotFound", 422: "Invalid"}[code]
                 return await self._render_error(
                     kmock.KubernetesError(status=code, reason=reason, message=message)
+                )
+        if request.resource is not None and request.action == kmock.action.UPDATE:
+            # kmock applies a list as a JSON Patch and a map as a merge patch, whatever the request's
+            # Content-Type says; an API server goes by the Content-Type.
+            json_patch = str(request.headers.get("Content-Type", "")).startswith(_JSON_PATCH)
+            if json_patch != isinstance(request.data, list):
+                return await self._render_error(
+                    kmock.KubernetesError(
+                        status=415, reason="UnsupportedMediaType", message="body and Content-Type disagree"
+                    )
                 )
         if request.resource is not None:
             self._record(request)

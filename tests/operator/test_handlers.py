@@ -329,6 +329,22 @@ async def test_gang_scheduling_creates_an_owned_podgroup(cluster: Cluster):
         assert pod["spec"]["schedulerName"] == "volcano"
 
 
+async def test_a_podgroup_of_that_name_without_a_spec_becomes_the_trainings(cluster: Cluster):
+    from .emulator import PODGROUPS, objects_of
+
+    cluster.emulator.objects[PODGROUPS, "default", "bare"] = {
+        "apiVersion": "scheduling.volcano.sh/v1beta1", "kind": "PodGroup",
+        "metadata": {"name": "bare", "namespace": "default", "labels": {"team": "vision"}},
+    }  # fmt: skip
+    spec = {**CPU_2, "schedulerName": "volcano", "gangScheduling": {"minAvailable": 2}}
+    await cluster.create("bare", spec)
+    await all_running(cluster, "bare")
+    group = objects_of(cluster.emulator, PODGROUPS)["bare"]
+    assert group["spec"] == {"minMember": 2}
+    assert group["metadata"]["labels"]["team"] == "vision"  # labels are merged in, not replaced
+    assert group["metadata"]["ownerReferences"][0]["uid"] == cluster.training("bare")["metadata"]["uid"]
+
+
 async def test_a_pod_the_api_server_rejects_fails_the_training_and_leaves_no_half_gang(cluster: Cluster):
     cluster.emulator.reject["half-worker-1"] = (
         422,

@@ -145,6 +145,11 @@ def test_an_nfs_mount_that_keeps_locks_on_its_machine_is_named():
     assert node_local_locks(Path("/with space/run"), MOUNTINFO) is None
     flock_only = MOUNTINFO.replace("nolock,proto=tcp,local_lock=all", "local_lock=flock")
     assert node_local_locks(Path("/ckpt/run1"), flock_only) == "local_lock=flock"
+    # NFS mounted over /ckpt after /ckpt/scratch hides the disk; a tmpfs without a source hides NFS.
+    over = MOUNTINFO + "\n44 22 0:53 / /ckpt rw - nfs server:/new rw,vers=3,local_lock=all"
+    assert node_local_locks(Path("/ckpt/scratch/run"), over) == "local_lock=all"
+    tmpfs = MOUNTINFO + "\n45 40 0:54 / /ckpt/tmp rw - tmpfs  rw"
+    assert node_local_locks(Path("/ckpt/tmp/run"), tmpfs) is None
 
 
 def test_a_work_dir_on_such_a_mount_is_locked_with_a_warning(tmp_path, monkeypatch):

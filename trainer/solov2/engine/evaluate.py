@@ -45,7 +45,7 @@ def detections_to_coco(
     mask_thr: float,
     canvas_size: tuple[int, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """COCO result dicts for the real images of a batch (host-side, one image at a time).
+    """COCO result dicts for the real images of a batch (one image at a time).
 
     Args:
         det: the model's output for ``batch`` (any device; masks at stride 4 of the canvas).

@@ -60,8 +60,8 @@ class Instances(NamedTuple):
     """One image's detections at its original size, in decreasing score order."""
 
     masks: Tensor
-    """``[K, H0, W0]`` bool, none empty, where the runner's output is (an accelerator's masks are never
-    copied to the host whole: :func:`instance_records` boxes and encodes them there)."""
+    """``[K, H0, W0]`` bool, none empty, where the runner's output is (:func:`instance_records` boxes and
+    encodes an accelerator's masks there; evaluation never copies them to the host whole)."""
     labels: Tensor
     """``[K]`` int64 contiguous class ids."""
     scores: Tensor

@@ -7,10 +7,10 @@ writes who holds it. A lock held by a live process of this machine refuses the n
 held elsewhere may be a lost node's, which a network file system keeps until its lease ends (about 90 s
 on NFSv4): the new run waits for it, up to :func:`lock_wait_seconds`, saying so, then fails with
 :class:`WorkDirBusy`, which a retry may get past. A file system without ``flock``, or a lock file this
-user cannot open, gets no lock, with a warning; so does one whose NFS mount keeps locks on this machine
-only (``nolock``, ``local_lock=all|flock``: another node's training would not see the lock). Forked
-children (data-loading workers) close their copy of the lock's descriptor, so that the lock ends with
-the training, not with the last of them.
+user cannot open, gets no lock, with a warning. On an NFS mount that keeps locks on this machine only
+(``nolock``, ``local_lock=all|flock``) the lock is taken with a warning: another machine's training
+would not see it. Forked children (data-loading workers) close their copy of the lock's descriptor, so
+that the lock ends with the training, not with the last of them.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -128,27 +129,28 @@ def node_local_locks(work_dir: Path, mountinfo: str | None = None) -> str | None
     """The mount options by which ``work_dir``'s NFS mount keeps ``flock`` locks on this machine only
     (``nolock``, ``local_lock=all``, ``local_lock=flock``), or None (locks reach the server, or not NFS).
 
+    The mount is the last one listed whose mount point holds ``work_dir``: an inner mount, or one mounted
+    later over the same or an outer directory, which hides what was there.
+
     ``mountinfo``: the text of :data:`MOUNTINFO` (read when None; None where unreadable)."""
     if mountinfo is None:
         try:
-            mountinfo = MOUNTINFO.read_text()
+            mountinfo = os.fsdecode(MOUNTINFO.read_bytes())
         except OSError:
             return None
     target = os.path.realpath(work_dir)
-    found: tuple[str, str, list[str]] | None = None  # mount point, file system type, options
+    found: tuple[str, list[str]] | None = None  # file system type, options
     for line in mountinfo.splitlines():
         mount, sep, source = line.partition(" - ")
-        fields, super_fields = mount.split(), source.split()
+        fields, super_fields = mount.split(" "), source.split(" ")  # fields may be empty ("- tmpfs  rw")
         if not sep or len(fields) < 6 or len(super_fields) < 3:
             continue
-        point = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
-        if target != point and not target.startswith(point.rstrip("/") + "/"):
-            continue
-        if found is None or len(point) >= len(found[0]):  # the innermost, the latest mounted on a tie
-            found = (point, super_fields[0], fields[5].split(",") + super_fields[2].split(","))
-    if found is None or not found[1].startswith("nfs"):
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])  # \040 is a space
+        if target == point or target.startswith(point.rstrip("/") + "/"):
+            found = (super_fields[0], fields[5].split(",") + super_fields[2].split(","))
+    if found is None or not found[0].startswith("nfs"):
         return None
-    local = [o for o in found[2] if o in ("nolock", "local_lock=all", "local_lock=flock")]
+    local = [o for o in found[1] if o in ("nolock", "local_lock=all", "local_lock=flock")]
     return ", ".join(dict.fromkeys(local)) or None
 
 
