@@ -16,7 +16,7 @@ Evaluation, ``solov2 predict`` and the ONNX runner all go through it:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -172,17 +172,18 @@ def detect(
     *,
     mask_thr: float,
     score_thr: float | None = None,
-) -> list[Instances | None]:
+) -> Iterator[Instances | None]:
     """Run a batch ``images [B, 3, H, W]`` (uint8, one canvas) and bring each image's detections back
-    to its original size; ``None`` for images whose meta is ``None`` (padding in a short batch)."""
+    to its original size, one image at a time as they are taken (a consumer that is done with each image
+    before taking the next keeps about one image's full-size masks, not the batch's); ``None`` for
+    images whose meta is ``None`` (padding in a short batch)."""
     det = runner(images)
     canvas = (int(images.shape[-2]), int(images.shape[-1]))
-    return [
-        None
-        if meta is None
-        else to_instances(det, b, meta, canvas_size=canvas, mask_thr=mask_thr, score_thr=score_thr)
-        for b, meta in enumerate(metas)
-    ]
+    for b, meta in enumerate(metas):
+        if meta is None:
+            yield None
+        else:
+            yield to_instances(det, b, meta, canvas_size=canvas, mask_thr=mask_thr, score_thr=score_thr)
 
 
 def detect_image(
