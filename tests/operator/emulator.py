@@ -1,11 +1,12 @@
 """kmock's KubernetesEmulator with the fixes the operator's tests need, and a recorder of API requests.
 
 kmock 0.8 keeps (and searches) every request ever served; stamps no uid, resourceVersion, generation
-or creationTimestamp; answers a failed JSON-patch ``test`` with 500 instead of 422; ignores
-``labelSelector`` (the operator filters by labels itself); applies a patch by the body's type, not its
-Content-Type (refused here where they disagree); collects no garbage (tests assert owner
-references instead); cannot parse a cluster-wide ``GET /api/v1/namespaces`` (kopf's namespace scanning
-is switched off); and serves only declared resources.
+or creationTimestamp; answers a JSON Patch that cannot apply (a failed ``test``, a path that is not
+there) with 500 instead of 422; ignores ``labelSelector`` (the operator filters by labels itself);
+applies a patch by the body's type, not its Content-Type (refused here where they disagree); collects
+no garbage (tests assert owner references instead); cannot parse a cluster-wide
+``GET /api/v1/namespaces`` (kopf's namespace scanning is switched off); and serves only declared
+resources.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ _VERBS = {
 
 
 class Emulator(kmock.KubernetesEmulator):
-    """Stamps metadata like an API server does and answers failed JSON-patch tests with 422."""
+    """Stamps metadata like an API server does and answers a JSON Patch that cannot apply with 422."""
 
     _counter = itertools.count(1)
     api_requests: set[tuple[str, str, str, str, bool]]
@@ -151,7 +152,7 @@ class Emulator(kmock.KubernetesEmulator):
                 if current is not None:
                     try:
                         jsonpatch.apply_patch(current.raw, request.data)
-                    except (jsonpatch.JsonPatchConflict, jsonpatch.JsonPatchTestFailed) as exc:
+                    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
                         return await self._render_error(
                             kmock.KubernetesError(status=422, reason="Invalid", message=str(exc))
                         )
