@@ -84,8 +84,11 @@ def main() -> None:
     parser.add_argument("--detections", type=int, default=100, help="valid detection slots per image")
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
-    device = torch.device(args.device)
-    k = args.detections
+    print(json.dumps(measure(torch.device(args.device), args.detections, args.repeats)))
+
+
+def measure(device: torch.device, k: int, repeats: int) -> dict[str, Any]:
+    """The report for ``k`` detections whose soft masks are on ``device``, median of ``repeats``."""
     det = Detections(
         scores=torch.linspace(0.9, 0.1, k, device=device)[None],
         labels=(torch.arange(k, device=device) % 80)[None],
@@ -94,54 +97,49 @@ def main() -> None:
     )
     meta = ImageMeta(image_size=IMAGE, original_size=ORIGINAL)
     paste_ms, instances = timed(
-        lambda: to_instances(det, 0, meta, canvas_size=CANVAS, mask_thr=0.5), device, args.repeats
+        lambda: to_instances(det, 0, meta, canvas_size=CANVAS, mask_thr=0.5), device, repeats
     )
-    records_ms, records = timed(lambda: instance_records(instances), device, args.repeats)
+    records_ms, records = timed(lambda: instance_records(instances), device, repeats)
 
     def host_masks() -> list[dict[str, Any]]:
         return instance_records(Instances(instances.masks.cpu(), instances.labels, instances.scores))
 
-    host_ms, host_records = timed(host_masks, device, args.repeats)
-    runs_ms, runs_rles = timed(lambda: encode_rle_by_runs(instances.masks), device, args.repeats)
-    boxes_ms, _ = timed(lambda: masks_to_boxes_xywh(instances.masks).tolist(), device, args.repeats)
+    host_ms, host_records = timed(host_masks, device, repeats)
+    runs_ms, runs_rles = timed(lambda: encode_rle_by_runs(instances.masks), device, repeats)
+    boxes_ms, _ = timed(lambda: masks_to_boxes_xywh(instances.masks).tolist(), device, repeats)
     same = records == host_records and [r["segmentation"] for r in records] == runs_rles
     columns = instances.masks.transpose(1, 2).flatten(1)
     boundaries = int((columns[:, 1:] != columns[:, :-1]).sum() + columns[:, 0].sum())
-    masks_bytes = instances.masks.numel()  # bool: one byte per pixel
-    print(
-        json.dumps(
-            {
-                "bench": "eval_postprocess",
-                "machine": {
-                    "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                    "cpu_count": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(),
-                    "torch": torch.__version__,
-                    "python": platform.python_version(),
-                    "processor": platform.processor() or platform.machine(),
-                },
-                "setting": {
-                    "original": ORIGINAL,
-                    "canvas": CANVAS,
-                    "detections": k,
-                    "masks_kept": int(instances.masks.shape[0]),
-                    "foreground_fraction": round(float(instances.masks.float().mean()), 4),
-                    "repeats": args.repeats,
-                },
-                "per_image": {
-                    "paste_ms": paste_ms,
-                    "records_ms": records_ms,
-                    "records_host_masks_ms": host_ms,
-                    "records_by_runs_ms": runs_ms + boxes_ms,
-                    "bytes_to_host": {
-                        "masks": masks_bytes,
-                        "run_boundaries": boundaries * 16,  # int64 (mask, position) pairs
-                    },
-                },
-                "identical_results": same,
-            }
-        )
-    )
+    return {
+        "bench": "eval_postprocess",
+        "machine": {
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "processor": platform.processor() or platform.machine(),
+        },
+        "setting": {
+            "original": ORIGINAL,
+            "canvas": CANVAS,
+            "detections": k,
+            "masks_kept": int(instances.masks.shape[0]),
+            "foreground_fraction": round(float(instances.masks.float().mean()), 4),
+            "repeats": repeats,
+        },
+        "per_image": {
+            "paste_ms": paste_ms,
+            "records_ms": records_ms,
+            "records_host_masks_ms": host_ms,
+            "records_by_runs_ms": round(runs_ms + boxes_ms, 2),
+            "bytes_to_host": {
+                "masks": instances.masks.numel(),  # bool: one byte per pixel
+                "run_boundaries": boundaries * 16,  # int64 (mask, position) pairs
+            },
+        },
+        "identical_results": same,
+    }
 
 
 if __name__ == "__main__":

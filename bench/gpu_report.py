@@ -18,6 +18,8 @@ reported as skipped):
   ``--memory-fraction`` of the device's memory, gives a batch to try; one that runs out of memory is
   retried 10% smaller (``--no-search`` stops at ``--batches``); fp16 at the largest batch;
 - inference with post-processing (forward, Matrix NMS, masks pasted back to a 480x640 original), eager;
+- evaluation's per-image post-processing of 100 detections (``bench/eval_postprocess.py``: paste back,
+  boxes and RLE found on the device vs from masks copied to the host), where pycocotools is installed;
 - ``solov2 train`` end to end at the base batch, eager (``bench/train_e2e.py``: the real loaders
   decoding COCO-sized JPEGs with workers from the machine's CPUs, pinned memory and prefetching,
   feeding the device): images/s, and the time per step the training process waited for a batch (0
@@ -33,7 +35,7 @@ are not seen), and ``device_idle_ms_per_step`` is the wall time of a profiled wi
 its kernel and copy intervals (torch.profiler; the profiler's own host overhead inflates it a little).
 
 Every line carries ``case`` and either results or ``error``; a failing case does not stop the report.
-Needs torch, torchvision, numpy and pyyaml; pycocotools is not needed (RLE encoding is not measured).
+Needs torch, torchvision, numpy and pyyaml; without pycocotools the evaluation case is skipped.
 """
 
 from __future__ import annotations
@@ -57,11 +59,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainer"))
 
 import torch
 
-if importlib.util.find_spec("pycocotools") is None:  # only RLE encoding needs it; not measured here
+if importlib.util.find_spec("pycocotools") is None:  # only RLE encoding needs it: the eval_postprocess case
     _stub = types.ModuleType("pycocotools")
     _stub.mask = types.ModuleType("pycocotools.mask")  # type: ignore[attr-defined]
     sys.modules.update({"pycocotools": _stub, "pycocotools.mask": _stub.mask})  # type: ignore[attr-defined]
 
+import eval_postprocess  # bench/eval_postprocess.py, beside this script
 import train_e2e  # bench/train_e2e.py, beside this script
 from solov2.amp import make_scaler
 from solov2.config import load_config
@@ -73,6 +76,7 @@ from solov2.model import build_model
 from solov2.postprocess import paste_masks
 from solov2.targets import compact_ground_truth
 
+HAVE_PYCOCOTOOLS = hasattr(sys.modules["pycocotools.mask"], "encode")  # not the stub above
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 ORIGINAL_SIZE = (480, 640)  # a typical COCO image, for pasting masks back
 
@@ -481,6 +485,12 @@ def main() -> None:
         batch=base,
         mode="eager",
     )
+
+    if HAVE_PYCOCOTOOLS:
+        k, repeats = (20, 1) if args.quick else (100, 10)
+        run_case("eval_postprocess", 5, lambda: eval_postprocess.measure(device, k, repeats))
+    else:
+        emit({"case": "eval_postprocess", "skipped": "pycocotools is not installed"})
 
     def e2e(b: int) -> None:
         run_case(

@@ -27,9 +27,11 @@ def test_every_case_of_the_quick_report_gives_figures():
     by_case: dict[str, list[dict]] = {}
     for line in lines:
         by_case.setdefault(line["case"], []).append(line)
-    assert {"machine", "train", "sync_debug", "largest_batch", "inference", "train_e2e", "done"} <= set(
-        by_case
-    )
+    assert {
+        "machine", "train", "sync_debug", "largest_batch", "inference", "eval_postprocess", "train_e2e", "done"
+    } <= set(by_case)  # fmt: skip
+    (post,) = by_case["eval_postprocess"]
+    assert post["identical_results"] is True and post["per_image"]["records_ms"] > 0
     assert {line["mode"] for line in by_case["train"]} == {"eager", "compiled"}
     assert all(line["images_per_second"] > 0 for line in by_case["train"] + by_case["inference"])
     e2e = by_case["train_e2e"]
