@@ -22,7 +22,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainer"))
 import torch
 import torchvision
 
+from machine_info import machine_info  # bench/machine_info.py, beside this script
 from solov2.config import load_config
 from solov2.data.buckets import assign_canvases
 from solov2.data.coco import CocoInstances, read_rgb
@@ -145,18 +145,7 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "machine": {
-                    "cpu_count": os.cpu_count(),
-                    "cpu_affinity": len(os.sched_getaffinity(0))
-                    if hasattr(os, "sched_getaffinity")
-                    else None,
-                    "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version(),
-                    "torch": torch.__version__,
-                    "torchvision": torchvision.__version__,
-                    "cuda": torch.cuda.is_available(),
-                    "load_average_1_5_15_min_at_end": [round(x, 2) for x in os.getloadavg()],
-                },
+                "machine": machine_info(torchvision=torchvision.__version__, cuda=torch.cuda.is_available()),
                 "data": {
                     "config": args.config,
                     "images": args.images,

@@ -21,7 +21,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainer"))
 
+from machine_info import machine_info  # bench/machine_info.py, beside this script
 from solov2.data.coco import CocoInstances, _load_coco
 
 
@@ -111,7 +111,7 @@ def main() -> None:
         result["dataset_records_child_copied_mib"] = _child_growth(
             lambda: [len(a["segmentation"][0]) for i in range(len(dataset)) for a in dataset._record(i)[1]]
         )
-    result.update(machine=platform.machine(), cpus=os.cpu_count(), python=platform.python_version())
+    result["machine"] = machine_info()
     print(json.dumps(result))
 
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import io
 import json
-import platform
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from machine_info import machine_info  # bench/machine_info.py, beside this script
 
 SIZE = (800, 1067)  # (h, w): 480x640 fitted into (1333, 800)
 
@@ -100,10 +101,7 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "machine": {
-                    "processor": platform.processor() or platform.machine(),
-                    "torch": torch.__version__,
-                },
+                "machine": machine_info(),
                 "size": {"from": [480, 640], "to": list(SIZE)},
                 "libraries": results,
                 "fastest": fastest,

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -36,6 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "trainer")]
 
+from machine_info import machine_info  # noqa: E402
 from solov2.engine.inference import ImageMeta, Instances, instance_records, to_instances  # noqa: E402
 from solov2.postprocess import encode_rle_by_runs, masks_to_boxes_xywh  # noqa: E402
 from solov2.structures import Detections  # noqa: E402
@@ -112,14 +111,7 @@ def measure(device: torch.device, k: int, repeats: int) -> dict[str, Any]:
     boundaries = int((columns[:, 1:] != columns[:, :-1]).sum() + columns[:, 0].sum())
     return {
         "bench": "eval_postprocess",
-        "machine": {
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "processor": platform.processor() or platform.machine(),
-        },
+        "machine": machine_info(device),
         "setting": {
             "original": ORIGINAL,
             "canvas": CANVAS,

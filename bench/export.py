@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -29,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainer"))
 
 import torch
 
+from machine_info import machine_info  # bench/machine_info.py, beside this script
 from solov2.config import load_config
 from solov2.engine.inference import TorchRunner
 from solov2.export import OnnxRunner, export_onnx
@@ -84,12 +83,7 @@ def measure(config: str, canvas: tuple[int, int], *, batch: int, runs: int, thre
         "eager_images_per_second": round(batch / eager_s, 2),
         "onnxruntime_speedup": round(eager_s / ort_s, 2),
         "runs": runs,
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "torch": torch.__version__,
-            "onnxruntime": __import__("onnxruntime").__version__,
-        },
+        "machine": machine_info(onnxruntime=__import__("onnxruntime").__version__),
     }
 
 

@@ -45,7 +45,6 @@ import contextlib
 import gc
 import importlib.util
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -58,6 +57,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainer"))
 
 import torch
+
+from machine_info import machine_info  # bench/machine_info.py, beside this script
 
 if importlib.util.find_spec("pycocotools") is None:  # only RLE encoding needs it: the eval_postprocess case
     _stub = types.ModuleType("pycocotools")
@@ -403,10 +404,7 @@ def main() -> None:
     emit(
         {
             "case": "machine",
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-            "cuda": torch.version.cuda,
+            **machine_info(device, cuda=torch.version.cuda),
             "config": args.config,
             "canvas": args.canvas,
         }

@@ -22,12 +22,13 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from machine_info import machine_info  # bench/machine_info.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "trainer")]
@@ -253,7 +254,7 @@ def main() -> None:
         "dropped_pair_fraction": {
             str(p): float(np.clip(pairs - p, 0, None).sum() / pairs.sum()) for p in BUFFERS
         },
-        "cpu_count": os.cpu_count(),
+        "machine": machine_info(),
     }
     if args.self_check:
         result["self_check_mismatches"] = self_check()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import sys
 from pathlib import Path
@@ -39,6 +38,7 @@ import torch.multiprocessing as mp
 from tests.trainer.host_reads import DispatchedOps
 
 import solov2.model.solov2 as solov2_model
+from machine_info import machine_info  # bench/machine_info.py, beside this script
 from solov2.amp import make_scaler
 from solov2.config import load_config
 from solov2.data.synthetic import synthetic_batch
@@ -117,16 +117,6 @@ def count_step(config: str, *, batch: int, canvas: tuple[int, int], device: str,
     }
 
 
-def _machine(device: str) -> dict[str, Any]:
-    return {
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor(),
-    }
-
-
 def _distributed_worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
@@ -158,7 +148,7 @@ def main() -> None:
         help="1: one process on --device; 2 or more: gloo processes on the CPU under DDP",
     )  # fmt: skip
     args = parser.parse_args()
-    machine = _machine(args.device)
+    machine = machine_info(args.device)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     for processes in args.processes:
         if processes == 1:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -23,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainer"))
 
 import torch
 
+from machine_info import machine_info  # bench/machine_info.py, beside this script
 from solov2.config import load_config
 from solov2.data.synthetic import synthetic_batch
 from solov2.engine.optim import build_optimizer
@@ -104,16 +103,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="autocast dtype (GPU/NPU only)")
     args = parser.parse_args()
-    machine = {
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "device": args.device,
-        "device_name": torch.cuda.get_device_name()
-        if args.device.startswith("cuda")
-        else platform.processor(),
-    }
+    machine = {"machine": machine_info(args.device)}
     for config in args.configs:
         for mode in args.modes:
             result = measure(

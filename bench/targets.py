@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -28,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from machine_info import machine_info  # bench/machine_info.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "trainer"), str(ROOT / "bench")]
@@ -134,13 +135,7 @@ def main() -> None:
     t_ref = median_ms(reference, args.reference_repeats, warmup=0)
     losses = forward(False)
     result = {
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "processor": platform.processor() or platform.machine(),
-        },
+        "machine": machine_info(),
         "setting": {
             "batch": 2,
             "instances": 20,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -34,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainer"))
 
 import torch
 
+from machine_info import machine_info  # bench/machine_info.py, beside this script
 from solov2.data.synthetic import write_synthetic_coco
 
 COCO_SIZES = [(480, 640)] * 3 + [(640, 480)]
@@ -120,15 +120,7 @@ def main() -> None:
             data, Path(tmp) / "work", config=args.config, batch=args.batch, amp=args.amp, device=args.device,
             interval=args.interval, warmup=args.warmup, extra_opts=tuple(args.opts),
         )  # fmt: skip
-    machine = {
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "processor": platform.processor() or platform.machine(),
-        "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "load_average_1_5_15_min_at_end": [round(x, 2) for x in os.getloadavg()],
-    }
+    machine = machine_info("cuda" if cuda else "cpu")
     setting = {"config": args.config, "batch": args.batch, "amp": args.amp, "opts": args.opts, "images": images,
                "image_sizes": "75% 640x480, 25% 480x640", "seconds_to_write_images": round(written, 1)}  # fmt: skip
     print(json.dumps({"machine": machine, "setting": setting, **figures}, indent=1))
