@@ -230,6 +230,29 @@ def test_evaluate_wrong_categories_score_zero_and_misranked_false_positives_lowe
     assert metrics["detections"] == 10
 
 
+def test_an_image_seen_again_on_one_rank_counts_once_with_its_first_detections(monkeypatch):
+    """A padded shard may hand a rank an image twice: its second detections (here: all wrong labels) are
+    neither pasted back nor scored, and the image counts once."""
+    from solov2.engine import inference
+
+    pasted: list[int] = []
+    to_instances = inference.to_instances
+    monkeypatch.setattr(
+        inference, "to_instances", lambda det, b, *a, **k: pasted.append(b) or to_instances(det, b, *a, **k)
+    )
+    batches = [[1, 2], [3, 1]]
+    again = make_detections([3, 1])
+    again.labels[1] = 1 - again.labels[1]  # image 1's second detections: the other class
+    outputs = [make_detections([1, 2]), again]
+    metrics = evaluate(
+        FakeModel(outputs), [make_batch(ids) for ids in batches], make_coco(),
+        label_to_category=LABEL_TO_CATEGORY, device="cpu", mask_thr=0.5, log=lambda s: None,
+    )  # fmt: skip
+    assert metrics["images"] == 3 and metrics["detections"] == 5
+    assert metrics["segm_AP"] == pytest.approx(1.0)
+    assert pasted == [0, 1, 0]  # images 1 and 2, then 3: not 1 again
+
+
 def test_format_ap_table_rows_columns_and_missing_values():
     metrics = {f"segm_{n}": 0.5 for n in AP_NAMES} | {f"bbox_{n}": 0.25 for n in AP_NAMES}
     metrics["segm_APs"] = -1.0

@@ -203,10 +203,12 @@ def evaluate(
     start = time.perf_counter()
     for index, batch in enumerate(loader, start=1):
         metas = _metas(batch)
-        found = detect(runner, batch.images, [meta for _, meta in metas], mask_thr=mask_thr)
+        # An image seen before (a sampler padding its shards) is neither pasted back nor encoded again.
+        wanted = [None if image_id in per_image else meta for image_id, meta in metas]
+        found = detect(runner, batch.images, wanted, mask_thr=mask_thr)
         for (image_id, _), instances in zip(metas, found, strict=True):
-            if instances is not None:
-                per_image.setdefault(image_id, _coco_results(instances, image_id, label_to_category))
+            if instances is not None and image_id not in per_image:
+                per_image[image_id] = _coco_results(instances, image_id, label_to_category)
         if rank == 0 and log_interval > 0 and (index % log_interval == 0 or index == num_batches):
             elapsed = time.perf_counter() - start
             of = f"/{num_batches}" if num_batches is not None else ""
