@@ -47,6 +47,7 @@ __all__ = [
     "paste_masks",
     "points_nms",
     "predict",
+    "run_starts",
     "stable_descending_order",
 ]
 
@@ -294,21 +295,28 @@ def encode_rle(masks: Tensor) -> list[dict]:
     return _with_str_counts(mask_util.encode(array))
 
 
-def encode_rle_by_runs(masks: Tensor) -> list[dict]:
-    """:func:`encode_rle` computed from run boundaries found with tensor ops on the masks' device.
+def run_starts(masks: Tensor) -> Tensor:
+    """``[N, 2]`` int64 ``(mask, position)`` of every pixel of ``[K, H, W]`` masks that starts a COCO RLE run,
+    position counted column by column (as COCO reads a mask), on the masks' device, grouped by mask and
+    ascending: a pixel that differs from the one before it (the pixel before a mask's first counts as 0)."""
+    k, height, width = masks.shape
+    columns = masks.detach().bool().transpose(1, 2).reshape(k, height * width)
+    before = torch.cat([columns.new_zeros(k, 1), columns[:, :-1]], dim=1)
+    return (columns != before).nonzero()
 
-    COCO's RLE reads each mask column by column and counts alternating runs of 0s and 1s, starting with
-    0s (a count of 0 if the mask starts with a 1). A run starts where a pixel differs from the one
-    before it (the pixel before the first counts as 0); only those positions are copied to the host,
-    where their differences are the counts and pycocotools compresses them into its strings.
+
+def encode_rle_by_runs(masks: Tensor) -> list[dict]:
+    """:func:`encode_rle` computed from :func:`run_starts`, found with tensor ops on the masks' device.
+
+    COCO's RLE counts alternating runs of 0s and 1s, starting with 0s (a count of 0 if the mask starts
+    with a 1). Only the run starts are copied to the host, where their differences are the counts and
+    pycocotools compresses them into its strings.
     """
     k, height, width = masks.shape
     if k == 0:
         return []
     size = height * width
-    columns = masks.detach().bool().transpose(1, 2).reshape(k, size)  # column-major, as COCO reads
-    before = torch.cat([columns.new_zeros(k, 1), columns[:, :-1]], dim=1)
-    mask_index, position = (columns != before).nonzero().cpu().numpy().T  # grouped by mask, ascending
+    mask_index, position = run_starts(masks).cpu().numpy().T
     starts = np.split(position, np.cumsum(np.bincount(mask_index, minlength=k))[:-1])
     counts = [
         {"size": [height, width], "counts": np.diff(s, prepend=0, append=size).tolist()} for s in starts
